@@ -156,20 +156,19 @@ def _space(args: argparse.Namespace) -> None:
 
     from .finetune import load_scores
     from .models import load_config
-    from .space import build_search_space, gflops_cost
+    from .space import build_search_space, cost_function
     from .subnet import BertShape
 
     scores = load_scores(args.scores)
     folder = Path(args.scores) if Path(args.scores).is_dir() else Path(args.scores).parent
     shape = BertShape.from_config(load_config(args.model or folder))
+    table = None
     if args.table:
         from .latency import LatencyTable
 
         table = LatencyTable.load(args.table)
         table.check_shape(shape)
-        cost, unit, metric = table.predict_ms, "ms", "latency"
-    else:
-        cost, unit, metric = gflops_cost(shape, args.seq_len), "GMACs", f"gflops@{args.seq_len}"
+    cost, unit, metric = cost_function(shape, table, args.seq_len)
     result = build_search_space(scores, shape, cost, args.low, args.high, n=args.n, ffn_step=args.ffn_step,
                                 include_full=args.include_full, tol=args.tol, unit=unit, metric=metric)
     result.save(args.out)

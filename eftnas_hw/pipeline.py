@@ -136,7 +136,7 @@ def run_pipeline(config: dict, out: str | os.PathLike, progress: bool = True) ->
     from .latency import LatencyTable, Profile, build_table
     from .models import load_config, load_model, load_tokenizer
     from .search import load_search, search_supernet, select_subnet
-    from .space import build_search_space, gflops_cost
+    from .space import build_search_space, cost_function
     from .supernet import load_supernet, train_supernet
 
     out = Path(out)
@@ -170,17 +170,13 @@ def run_pipeline(config: dict, out: str | os.PathLike, progress: bool = True) ->
 
     # 3. Search space (Algorithm 1), targets relative to the base model's cost under the chosen metric.
     sp = config["space"]
-    if config["metric"] == "latency":
-        cost, unit = table.predict_ms, "ms"
-    else:
-        cost, unit = gflops_cost(shape, profile.seq_len), "GMACs"
+    cost, unit, label = cost_function(shape, table if config["metric"] == "latency" else None, profile.seq_len)
     base_cost = cost(shape.full_subnet())
 
     def make_space() -> None:
         result = build_search_space(load_scores(out / "teacher"), shape, cost, sp["low"] * base_cost,
                                     sp["high"] * base_cost, n=sp["n"], ffn_step=sp["ffn_step"],
-                                    include_full=sp["include_full"], tol=sp["tol"], unit=unit,
-                                    metric=config["metric"])
+                                    include_full=sp["include_full"], tol=sp["tol"], unit=unit, metric=label)
         result.save(out / "search_space.json")
         print(result.format_table())
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from .errors import UserError
 from .files import write_json_atomic
 from .finetune import layer_scores
 from .subnet import BertShape, SearchSpace, SubnetConfig
+
+if TYPE_CHECKING:
+    from .latency import LatencyTable
 
 CostFn = Callable[[SubnetConfig], float]
 
@@ -146,7 +149,11 @@ def build_search_space(scores: dict[str, torch.Tensor], shape: BertShape, cost_f
                              ffn_step=ffn_step, include_full=include_full)
 
 
-def gflops_cost(shape: BertShape, seq_len: int = 128) -> CostFn:
-    """The paper's original cost: giga-MACs of one sequence of `seq_len` tokens."""
-    return lambda subnet: subnet.gflops(shape, seq_len)
+def cost_function(shape: BertShape, table: LatencyTable | None = None,
+                  seq_len: int = 128) -> tuple[CostFn, str, str]:
+    """(cost, unit, label) for Algorithm 1: the table's predicted latency, or without a table the paper's original
+    cost, giga-MACs of one sequence of `seq_len` tokens. One place, so the CLI, the pipeline and the tools agree."""
+    if table is not None:
+        return table.predict_ms, "ms", "latency"
+    return (lambda subnet: subnet.gflops(shape, seq_len)), "GMACs", f"gflops@{seq_len}"
 

@@ -11,7 +11,7 @@ from eftnas_hw.cli import main
 from eftnas_hw.errors import UserError
 from eftnas_hw.finetune import SCORES_NAME, elastic_weight_names, save_scores
 from eftnas_hw.models import random_bert
-from eftnas_hw.space import ThresholdedScores, build_search_space, gflops_cost
+from eftnas_hw.space import ThresholdedScores, build_search_space, cost_function
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,8 @@ def test_tau_search_hits_each_target(scores, tiny_shape):
 
 
 def test_latency_and_gflops_give_different_spaces(scores, tiny_shape):
-    gflops = gflops_cost(tiny_shape, 128)
+    gflops, unit, label = cost_function(tiny_shape, None, 128)
+    assert (unit, label) == ("GMACs", "gflops@128")
     spaces = []
     for cost in (head_heavy_latency, gflops):
         full = cost(tiny_shape.full_subnet())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from eftnas_hw.finetune import finetune, load_scores
 from eftnas_hw.models import build_subnet, load_model
-from eftnas_hw.space import build_search_space, gflops_cost
+from eftnas_hw.space import build_search_space, cost_function
 from eftnas_hw.subnet import BertShape
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,10 +67,10 @@ def main() -> None:
         model = load_model(teacher)
         shape = BertShape.from_config(model.config)
         table_path, table = find_table(shape, args.table)
-        cost, unit = (table.predict_ms, "ms") if table else (gflops_cost(shape, 128), "GMACs")
+        cost, unit, label = cost_function(shape, table)
         base = cost(shape.full_subnet())
         result = build_search_space(load_scores(teacher), shape, cost, 0.25 * base, base, n=args.n,
-                                    unit=unit, metric="latency" if table else "gflops@128")
+                                    unit=unit, metric=label)
         result.save(teacher / "search_space.json")
         print(f"\n{task}: search space ({unit})\n{result.format_table()}")
         measured = None

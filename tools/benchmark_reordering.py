@@ -25,7 +25,7 @@ from eftnas_hw.files import read_json, write_json_atomic
 from eftnas_hw.finetune import finetune, load_scores
 from eftnas_hw.models import load_model, load_tokenizer
 from eftnas_hw.reorder import STRATEGIES, reorder_model
-from eftnas_hw.space import build_search_space, gflops_cost
+from eftnas_hw.space import build_search_space, cost_function
 from eftnas_hw.subnet import BertShape
 from eftnas_hw.supernet import evaluate_subnets, fixed_subnets, load_supernet, train_supernet
 
@@ -43,8 +43,9 @@ def teacher_and_space(task: str, work: Path, args: argparse.Namespace) -> tuple[
     if not space_file.is_file():
         shape = BertShape.from_config(load_model(teacher).config)
         full = shape.full_subnet().gflops(shape)
-        result = build_search_space(load_scores(teacher), shape, gflops_cost(shape), 0.25 * full, full, n=5,
-                                    include_full=True, tol=0.05, unit="GMACs", metric="gflops@128")
+        cost, unit, label = cost_function(shape)
+        result = build_search_space(load_scores(teacher), shape, cost, 0.25 * full, full, n=5,
+                                    include_full=True, tol=0.05, unit=unit, metric=label)
         result.save(space_file)
         print(result.format_table(), flush=True)
     return teacher, space_file
