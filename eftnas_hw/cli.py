@@ -132,6 +132,8 @@ def _finetune(args: argparse.Namespace) -> None:
                        score_epochs=args.score_epochs, max_train=args.max_train, batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed, resume=not args.no_resume, max_length=args.max_length,
                        alpha=args.alpha, save_steps=args.save_steps, overwrite=args.overwrite)
+    if metrics is None:  # not the main process of a multi-process launch
+        return
     print(json.dumps(metrics["dev"], indent=1))
     print(f"wrote teacher, importance scores and metrics to {args.out}")
 
@@ -146,6 +148,8 @@ def _train_supernet(args: argparse.Namespace) -> None:
                             batch_size=args.batch_size, lr=args.lr, kd_alpha=args.kd_alpha, ce_alpha=args.ce_alpha,
                             temperature=args.temperature, num_random=args.num_random, seed=args.seed,
                             save_steps=args.save_steps, **budget)
+    if report is None:  # not the main process of a multi-process launch
+        return
     for r in report["subnets"]:
         print(f"{r['name']:>10}: dev {r['metric']:.4f}  {r['gmacs@128']:.3f} GMACs@128  {r['subnet']}")
     print(f"wrote super-network, search_space.json, ordering.json and report.json to {args.out}")

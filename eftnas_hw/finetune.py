@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainerCallback
@@ -25,6 +27,18 @@ SCORES_NAME = "importance.safetensors"
 METRICS_NAME = "metrics.json"
 ELASTIC_SUFFIXES = ("attention.self.query.weight", "attention.self.key.weight", "attention.self.value.weight",
                     "attention.output.dense.weight", "intermediate.dense.weight", "output.dense.weight")
+
+
+def cpu_only() -> bool:
+    """True without a GPU/XPU: the Trainer then needs use_cpu=True, or a multi-process launch (torchrun,
+    `accelerate launch`) trains one full, unsynchronised copy per process instead of sharing the batches."""
+    return not torch.accelerator.is_available()
+
+
+def training_processes() -> PartialState:
+    """This process's place in a multi-process launch (one process when not launched so). The long timeout lets
+    the other processes wait while the main one runs a stage alone (a latency table takes minutes)."""
+    return PartialState(cpu=cpu_only(), timeout=timedelta(hours=2))
 
 
 def elastic_weight_names(model: nn.Module) -> list[str]:
@@ -136,8 +150,9 @@ def finetune(model_name: str | os.PathLike | None, task: str, out_dir: str | os.
              data_dir: str | os.PathLike | None = None, epochs: float = 3.0, score_epochs: float = 0.0,
              max_train: int | None = None, batch_size: int = 32, lr: float = 5e-5, seed: int = 0,
              resume: bool = True, max_length: int = 128, alpha: float = 1.0, save_steps: int = 500,
-             overwrite: bool = False) -> dict:
-    """Fine-tune the teacher and score its elastic weights in one Trainer run; returns the dev metrics.
+             overwrite: bool = False) -> dict | None:
+    """Fine-tune the teacher and score its elastic weights in one Trainer run; returns the dev metrics
+    (None in the other processes of a multi-process launch: the main one writes the outputs).
 
     The run lasts `epochs + score_epochs` epochs under one learning-rate schedule and the scores cover every
     optimizer step (`score_epochs` are the paper's extra scoring epochs after convergence). `out_dir` receives
@@ -157,7 +172,7 @@ def finetune(model_name: str | os.PathLike | None, task: str, out_dir: str | os.
     if epochs + score_epochs <= 0:
         raise UserError("fine-tuning needs epochs + score-epochs > 0")
     work = out_dir.with_name(out_dir.name + ".checkpoints")
-    if not resume:
+    if not resume and training_processes().is_main_process:
         shutil.rmtree(work, ignore_errors=True)
     tokenizer = load_tokenizer(model_name)
     model = load_model(model_name, num_labels=spec.num_labels,
@@ -170,7 +185,7 @@ def finetune(model_name: str | os.PathLike | None, task: str, out_dir: str | os.
         output_dir=str(work), num_train_epochs=epochs + score_epochs, per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=2 * batch_size, learning_rate=lr, seed=seed, save_strategy="steps",
         save_steps=save_steps, save_total_limit=1, logging_steps=50, eval_strategy="no", report_to="none",
-        dataloader_num_workers=0)
+        dataloader_num_workers=0, use_cpu=cpu_only())
     importance = ImportanceCallback(alpha)
     trainer = Trainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
                       processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
@@ -184,10 +199,11 @@ def finetune(model_name: str | os.PathLike | None, task: str, out_dir: str | os.
     dev = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
     metrics = {"task": task, "model": str(model_name or "minilm-l6"), "main_metric": spec.main_metric,
                "dev": dev, "train_examples": len(data["train"]), "epochs": epochs, "score_epochs": score_epochs,
-               "optimizer_steps": trainer.state.global_step, "train_runtime_s": train_metrics.get("train_runtime"),
+               "optimizer_steps": trainer.state.global_step, "processes": args.world_size,
+               "train_runtime_s": train_metrics.get("train_runtime"),
                "alpha": alpha, "seed": seed}
     if not trainer.is_world_process_zero():
-        return metrics
+        return None  # under torchrun / `accelerate launch` the main process writes and reports
     # The teacher folder itself holds the scores and metrics, so it serves as both --model and --scores later.
     staging = out_dir.with_name(f".{out_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)

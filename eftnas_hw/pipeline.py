@@ -7,6 +7,7 @@ Each finished stage records a key (a hash of its own settings and of the keys of
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -83,34 +84,54 @@ def _key(*parts: Any) -> str:
 
 
 class Run:
-    """A run folder and its stage records."""
+    """A run folder and its stage records.
+
+    In a multi-process launch (torchrun, `accelerate launch`) the training stages run in every process and the
+    others in the main process alone; the main process decides and records, the rest follow its record.
+    """
 
     def __init__(self, out: Path, config: dict):
+        from .finetune import training_processes
+
         self.out, self.config = out, config
-        out.mkdir(parents=True, exist_ok=True)
+        self.processes = training_processes()
         self.record_path = out / "stages.json"
         self.done: dict = read_json(self.record_path, "stage record") if self.record_path.exists() else {}
         self.keys: dict[str, str] = {}
-        write_json_atomic(out / "config.json", config)
+        self.alone = False  # set once the other processes have left: no more waiting for them
+        if self.processes.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out / "config.json", config)
 
     def stage(self, name: str, settings: Any, inputs: tuple[str, ...], outputs: tuple[str, ...],
-              work: Callable[[], Any]) -> None:
+              work: Callable[[], Any], every_process: bool = False) -> None:
         """Run `work` unless this stage finished before with the same settings and inputs."""
         key = _key(name, settings, [self.keys[i] for i in inputs])
         self.keys[name] = key
         paths = [self.out / o for o in outputs]
-        if self.done.get(name) == key and all(p.exists() for p in paths):
-            print(f"[{name}] up to date, skipped")
-            return
-        if self.done.get(name) not in (None, key):  # settings changed: the old artifacts are stale
-            for p in paths:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        main = self.processes.is_main_process
+        with contextlib.nullcontext() if self.alone else self.processes.main_process_first():
+            if not main and self.record_path.exists():
+                self.done = read_json(self.record_path, "stage record")
+            if self.done.get(name) == key and all(p.exists() for p in paths):
+                print(f"[{name}] up to date, skipped")
+                return
+            if main and self.done.get(name) not in (None, key):  # settings changed: the old artifacts are stale
+                for p in paths:
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            if main and not every_process:
+                self._work(name, key, work)
+        if every_process:
+            self._work(name, key, work)
+
+    def _work(self, name: str, key: str, work: Callable[[], Any]) -> None:
         print(f"[{name}] running")
         started = time.time()
         work()
-        self.done[name] = key
-        self.done[f"{name}_seconds"] = round(time.time() - started, 1)
-        write_json_atomic(self.record_path, self.done)
+        if self.processes.is_main_process:
+            self.done[name] = key
+            self.done[f"{name}_seconds"] = round(time.time() - started, 1)
+            write_json_atomic(self.record_path, self.done)
 
 
 def shipped_table(shape: BertShape, profile_name: str, force: bool = False) -> Path | None:
@@ -127,8 +148,9 @@ def shipped_table(shape: BertShape, profile_name: str, force: bool = False) -> P
     return None
 
 
-def run_pipeline(config: dict, out: str | os.PathLike, progress: bool = True) -> dict:
-    """Run (or resume) every stage into `out`; returns the summary also written to out/summary.json."""
+def run_pipeline(config: dict, out: str | os.PathLike, progress: bool = True) -> dict | None:
+    """Run (or resume) every stage into `out`; returns the summary also written to out/summary.json (None in the
+    other processes of a multi-process launch, which take part in the training stages only)."""
     from .data import task_spec
     from .deploy import export_subnets
     from .elastic import ElasticBert
@@ -152,7 +174,7 @@ def run_pipeline(config: dict, out: str | os.PathLike, progress: bool = True) ->
     ft = config["finetune"]
     run.stage("finetune", [common, ft], (), ("teacher",),
               lambda: finetune(config["model"], config["task"], out / "teacher", data_dir=config["data_dir"],
-                               seed=config["seed"], max_length=config["max_length"], **ft))
+                               seed=config["seed"], max_length=config["max_length"], **ft), every_process=True)
 
     # 2. Latency table: the one given, else a shipped one for this shape and profile whose fingerprint matches
     # this machine, else one measured here into the run folder.
@@ -188,7 +210,11 @@ def run_pipeline(config: dict, out: str | os.PathLike, progress: bool = True) ->
     run.stage("supernet", [common, config["supernet"]], ("space",), ("supernet",),
               lambda: train_supernet(out / "teacher", out / "search_space.json", out / "supernet", config["task"],
                                      data_dir=config["data_dir"], strategy=strategy, max_train=max_train,
-                                     max_length=config["max_length"], seed=config["seed"], **sn))
+                                     max_length=config["max_length"], seed=config["seed"], **sn),
+              every_process=True)
+    if not run.processes.is_main_process:
+        return None  # training is over: search and export run in the main process
+    run.alone = True
 
     # 5. NSGA-II on the search split.
     se = config["search"]

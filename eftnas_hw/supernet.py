@@ -28,6 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .elastic import ElasticBert
 from .errors import UserError
+from .finetune import cpu_only, load_scores, training_processes
 from .files import atomic_output_dir, read_json, write_json_atomic
 from .models import load_model, load_tokenizer, save_model
 from .reorder import STRATEGIES, reorder_model
@@ -133,7 +134,7 @@ def fit_supernet(supernet: ElasticBert, teacher: nn.Module, space: SearchSpace, 
         weight_decay=settings.weight_decay, num_train_epochs=settings.epochs, max_steps=settings.max_steps,
         lr_scheduler_type="cosine", optim="adamw_torch", seed=settings.seed, save_strategy="steps",
         save_steps=settings.save_steps, save_total_limit=2, logging_steps=settings.logging_steps,
-        report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False,
+        report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False, use_cpu=cpu_only(),
         ddp_find_unused_parameters=True)  # a small subnet leaves most weights without gradient
     trainer = SandwichTrainer(args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
                               processing_class=tokenizer, callbacks=list(callbacks), supernet=supernet, space=space,
@@ -210,9 +211,10 @@ def train_supernet(teacher_dir: str | os.PathLike, space: SearchSpace | str | os
                    task: str, data_dir: str | os.PathLike | None = None, strategy: str = "first-order",
                    max_train: int | None = None, max_length: int = 128, report_random: int = 3,
                    eval_batch_size: int = 64, resume: bool = True, overwrite: bool = False,
-                   **training: Any) -> dict:
+                   **training: Any) -> dict | None:
     """Reorder the teacher by `strategy`, train the super-network, write it to `out_dir`; returns the report.
 
+    Under torchrun / `accelerate launch` every process trains; only the main one writes and returns the report.
     `training` sets `SupernetTraining` fields (epochs, max_steps, batch_size, lr, kd_alpha, ...). Checkpoints live
     in `<out_dir>.partial` until the run completes; calling again with the same arguments resumes there.
     """
@@ -239,8 +241,6 @@ def train_supernet(teacher_dir: str | os.PathLike, space: SearchSpace | str | os
         if not scores_path.is_file():
             raise UserError(f"{scores_path} not found: first-order reordering needs the fine-tuning importance "
                             f"scores (or choose --reorder l1/none)")
-        from .finetune import load_scores
-
         scores = load_scores(scores_path)
 
     student = load_model(teacher_dir)
@@ -255,23 +255,30 @@ def train_supernet(teacher_dir: str | os.PathLike, space: SearchSpace | str | os
     work_dir = out_dir.with_name(out_dir.name + ".partial")
     run = {"teacher": str(teacher_dir.resolve()), "task": task, "strategy": strategy, "max_train": max_train,
            "max_length": max_length, "space": space.to_dict(), "settings": asdict(settings)}
-    if work_dir.is_dir() and resume:
-        previous = read_json(work_dir / RUN_FILE, "run record") if (work_dir / RUN_FILE).is_file() else run
-        if previous != run:
-            raise UserError(f"{work_dir} holds an unfinished run with other settings; delete it or use the same ones")
-    else:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    write_json_atomic(work_dir / RUN_FILE, run)
+    processes = training_processes()
+    with processes.main_process_first():  # the main process prepares the checkpoint folder, the others check it
+        if work_dir.is_dir() and (resume or not processes.is_main_process):
+            previous = read_json(work_dir / RUN_FILE, "run record") if (work_dir / RUN_FILE).is_file() else run
+            if previous != run:
+                raise UserError(f"{work_dir} holds an unfinished run with other settings; delete it or use the "
+                                f"same ones")
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        if processes.is_main_process:
+            write_json_atomic(work_dir / RUN_FILE, run)
 
     started = time.perf_counter()
     steps = fit_supernet(supernet, teacher, space, data["train"], tokenizer, work_dir, settings, spec.is_regression,
                          resume)
     train_seconds = time.perf_counter() - started
+    if not processes.is_main_process:
+        return None  # the main process evaluates, writes and reports
 
     named = fixed_subnets(space, report_random, settings.seed)
     metrics = evaluate_subnets(supernet, list(named.values()), data["validation"], task, eval_batch_size)
     report = {"task": task, "strategy": strategy, "train_examples": len(data["train"]), "steps": steps,
-              "train_seconds_this_run": round(train_seconds, 1), "settings": asdict(settings),
+              "train_seconds_this_run": round(train_seconds, 1), "processes": processes.num_processes,
+              "settings": asdict(settings),
               "split": "validation", "subnets": [_report_entry(n, c, shape, m)
                                                  for (n, c), m in zip(named.items(), metrics)]}
     with atomic_output_dir(out_dir, overwrite) as tmp:
