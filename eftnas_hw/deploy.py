@@ -20,6 +20,7 @@ import numpy as np
 from .errors import UserError
 from .export import IR_NAME, export_openvino
 from .files import read_json, write_json_atomic
+from .latency import Profile
 from .subnet import SubnetConfig
 
 RECORD_NAME = "eftnas_export.json"
@@ -190,6 +191,7 @@ def model_card(r: dict, shape) -> str:
     int8 = (f"NNCF post-training INT8 quantization (transformer preset) calibrated on {r['calibration_size']} "
             f"training inputs of {r['task']}" if r["precision"] == "int8" else "f32 weights, no quantization")
     fp = r["fingerprint"]
+    ov_config = {k: str(v) for k, v in Profile.from_dict(p).ov_config().items()}
     predicted = f"predicted latency (latency table{', for the f32 model' if r['precision'] == 'int8' else ''})"
     measured = (f"{r['measured_ms']:.2f} ms ({m['min']:.2f} / {m['p10']:.2f} / {m['median']:.2f})"
                 + (" UNSTABLE (noisy machine)" if m["unstable"] else ""))
@@ -242,10 +244,14 @@ after loading (`model.reshape({p['batch']}, {seq})` in optimum-intel, `ov.Model.
 - extraction: `ElasticBert.set_active_subnet(cfg).get_active_subnet()` (physically smaller layers)
 - export: `optimum.exporters.openvino.export_from_model` (text-classification), {int8}
 
+## Use
+The settings below are the ones measured above. Without them OpenVINO picks its own threads and, on CPUs with
+AMX or AVX512-BF16, runs an f32 IR in bf16 (faster, slightly different logits).
+
 ```python
 from optimum.intel import OVModelForSequenceClassification
 from transformers import AutoTokenizer
-model = OVModelForSequenceClassification.from_pretrained("{r['name']}")
+model = OVModelForSequenceClassification.from_pretrained("{r['name']}", ov_config={ov_config})
 tokenizer = AutoTokenizer.from_pretrained("{r['name']}")
 ```
 """
@@ -261,7 +267,7 @@ def export_from_search(search_dir: str | os.PathLike, out_dir: str | os.PathLike
     The super-network, latency table and data folder default to the ones the search used; the profile defaults
     to the table's (a search on GMACs has no table, so it needs an explicit profile).
     """
-    from .latency import LatencyTable, Profile
+    from .latency import LatencyTable
     from .models import load_tokenizer
     from .search import load_search, select_subnet
     from .supernet import load_supernet

@@ -35,6 +35,11 @@ def cpu_only() -> bool:
     return not torch.accelerator.is_available()
 
 
+def compute_device() -> torch.device:
+    """The accelerator when there is one (the Trainer picks it the same way), else the CPU."""
+    return torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
+
+
 def training_processes() -> PartialState:
     """This process's place in a multi-process launch (one process when not launched so). The long timeout lets
     the other processes wait while the main one runs a stage alone (a latency table takes minutes)."""

@@ -335,10 +335,12 @@ def search_supernet(supernet_dir: str | os.PathLike, task: str, out_dir: str | o
 
     from .data import load_task, task_spec, tokenize_task
     from .models import load_tokenizer
+    from .finetune import compute_device
     from .supernet import evaluate_subnets, load_supernet
 
     supernet_dir = Path(supernet_dir)
     supernet, space = load_supernet(supernet_dir)
+    supernet.model.to(compute_device())  # a GPU, when there is one, evaluates the subnets
     spec = task_spec(task)
     if supernet.shape.num_labels != spec.num_labels:
         raise UserError(f"the super-network has {supernet.shape.num_labels} outputs, task {task} needs "

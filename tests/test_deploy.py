@@ -100,6 +100,22 @@ def test_records_card_and_summary(exported, tiny_shape):
     assert len(summary) == 1 + len(SUBNETS) and "prediction_error_pct" in summary[0]
 
 
+def test_model_card_snippet_loads_the_ir_as_measured(exported, supernet, tokenizer, monkeypatch):
+    out, records = exported
+    record, cfg = records[0], SUBNETS[0]
+    card = (out / record["name"] / "README.md").read_text()
+    snippet = card.split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(out)  # the card names its folder relative to where it is used
+    scope = {}
+    exec(snippet, scope)
+    batch = scope["tokenizer"](["a fine, moving film", "dull"], padding=True, return_tensors="pt")
+    supernet.set_active_subnet(cfg)
+    with torch.inference_mode():
+        expected = supernet(**batch).logits.numpy()
+    # f32 as measured: OpenVINO's bf16 default on AMX CPUs differs by ~2e-4 here
+    np.testing.assert_allclose(scope["model"](**batch).logits.numpy(), expected, atol=1e-5)
+
+
 def test_rerun_resumes_without_exporting_again(exported, supernet, tokenizer, sst2_dir, tiny_shape, monkeypatch):
     out, records = exported
     monkeypatch.setattr(deploy, "export_openvino", lambda *a, **k: pytest.fail("re-exported a finished model"))
