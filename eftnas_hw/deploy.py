@@ -101,6 +101,8 @@ def export_subnets(supernet, configs: Sequence[SubnetConfig | dict], out_dir: st
         raise UserError("no subnets to export")
     for r in records:
         SubnetConfig.from_dict(r["config"]).validate(supernet.shape)
+    if int8 or profile.precision == "int8":  # an INT8 profile measures INT8 models, and those carry no hint
+        int8, profile = True, replace(profile, precision="int8")
     out_dir = Path(out_dir)
     settings = ExportSettings(task, int8, calibration_size, max_length, profile.to_dict(), source or {})
     run = {**asdict(settings), "subnets": [r["config"] for r in records]}
@@ -136,7 +138,7 @@ def export_subnets(supernet, configs: Sequence[SubnetConfig | dict], out_dir: st
         torch_metrics = evaluate_subnets(supernet, [cfg], data, task, batch_size)[0]
         predicted = table.predict_ms(cfg) if table is not None else record.get("latency_ms")
         result = {
-            "name": folder.name, "config": cfg.to_dict(), "precision": "int8" if int8 else "f32",
+            "name": folder.name, "config": cfg.to_dict(), "precision": profile.precision,
             "metric_name": spec.main_metric,
             "predicted_ms": predicted, "measured_ms": measured[statistic], "measured_statistic": statistic,
             "measured": measured,
@@ -145,6 +147,7 @@ def export_subnets(supernet, configs: Sequence[SubnetConfig | dict], out_dir: st
             f"gmacs@{profile.seq_len}": cfg.gflops(supernet.shape, profile.seq_len),
             "params": cfg.params(supernet.shape), "task": task, "profile": profile.to_dict(),
             "fingerprint": fingerprint, "table_fingerprint": table.fingerprint if table is not None else None,
+            "table_precision": table.profile.precision if table is not None else None,
             "source": settings.source, "calibration_size": calibration_size if int8 else 0}
         _write_text(folder / "README.md", model_card(result, supernet.shape))
         write_json_atomic(previous, result)
@@ -189,10 +192,13 @@ def model_card(r: dict, shape) -> str:
     widths = "\n".join(f"| {i} | {h} | {f} |" for i, (h, f) in enumerate(zip(cfg["heads"], cfg["ffn"])))
     source = "\n".join(f"- {k}: `{v}`" for k, v in r["source"].items()) or "- (not recorded)"
     int8 = (f"NNCF post-training INT8 quantization (transformer preset) calibrated on {r['calibration_size']} "
-            f"training inputs of {r['task']}" if r["precision"] == "int8" else "f32 weights, no quantization")
+            f"training inputs of {r['task']}" if r["precision"] == "int8" else
+            f"f32 weights, no quantization, run in {r['precision']}")
     fp = r["fingerprint"]
     ov_config = {k: str(v) for k, v in Profile.from_dict(p).ov_config().items()}
-    predicted = f"predicted latency (latency table{', for the f32 model' if r['precision'] == 'int8' else ''})"
+    table_precision = r["table_precision"]
+    predicted = "predicted latency (latency table" + (
+        f", for the {table_precision} model)" if table_precision not in (None, r["precision"]) else ")")
     measured = (f"{r['measured_ms']:.2f} ms ({m['min']:.2f} / {m['p10']:.2f} / {m['median']:.2f})"
                 + (" UNSTABLE (noisy machine)" if m["unstable"] else ""))
     table_fp = ("the latency table was measured on the same CPU/OpenVINO" if r["table_fingerprint"] is None
@@ -287,8 +293,6 @@ def export_from_search(search_dir: str | os.PathLike, out_dir: str | os.PathLike
         profile = table.profile
     else:
         raise UserError("no latency table to take the deployment profile from: pass --profile")
-    if int8 and profile.precision != "int8":
-        profile = replace(profile, precision="int8")  # the measured model is INT8: no f32 precision hint
     task = settings["cache_key"]["task"]
     source = {"super-network": str(Path(supernet_dir).resolve()), "search": str(Path(search_dir).resolve()),
               "search objective": f"metric on {settings.get('search_examples')} search-split examples vs "

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -244,11 +243,10 @@ def run_pipeline(config: dict, out: str | os.PathLike, progress: bool = True) ->
                   "selection": f"{len(chosen)} subnets spread along the Pareto front, no further fine-tuning"}
         export_subnets(supernet, chosen, out / "models" / "front", tokenizer, source=source, **kwargs)
         if ex["int8"]:
-            int8 = {**kwargs, "profile": replace(profile, precision="int8")}
             export_subnets(teacher, [shape.full_subnet()], out / "models" / "base-int8", tokenizer, int8=True,
-                           source={"model": "the teacher, NNCF INT8"}, **int8)
+                           source={"model": "the teacher, NNCF INT8"}, **kwargs)
             export_subnets(supernet, chosen, out / "models" / "front-int8", tokenizer, int8=True, source=source,
-                           **int8)
+                           **kwargs)
 
     run.stage("export", [common, ex], ("search",), ("models",), export_models)
     summary = summarize(out)

@@ -149,6 +149,19 @@ def test_int8_export_is_quantized_and_measured(supernet, tokenizer, sst2_dir, tm
     assert "INT8" in (tmp_path / "int8" / "subnet-00" / "README.md").read_text()
 
 
+def test_bf16_profile_exports_f32_weights_run_in_bf16(supernet, tokenizer, sst2_dir, tiny_shape, tmp_path):
+    from eftnas_hw.latency.measure import core
+
+    if "BF16" not in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bf16 (the refusal is tested in test_latency)")
+    bf16 = replace(PROFILE, precision="bf16")
+    [record] = export_subnets(supernet, SUBNETS[:1], tmp_path / "bf16", tokenizer, bf16, "sst2", sst2_dir,
+                              table=synthetic_table(tiny_shape), max_length=16, progress=False)
+    card = (tmp_path / "bf16" / "subnet-00" / "README.md").read_text()
+    assert record["precision"] == "bf16" and "run in bf16" in card and "'INFERENCE_PRECISION_HINT': 'bf16'" in card
+    assert "for the f32 model" in card  # the table's prediction is for f32
+
+
 @pytest.fixture(scope="module")
 def supernet_dir(tiny_model_dir, tmp_path_factory):
     """A super-network folder as `eftnas-hw supernet` writes it: the model plus its search_space.json."""

@@ -208,3 +208,27 @@ def test_measure_ir_ms_on_a_file_and_missing_path(tmp_path):
     assert stats["n"] == 6 * BURST and stats["min"] <= stats["p10"] <= stats["median"] <= stats["p90"]
     with pytest.raises(UserError, match="not found"):
         measure_ir_ms(tmp_path / "missing", PROFILE)
+
+
+def test_bf16_profile_runs_bf16_or_is_refused():
+    import openvino as ov
+
+    from eftnas_hw.latency import measure_models_ms
+    from eftnas_hw.latency.measure import check_precision, core
+    from eftnas_hw.models import random_bert
+
+    bf16 = Profile(name="test-bf16", seq_len=16, precision="bf16")
+    assert bf16.ov_config()["INFERENCE_PRECISION_HINT"] == "bf16"
+
+    class CompiledAsF32:  # what OpenVINO does with a bf16 request on a CPU without bf16
+        def get_property(self, name):
+            return ov.Type.f32
+
+    with pytest.raises(UserError, match="asks for bf16 but OpenVINO runs f32"):
+        check_precision(CompiledAsF32(), bf16)
+    if "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        [stats] = measure_models_ms([random_bert(MICRO)], bf16, repeats=2)
+        assert stats["min"] > 0
+    else:
+        with pytest.raises(UserError, match="asks for bf16"):
+            measure_models_ms([random_bert(MICRO)], bf16, repeats=2)

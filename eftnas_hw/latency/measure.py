@@ -80,6 +80,15 @@ def summarize(wall_ms: Sequence[float], cpu_ms: Sequence[float] | None = None) -
     return stats
 
 
+def check_precision(compiled: ov.CompiledModel, profile: Profile) -> None:
+    """A CPU without bf16 support compiles a bf16 request as f32 without complaint: refuse to time that."""
+    wanted = profile.ov_config().get("INFERENCE_PRECISION_HINT")
+    got = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+    if wanted is not None and got != wanted:
+        raise UserError(f"profile {profile.name} asks for {wanted} but OpenVINO runs {got} on this CPU "
+                        f"({', '.join(core().get_property(profile.device, 'OPTIMIZATION_CAPABILITIES'))})")
+
+
 def _inputs(model: ov.Model | ov.CompiledModel, profile: Profile) -> dict:
     """All-ones token ids / masks of the profile's static shape: latency does not depend on token values."""
     return {inp.get_any_name(): np.ones((profile.batch, profile.seq_len), dtype=np.int64) for inp in model.inputs}
@@ -94,6 +103,7 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
         if model.inputs and model.inputs[0].get_partial_shape().is_dynamic:
             model.reshape({inp.get_any_name(): [profile.batch, profile.seq_len] for inp in model.inputs})
         c = core().compile_model(model, profile.device, profile.ov_config())
+        check_precision(c, profile)
         compiled.append((c.create_infer_request(), _inputs(c, profile)))
     for request, inputs in compiled:
         for _ in range(warmup):
