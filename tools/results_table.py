@@ -1,0 +1,57 @@
+"""Print the README's cross-task summary from results/<task>/results.json (written by reproduce_results.py).
+
+    python tools/results_table.py [--tasks sst2 mrpc ...]
+
+One row per task and method: measured latency range, dev-metric range, the best dev metric at <= 50% of the
+teacher's measured latency, the hypervolume; then, per task, whether the latency-driven front dominates the
+GFLOPs-driven one (every GFLOPs point matched or beaten by some latency point on both measured axes).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from eftnas_hw.files import read_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def points(result: dict, method: str) -> list[tuple[float, float]]:
+    """(measured ms, dev metric) of one method's models."""
+    return [(r["measured_ms"], r["ir_dev_metric"]) for r in result["models"] if r["method"] == method]
+
+
+def covers(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> bool:
+    """Every point of b is matched or beaten (no slower, no worse) by some point of a."""
+    return all(any(ms_a <= ms_b and m_a >= m_b for ms_a, m_a in a) for ms_b, m_b in b)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=None, help="default: every results/<task>/results.json")
+    args = parser.parse_args()
+    files = ([REPO / "results" / t / "results.json" for t in args.tasks] if args.tasks
+             else sorted((REPO / "results").glob("*/results.json")))
+    print("| task | method | models | latency (ms) | dev metric | best dev at <= 50% latency | HV |")
+    print("|---|---|---|---|---|---|---|")
+    verdicts = []
+    for path in files:
+        result = read_json(path, "results")
+        task, base = result["task"], result["base"]
+        for method, summary in result["methods"].items():
+            pts = points(result, method)
+            ms, metric = [p[0] for p in pts], [p[1] for p in pts]
+            best = summary["best_under_half_latency"]
+            best = "-" if best is None else f"{best:.4f} ({100 * (best - base['ir_dev_metric']):+.2f})"
+            print(f"| {task} | {method} | {len(pts)} | {min(ms):.2f}-{max(ms):.2f} | {min(metric):.4f}-{max(metric):.4f}"
+                  f" | {best} | {summary['hypervolume']:.3f} |")
+        lat, gfl = points(result, "eftnas-latency"), points(result, "eftnas-gflops")
+        if lat and gfl:
+            verdicts.append(f"{task}: latency front covers GFLOPs front: {covers(lat, gfl)}; "
+                            f"GFLOPs front covers latency front: {covers(gfl, lat)}")
+    print()
+    print("\n".join(verdicts))
+
+
+if __name__ == "__main__":
+    main()
