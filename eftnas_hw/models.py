@@ -74,6 +74,13 @@ def load_model(name: str | os.PathLike | None = None, num_labels: int | None = N
     """A BERT classifier from a folder, hub id or the packaged MiniLM; subnet folders come back narrowed."""
     config = load_config(name)
     path = resolve_model(name)
+    # A checkpoint fine-tuned for another label count keeps its encoder and gets a new classifier head.
+    new_head = num_labels is not None and num_labels != config.num_labels
+    if new_head and subnet_of(config) is not None:
+        raise UserError(f"subnet {name} classifies into {config.num_labels} outputs, not {num_labels}")
+    if new_head and any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):
+        print(f"model {name}: its classifier has {config.num_labels} outputs, the task needs {num_labels}: "
+              f"a new head is initialised")
     overrides = {k: v for k, v in (("num_labels", num_labels), ("problem_type", problem_type)) if v is not None}
     config.update(overrides)
     if num_labels is not None:  # labels must match the new head, whatever the checkpoint was trained for
@@ -85,7 +92,7 @@ def load_model(name: str | os.PathLike | None = None, num_labels: int | None = N
         hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected for an encoder checkpoint
         hf_logging.disable_progress_bar()
         try:
-            return BertForSequenceClassification.from_pretrained(path, config=config)
+            return BertForSequenceClassification.from_pretrained(path, config=config, ignore_mismatched_sizes=new_head)
         finally:
             hf_logging.set_verbosity(verbosity)
             if bars:
@@ -126,6 +133,7 @@ def save_model(model: nn.Module, out: str | os.PathLike, tokenizer: PreTrainedTo
     """HF-style folder (config.json with `eftnas_subnet`, model.safetensors, tokenizer), written atomically."""
     with atomic_output_dir(out, overwrite) as tmp:
         # Our own state-dict names: save_pretrained may rename keys back to a legacy checkpoint's (gamma/beta).
+        model.config.architectures = [type(model).__name__]  # as save_pretrained records it
         model.config.save_pretrained(tmp)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_NAME),
                   metadata={"format": "pt"})

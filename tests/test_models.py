@@ -100,3 +100,15 @@ def test_bad_models_are_user_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no config.json"):
         load_model(tmp_path / "empty")
+
+
+def test_other_label_count_gets_a_new_head_keeping_the_encoder(tiny_model_dir, tmp_path, capsys):
+    two = load_model(tiny_model_dir)  # saved as a 2-label classifier
+    one = load_model(tiny_model_dir, num_labels=1, problem_type="regression")  # e.g. reused for STS-B
+    assert one.classifier.out_features == 1 and one.config.id2label == {0: "LABEL_0"}
+    assert "a new head is initialised" in capsys.readouterr().out
+    assert torch.equal(one.bert.encoder.layer[1].output.dense.weight, two.bert.encoder.layer[1].output.dense.weight)
+    subnet_dir = tmp_path / "subnet"
+    save_model(build_subnet(two, SubnetConfig((2, 4), (64, 128))), subnet_dir, load_tokenizer(tiny_model_dir))
+    with pytest.raises(UserError, match="classifies into 2 outputs, not 3"):
+        load_model(subnet_dir, num_labels=3)
