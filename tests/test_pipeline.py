@@ -69,3 +69,14 @@ def test_spread_along_front_keeps_both_ends():
     picked = spread_along_front(front, 4)
     assert picked[0] == front[0] and picked[-1] == front[-1] and len(picked) == 4
     assert spread_along_front(front[:3], 5) == front[:3]
+
+
+def test_regression_task_runs_end_to_end(tiny_model_dir, glue_dir, tmp_path):
+    """STS-B: one output, MSE + distillation, Spearman as the metric; the 2-label tiny model gets a new head."""
+    config = load_run_config(None, {**TINY_RUN, "task": "stsb", "model": str(tiny_model_dir),
+                                    "data_dir": str(glue_dir)})
+    summary = run_pipeline(config, tmp_path / "run", progress=False)
+    teacher = json.loads((tmp_path / "run" / "teacher" / "metrics.json").read_text())
+    assert teacher["main_metric"] == "spearman" and "pearson" in teacher["dev"]
+    assert {r["group"] for r in summary["models"]} == {"base", "front"}
+    assert all(-1 <= r["ir_dev_metric"] <= 1 and r["measured_ms"] > 0 for r in summary["models"])
