@@ -101,11 +101,14 @@ def main() -> None:
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--config", default=None, help="run config YAML (default: the embedded default budget)")
     parser.add_argument("--root", default="runs/results", help="where the runs go (resumable)")
+    parser.add_argument("--name", default=None, help="results/<name> and <root>/<name> (default: the task), "
+                                                      "e.g. sst2-seed1 for a repeat with another seed")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--drop", nargs="*", type=int, default=[3, 4], help="layer-drop baselines to run")
     parser.add_argument("--int8", action="store_true", help="also INT8 teacher and latency front")
     args = parser.parse_args()
-    root = Path(args.root) / args.task
+    label = args.name or args.task
+    root = Path(args.root) / label
     rows = []
     for name in ["latency"] + [v for v in args.variants if v != "latency"]:
         overrides = {**VARIANTS[name], "task": args.task,
@@ -135,7 +138,7 @@ def main() -> None:
             "models": len(pts), "hypervolume": hypervolume(pts, base["measured_ms"]),
             "best_under_half_latency": max((m for m, ms in pts if ms <= 0.5 * base["measured_ms"]), default=None),
             "prediction_mape_pct": float(np.mean([abs(p - m) / m for p, m in preds]) * 100) if preds else None}
-    out = REPO / "results" / args.task
+    out = REPO / "results" / label
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", {"task": args.task, "base": base, "methods": methods, "models": rows,
                                              "config": config})
