@@ -37,7 +37,7 @@ def main() -> None:
     verdicts = []
     for path in files:
         result = read_json(path, "results")
-        task, base = result["task"], result["base"]
+        task, base = path.parent.name, result["base"]
         for method, summary in result["methods"].items():
             pts = points(result, method)
             ms, metric = [p[0] for p in pts], [p[1] for p in pts]
