@@ -83,7 +83,7 @@ def plot(rows: list[dict], base: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in dict.fromkeys(r["method"] for r in rows):
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "teacher"):
         pts = sorted((r["measured_ms"], r["ir_dev_metric"]) for r in rows if r["method"] == method)
         ax.plot(*zip(*pts), marker="o", linestyle="-" if len(pts) > 1 else "none", label=method)
     ax.scatter([base["measured_ms"]], [base["ir_dev_metric"]], marker="*", s=200, c="red", label="teacher", zorder=5)
