@@ -171,8 +171,11 @@ def compute_metrics(task: str, predictions: np.ndarray, labels: np.ndarray) -> d
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if spec.is_regression:
         predictions = predictions.reshape(-1)
-        out = {"pearson": float(pearsonr(predictions, labels)[0]),
-               "spearman": float(spearmanr(predictions, labels)[0])}
+        if np.ptp(predictions) == 0:  # a constant predictor ranks nothing: 0, as sklearn's MCC does, not NaN
+            out = {"pearson": 0.0, "spearman": 0.0}
+        else:
+            out = {"pearson": float(pearsonr(predictions, labels)[0]),
+                   "spearman": float(spearmanr(predictions, labels)[0])}
     else:
         if predictions.ndim == 2:
             predictions = predictions.argmax(-1)

@@ -81,6 +81,9 @@ def test_metrics():
     assert compute_metrics("cola", np.array([1, 0, 1, 0]), np.array([1, 0, 1, 0]))["metric"] == 1.0
     s = compute_metrics("stsb", np.array([[1.0], [2.0], [3.0]]), np.array([1.5, 2.0, 4.0]))
     assert s["spearman"] == pytest.approx(1.0) and s["pearson"] < 1.0
+    # a subnet that collapsed to a constant output must rank last in the search, not poison it with NaN
+    flat = compute_metrics("stsb", np.array([[0.5], [0.5], [0.5]]), np.array([1.5, 2.0, 4.0]))
+    assert flat["spearman"] == 0.0 and flat["pearson"] == 0.0 and flat["metric"] == 0.0
 
 
 def test_malformed_local_file_is_a_user_error(tmp_path):
