@@ -205,7 +205,7 @@ def _latency(args: argparse.Namespace) -> None:
     from .subnet import BertShape, SubnetConfig
 
     table = LatencyTable.load(args.table, force=args.force)
-    subnet = SubnetConfig.load(args.subnet).validate(table.shape)
+    subnet = SubnetConfig.load(args.subnet).validate(table.shape) if args.subnet else table.shape.full_subnet()
     result = {"subnet": subnet.to_dict(), "profile": table.profile.name, "predicted_ms": table.predict_ms(subnet),
               f"gmacs@{table.profile.seq_len}": subnet.gflops(table.shape, table.profile.seq_len)}
     if args.measure:
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("latency", help="predicted (and optionally measured) latency of a subnet")
     p.add_argument("--table", required=True, help="latency table JSON")
-    p.add_argument("--subnet", required=True, help="subnet JSON ({'heads': [...], 'ffn': [...]})")
+    p.add_argument("--subnet", help="subnet JSON ({'heads': [...], 'ffn': [...]}); default: the full model")
     p.add_argument("--measure", action="store_true", help="also export the subnet and measure it")
     _model_arg(p)
     p.add_argument("--repeats", type=int, default=50, help="measurement rounds with --measure (each a warm burst of calls)")

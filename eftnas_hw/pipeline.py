@@ -134,10 +134,10 @@ class Run:
 
 
 def shipped_table(shape: BertShape, profile_name: str, force: bool = False) -> Path | None:
-    """A table in latency_tables/ for this shape and profile that is valid on this machine, if there is one."""
+    """A table in latency_tables/ (one folder per CPU) for this shape and profile that is valid on this machine."""
     from .latency import LatencyTable
 
-    for path in sorted(REPO_TABLES.glob(f"*_{profile_name}.json")):
+    for path in sorted(REPO_TABLES.rglob(f"*_{profile_name}.json")):
         try:
             LatencyTable.load(path, force=force).check_shape(shape)
         except UserError as e:
@@ -249,7 +249,7 @@ def run_pipeline(config: dict, out: str | os.PathLike, progress: bool = True) ->
                            **kwargs)
 
     run.stage("export", [common, ex], ("search",), ("models",), export_models)
-    summary = summarize(out)
+    summary = summarize(out, table_path)
     write_json_atomic(out / "summary.json", summary)
     print(format_summary(summary))
     return summary
@@ -263,8 +263,9 @@ def spread_along_front(front: list[dict], k: int) -> list[dict]:
     return [front[i] for i in picks]
 
 
-def summarize(out: Path) -> dict:
-    """Measured latency and IR dev metric of the base model and of every exported subnet, with speed-ups."""
+def summarize(out: Path, table_path: Path) -> dict:
+    """Measured latency and IR dev metric of the base model and of every exported subnet, with speed-ups, and the
+    latency table that predicted them (shipped tables are chosen by this machine's fingerprint)."""
     groups = {}
     for folder in sorted((out / "models").iterdir()):
         if (folder / "summary.json").exists():
@@ -279,7 +280,8 @@ def summarize(out: Path) -> dict:
                          "delta_metric": r["ir_dev_metric"] - base["ir_dev_metric"],
                          "path": str(out / "models" / group / r["name"])})
     stages = read_json(out / "stages.json", "stage record")
-    return {"run": str(out), "base": {"measured_ms": base["measured_ms"], "ir_dev_metric": base["ir_dev_metric"]},
+    return {"run": str(out), "table": str(table_path.resolve()),
+            "base": {"measured_ms": base["measured_ms"], "ir_dev_metric": base["ir_dev_metric"]},
             "models": rows, "pareto_plot": str(out / "search" / "pareto.png"),
             "stage_seconds": {k[:-8]: v for k, v in stages.items() if k.endswith("_seconds")}}
 

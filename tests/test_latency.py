@@ -172,6 +172,9 @@ def test_latency_command(real_table, tmp_path, capsys):
                  "--repeats", "5"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["predicted_ms"] > 0 and out["measured_ms"] > 0 and "error_pct" in out
+    assert main(["latency", "--table", str(real_table)]) == 0  # no subnet: the full model, which costs more
+    full = json.loads(capsys.readouterr().out)
+    assert full["subnet"] == MICRO.full_subnet().to_dict() and full["predicted_ms"] > out["predicted_ms"]
     SubnetConfig((1, 1), (48, 48)).save(subnet)
     assert main(["latency", "--table", str(real_table), "--subnet", str(subnet)]) == 2
     assert "layers" in capsys.readouterr().err

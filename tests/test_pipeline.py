@@ -35,6 +35,7 @@ def test_every_stage_leaves_its_artifacts(tiny_run):
         assert (out / artifact).exists(), artifact
     groups = {r["group"] for r in summary["models"]}
     assert groups == {"base", "front"}
+    assert summary["table"] == str((out / "latency_table.json").resolve())  # no shipped table fits the tiny shape
     base = [r for r in summary["models"] if r["group"] == "base"][0]
     assert base["speedup"] == pytest.approx(1.0)
     assert all(r["measured_ms"] > 0 and 0 <= r["ir_dev_metric"] <= 1 for r in summary["models"])

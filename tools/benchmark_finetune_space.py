@@ -30,7 +30,7 @@ def find_table(shape: BertShape, path: str | None):
     from eftnas_hw.errors import UserError
     from eftnas_hw.latency import LatencyTable
 
-    for candidate in [Path(path)] if path else sorted((REPO / "latency_tables").glob("*.json")):
+    for candidate in [Path(path)] if path else sorted((REPO / "latency_tables").rglob("*.json")):
         try:
             table = LatencyTable.load(candidate)
             table.check_shape(shape)

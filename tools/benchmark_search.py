@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_TABLE = REPO / "latency_tables" / "minilm-l6_cpu-1t-b1-s128.json"
 # Per layer: 6, 9 or 12 of 12 heads, FFN 512, 1024 or 1536 of 1536 (3^12 = 531,441 subnets).
 STANDIN_SPACE = {"heads": [[6, 9, 12]] * 6, "ffn": [[512, 1024, 1536]] * 6}
 
@@ -49,7 +48,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--supernet", help="trained super-network folder (default: a stand-in from --teacher)")
     p.add_argument("--teacher", default=None, help="classifier folder for the stand-in (default: packaged MiniLM)")
-    p.add_argument("--table", default=None, help=f"latency table (default {DEFAULT_TABLE.relative_to(REPO)})")
+    p.add_argument("--table", default=None, help="latency table (default: the shipped MiniLM-L6 1-thread table "
+                                                 "valid on this CPU)")
     p.add_argument("--data-dir", default=os.environ.get("EFTNAS_GLUE_DIR", str(REPO.parent / "shared/data/glue")))
     p.add_argument("--pop", type=int, default=8)
     p.add_argument("--evals", type=int, default=24)
@@ -60,14 +60,16 @@ def main() -> int:
 
     from eftnas_hw.data import load_task
     from eftnas_hw.deploy import export_subnets
-    from eftnas_hw.latency import LatencyTable
+    from eftnas_hw.latency import LatencyTable, named_shape
     from eftnas_hw.models import load_tokenizer
+    from eftnas_hw.pipeline import shipped_table
     from eftnas_hw.search import search_supernet
     from eftnas_hw.supernet import load_supernet
 
-    table_path = Path(args.table) if args.table else DEFAULT_TABLE
-    if not table_path.is_file():
-        sys.exit(f"latency table {table_path} not found: build it with tools/benchmark_latency_table.py")
+    table_path = Path(args.table) if args.table else shipped_table(named_shape("minilm-l6"), "cpu-1t-b1-s128")
+    if table_path is None or not table_path.is_file():
+        sys.exit(f"latency table {table_path or 'for this CPU'} not found: build it with "
+                 "tools/benchmark_latency_table.py")
     args.work.mkdir(parents=True, exist_ok=True)
     snapshot = args.work / "table.json"  # the search and the export must use one table, even if it is rebuilt
     if not snapshot.exists():

@@ -8,7 +8,7 @@ from eftnas_hw.subnet import SubnetConfig
 from eftnas_hw.supernet import load_supernet, evaluate_subnets, fixed_subnets
 from eftnas_hw.data import load_task, tokenize_task
 root = "runs/results/sst2"
-t = LatencyTable.load("latency_tables/minilm-l6_cpu-1t-b1-s128.json")
+t = LatencyTable.load(json.load(open(f"{root}/latency/summary.json"))["table"])
 sp = json.load(open(f"{root}/latency/search_space.json"))
 cfgs = [SubnetConfig(c["heads"], c["ffn"]) for c in sp["configurations"]]
 teacher = load_model(f"{root}/latency/teacher")
