@@ -1,7 +1,7 @@
 """The weight-sharing super-network (EFTNAS 3.3): reordered teacher weights trained with the sandwich rule + KD.
 
-Every optimizer step trains the largest, the smallest and `num_random` random subnets of the search space on
-the same batch, accumulating their gradients, each distilled from the frozen fine-tuned teacher with
+Every optimizer step trains the smallest, `num_random` random and the largest subnets of the search space on
+the same batch, accumulating their gradients (under DDP exchanged once, after the largest), each distilled from the frozen fine-tuned teacher with
     L = kd_alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + ce_alpha * CE(student, labels)
 (regression: MSE to the teacher's output + MSE to the labels). It is a `transformers.Trainer` subclass, so
 checkpointing, resume, logging and accelerate/torchrun come from the library. Random subnets are drawn from an
@@ -10,6 +10,7 @@ an uninterrupted one (the Trainer restores the data order, dropout RNG and optim
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -71,9 +72,10 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
 
 
 def sandwich_subnets(space: SearchSpace, num_random: int, seed: int, step: int) -> list[SubnetConfig]:
-    """Largest, smallest and `num_random` random subnets for optimizer step `step` (a pure function of both)."""
+    """Smallest, `num_random` random and (last) the largest subnet for optimizer step `step` (a pure function of
+    both). The largest comes last because it uses every trained weight: its backward alone synchronises DDP."""
     rng = random.Random(seed * 1_000_003 + step)
-    return [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(num_random)]
+    return [space.smallest()] + [space.sample(rng) for _ in range(num_random)] + [space.largest()]
 
 
 def fixed_subnets(space: SearchSpace, num_random: int, seed: int = 0) -> dict[str, SubnetConfig]:
@@ -103,10 +105,13 @@ class SandwichTrainer(Trainer):
         inputs["teacher_logits"] = self._teacher_logits(inputs)  # once per batch, shared by all subnets
         s = self.settings
         losses = []
-        for cfg in sandwich_subnets(self.space, s.num_random, s.seed, self.state.global_step):
+        subnets = sandwich_subnets(self.space, s.num_random, s.seed, self.state.global_step)
+        for i, cfg in enumerate(subnets):
             self.supernet.set_active_subnet(cfg)
-            losses.append(super().training_step(model, dict(inputs), num_items_in_batch))
-        self.supernet.set_active_subnet(self.space.largest())
+            # Under DDP the earlier subnets' gradients accumulate locally and the last backward (the largest)
+            # all-reduces the sum: one gradient exchange per step instead of one per subnet.
+            with contextlib.nullcontext() if i == len(subnets) - 1 else self.accelerator.no_sync(model):
+                losses.append(super().training_step(model, dict(inputs), num_items_in_batch))
         return torch.stack(losses).mean()  # gradients are summed over the subnets; the log shows their mean loss
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
