@@ -1,7 +1,8 @@
 """The weight-sharing super-network (EFTNAS 3.3): reordered teacher weights trained with the sandwich rule + KD.
 
 Every optimizer step trains the smallest, `num_random` random and the largest subnets of the search space on
-the same batch, accumulating their gradients (under DDP exchanged once, after the largest), each distilled from the frozen fine-tuned teacher with
+the same batch, accumulating their gradients (under DDP exchanged once, after the largest), each distilled from
+the frozen fine-tuned teacher with
     L = kd_alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + ce_alpha * CE(student, labels)
 (regression: MSE to the teacher's output + MSE to the labels). It is a `transformers.Trainer` subclass, so
 checkpointing, resume, logging and accelerate/torchrun come from the library. Random subnets are drawn from an

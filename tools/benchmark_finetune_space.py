@@ -5,8 +5,9 @@
 
 Records the budget (training examples, epochs, optimizer steps), the wall time of fine-tuning + scoring, the
 teacher's dev metric, and the search space for targets spanning 25%-100% of the base model's cost. The cost is
-a latency table's prediction (ms) when one for MiniLM-L6 is given or found in latency_tables/, else GMACs; with
-a table, each of the N configurations (and the base model) is also exported and measured under its profile.
+a latency table's prediction (ms) when one is given or a 1-thread f32 one in latency_tables/ fits this CPU, else
+GMACs; with a table, each of the N configurations (and the base model) is also exported and measured under its
+profile.
 A finished teacher in --work is reused, so an interrupted run resumes.
 """
 from __future__ import annotations
@@ -26,20 +27,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def find_table(shape: BertShape, path: str | None):
-    """The given table, else the first one in latency_tables/ built for this shape (None: fall back to GMACs)."""
-    from eftnas_hw.errors import UserError
+    """The given table, else the shipped 1-thread f32 one valid on this CPU for this shape (None: use GMACs)."""
     from eftnas_hw.latency import LatencyTable
+    from eftnas_hw.pipeline import shipped_table
 
-    for candidate in [Path(path)] if path else sorted((REPO / "latency_tables").rglob("*.json")):
-        try:
-            table = LatencyTable.load(candidate)
-            table.check_shape(shape)
-            return candidate, table
-        except UserError as e:
-            if path:
-                raise
-            print(f"skipping {candidate}: {e}")
-    return None, None
+    found = Path(path) if path else shipped_table(shape, "cpu-1t-b1-s128")
+    if found is None:
+        return None, None
+    table = LatencyTable.load(found)
+    table.check_shape(shape)
+    return found, table
 
 
 def main() -> None:
