@@ -136,7 +136,8 @@ def load_task(task: str, data_dir: str | os.PathLike | None = None, search_fract
     regression) and 'validation' (GLUE dev; MNLI: matched).
 
     The search split is carved from the full training set before `max_train` subsamples what remains, so a
-    given seed always yields the same search split whatever the training budget.
+    given seed always yields the same search split whatever the training budget; every stage of a run must use
+    the run's seed, or its search split overlaps the data the super-network was trained on.
     """
     spec = task_spec(task)
     if not 0 < search_fraction < 1:
@@ -144,22 +145,30 @@ def load_task(task: str, data_dir: str | os.PathLike | None = None, search_fract
     raw = _load_raw(spec, data_dir)
     stratify = None if spec.is_regression else "label"
     split = raw["train"].train_test_split(test_size=search_fraction, seed=seed, stratify_by_column=stratify)
-    train = split["train"]
-    if max_train is not None and max_train < len(train):
-        train = train.shuffle(seed=seed).select(range(max_train))
-    return DatasetDict(train=train, search=split["test"], validation=raw["validation"])
+    return DatasetDict(train=subsample(split["train"], max_train, seed), search=split["test"],
+                       validation=raw["validation"])
 
 
-def tokenize_task(dsdict: DatasetDict, tokenizer, task: str, max_length: int = 128) -> DatasetDict:
-    """Token ids without padding (DataCollatorWithPadding pads each batch to its own longest sequence)."""
+def subsample(dataset: Dataset, n: int | None, seed: int) -> Dataset:
+    """A seeded subset of `n` examples (all of them when n is None or not smaller)."""
+    if n is None or n >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(n))
+
+
+def tokenize(dataset: Dataset, tokenizer, task: str, max_length: int = 128) -> Dataset:
+    """Token ids and `label`, without padding (batches are padded to their own longest sequence)."""
     keys = task_spec(task).text_keys
 
     def encode(batch: dict) -> dict:
         return tokenizer(*(batch[k] for k in keys), truncation=True, max_length=max_length)
 
-    return DatasetDict({name: d.map(encode, batched=True, remove_columns=[c for c in d.column_names if c != "label"],
-                                    desc=f"tokenize {name}")
-                        for name, d in dsdict.items()})
+    return dataset.map(encode, batched=True, remove_columns=[c for c in dataset.column_names if c != "label"],
+                       desc="tokenize")
+
+
+def tokenize_task(dsdict: DatasetDict, tokenizer, task: str, max_length: int = 128) -> DatasetDict:
+    return DatasetDict({name: tokenize(d, tokenizer, task, max_length) for name, d in dsdict.items()})
 
 
 def compute_metrics(task: str, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -188,10 +197,8 @@ def compute_metrics(task: str, predictions: np.ndarray, labels: np.ndarray) -> d
     return out
 
 
-def calibration_texts(task: str, data_dir: str | os.PathLike | None, n: int, seed: int = 0) -> list[str | tuple[str, str]]:
+def calibration_texts(task: str, train: Dataset, n: int, seed: int = 0) -> list[str | tuple[str, str]]:
     """`n` seeded training inputs (a sentence or a sentence pair) for INT8 calibration."""
-    spec = task_spec(task)
-    train = load_task(task, data_dir, seed=seed)["train"]
-    rows = train.shuffle(seed=seed).select(range(min(n, len(train))))
-    columns = [rows[k] for k in spec.text_keys]
+    rows = subsample(train, n, seed)
+    columns = [rows[k] for k in task_spec(task).text_keys]
     return list(columns[0]) if len(columns) == 1 else list(zip(*columns))

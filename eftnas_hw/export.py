@@ -5,10 +5,12 @@ from config.json, which knows nothing of per-layer widths.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import openvino as ov
 from torch import nn
@@ -32,8 +34,8 @@ def export_openvino(model: nn.Module, out: str | os.PathLike, tokenizer: PreTrai
 
     with atomic_output_dir(out, overwrite) as tmp:
         model = model.eval()
-        _quiet_export_logs()
-        export_from_model(model, output=tmp, task="text-classification")
+        with _quiet_export():
+            export_from_model(model, output=tmp, task="text-classification")
         ir = ov.Core().read_model(tmp / IR_NAME)
         if static_shape is not None:
             ir.reshape({inp.get_any_name(): list(static_shape) for inp in ir.inputs})
@@ -68,6 +70,22 @@ def quantize_int8(ir: ov.Model, tokenizer: PreTrainedTokenizerBase,
                          subset_size=len(texts))
 
 
-def _quiet_export_logs() -> None:
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Silence what tracing a BERT classifier prints and nobody can act on: transformers' `loss_type=None ...
+    ForCausalLMLoss` and `cache_position` deprecation lines (its own logger), torch's TracerWarnings from the
+    mask utilities, and optimum/nncf/OpenVINO info logs. Only here, for the export call; nothing is filtered
+    globally."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
     for name in ("optimum", "nncf", "openvino"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)

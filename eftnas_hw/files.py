@@ -1,30 +1,55 @@
-"""Files that are never half-written: JSON and output folders go to a temporary name, then are renamed."""
+"""Files that are never half-written, and inputs identified by content.
+
+Every output goes through `atomic_file` (one file) or `atomic_output_dir` (one folder): it is written under a
+temporary name beside its destination and renamed when complete, so a reader, or a run resumed after a kill,
+never sees half of it.
+"""
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from .errors import UserError
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to a temporary file beside `path`, then rename: a reader never sees half a file."""
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix, so writers that go by it keep working); on success it
+    replaces `path`, on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
+        yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: Sequence[dict]) -> None:
+    """One header from the first row's keys; rows may omit keys (empty cells)."""
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
@@ -36,6 +61,16 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         raise UserError(f"{what} not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{what} {path} is corrupt or truncated ({e})") from None
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Content hash (16 hex digits of SHA-256): the identity of an input, whatever its path or modification time,
+    so a fresh clone or a copied run folder recognises the same table or weights."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 @contextmanager

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .importance import channel_importance, head_importance
+from .settings import REORDER_STRATEGIES
 from .subnet import BertShape
 
 
@@ -58,9 +60,6 @@ def apply_ordering(model: nn.Module, ordering: Ordering) -> nn.Module:
     return model
 
 
-STRATEGIES = ("first-order", "l1", "none")
-
-
 def ordering_from_importance(head_scores: torch.Tensor, channel_scores: torch.Tensor) -> Ordering:
     """Most important first per layer; ties keep the original order (stable sort), so equal scores = identity."""
     def descending(scores: torch.Tensor) -> tuple[tuple[int, ...], ...]:
@@ -99,10 +98,8 @@ def importance_ordering(model: nn.Module, strategy: str, scores: dict[str, torch
     if strategy == "first-order":
         if scores is None:
             raise UserError("reordering 'first-order' needs the importance scores saved by fine-tuning")
-        from .finetune import channel_importance, head_importance
-
         return ordering_from_importance(head_importance(scores, shape), channel_importance(scores, shape))
-    raise UserError(f"unknown reordering strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    raise UserError(f"unknown reordering strategy {strategy!r}; choose from {', '.join(REORDER_STRATEGIES)}")
 
 
 def reorder_model(model: nn.Module, strategy: str, scores: dict[str, torch.Tensor] | None = None) -> Ordering:

@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
+from .cost import CostModel
 from .errors import UserError
 from .files import write_json_atomic
-from .finetune import layer_scores
+from .importance import layer_scores
+from .settings import SpaceSettings
 from .subnet import BertShape, SearchSpace, SubnetConfig
-
-if TYPE_CHECKING:
-    from .latency import LatencyTable
-
-CostFn = Callable[[SubnetConfig], float]
 
 
 class ThresholdedScores:
@@ -75,11 +71,10 @@ class SearchSpaceResult:
     unit: str
     metric: str
     reachable: tuple[float, float]
-    ffn_step: int
-    include_full: bool
+    settings: SpaceSettings
 
     def to_dict(self) -> dict:
-        return {"metric": self.metric, "unit": self.unit, "ffn_step": self.ffn_step, "include_full": self.include_full,
+        return {"metric": self.metric, "unit": self.unit, "settings": self.settings.to_dict(),
                 "reachable": list(self.reachable), "size": self.space.size, "space": self.space.to_dict(),
                 "configurations": [{"target": t, "predicted": c, "tau": tau, "kept_weights": k, **s.to_dict()}
                                    for s, t, c, tau, k in zip(self.subnets, self.targets, self.costs, self.taus,
@@ -96,64 +91,53 @@ class SearchSpaceResult:
         lines.append(f"\n{'target':>9} {'predicted':>9} {'tau':>11}  subnet ({self.metric}, {self.unit})")
         for s, t, c, tau in zip(self.subnets, self.targets, self.costs, self.taus):
             lines.append(f"{t:>9.4g} {c:>9.4g} {tau:>11.3e}  {s}")
-        if self.include_full:
+        if self.settings.include_full:
             lines.append(f"{'':>9} {'':>9} {'':>11}  + the base model (upper end of the space)")
         lines.append(f"\nsearch space size: {self.space.size:,} subnets")
         return "\n".join(lines)
 
 
-def build_search_space(scores: dict[str, torch.Tensor], shape: BertShape, cost_fn: CostFn, low: float, high: float,
-                       n: int = 5, ffn_step: int = 32, include_full: bool = False, tol: float = 0.03,
-                       unit: str = "ms", metric: str = "latency") -> SearchSpaceResult:
-    """Algorithm 1: one threshold per target in linspace(low, high, n), subnets combined into a search space.
+def build_search_space(scores: dict[str, torch.Tensor], shape: BertShape, cost: CostModel,
+                       settings: SpaceSettings = SpaceSettings()) -> SearchSpaceResult:
+    """Algorithm 1: one threshold per target in linspace(low, high, n) x the base model's cost, the subnets
+    combined into a search space.
 
     A target is met when the chosen subnet's cost is within `tol` (relative) of it; otherwise, or when a
     target lies outside the reachable range (everything removed .. the full model), a UserError says why.
     `include_full` adds the base model to the space so its upper end is the base model (paper 3.2).
     """
-    if n < 1:
-        raise UserError(f"need at least one target, got n={n}")
-    if not low <= high:
-        raise UserError(f"lower target {low} is above the upper target {high}")
-    thresholded = ThresholdedScores(scores, shape, ffn_step)
-    last = len(thresholded.all) - 1
+    thresholded = ThresholdedScores(scores, shape, settings.ffn_step)
+    last, tol, unit = len(thresholded.all) - 1, settings.tol, cost.unit
     cache: dict[int, tuple[SubnetConfig, float]] = {}
 
     def evaluate(index: int) -> tuple[SubnetConfig, float]:
         if index not in cache:
             subnet = thresholded.subnet(thresholded.tau(index))
-            cache[index] = (subnet, float(cost_fn(subnet)))
+            cache[index] = (subnet, cost(subnet))
         return cache[index]
 
+    base_cost = cost(shape.full_subnet())
+    low, high = settings.low * base_cost, settings.high * base_cost
     reachable = (evaluate(last)[1], evaluate(-1)[1])
     if low < reachable[0] * (1 - tol) or high > reachable[1] * (1 + tol):
-        raise UserError(f"targets {low:g}..{high:g} {unit} lie outside the reachable range "
-                        f"{reachable[0]:.4g}..{reachable[1]:.4g} {unit} (every block removed .. the full model)")
+        raise UserError(f"targets {low:.4g}..{high:.4g} {unit} ({settings.low:g}..{settings.high:g} of the base "
+                        f"model's {base_cost:.4g}) lie outside the reachable range {reachable[0]:.4g}.."
+                        f"{reachable[1]:.4g} {unit} (every block removed .. the full model)")
     chosen = []
-    for target in np.linspace(low, high, n):
+    for target in np.linspace(low, high, settings.n):
         lo, hi = -1, last  # invariant: cost(hi) <= target (or hi = last); cost is non-increasing in the index
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if evaluate(mid)[1] <= target else (mid, hi)
         index = min((lo, hi), key=lambda i: abs(evaluate(i)[1] - target))
-        subnet, cost = evaluate(index)
-        if abs(cost - target) > tol * abs(target):
+        subnet, achieved = evaluate(index)
+        if abs(achieved - target) > tol * abs(target):
             raise UserError(f"no threshold reaches {target:.4g} {unit} within {tol:.0%}: the nearest subnets cost "
                             f"{evaluate(hi)[1]:.4g} and {evaluate(lo)[1]:.4g} {unit} (coarser granularity, "
                             f"a larger --tol or other targets may help)")
         kept = float((thresholded.all > thresholded.tau(index)).mean())
-        chosen.append((subnet, float(target), cost, thresholded.tau(index), kept))
+        chosen.append((subnet, float(target), achieved, thresholded.tau(index), kept))
     subnets = [c[0] for c in chosen]
-    space = SearchSpace.from_subnets(subnets + [shape.full_subnet()] if include_full else subnets)
-    return SearchSpaceResult(space, *map(tuple, zip(*chosen)), unit=unit, metric=metric, reachable=reachable,
-                             ffn_step=ffn_step, include_full=include_full)
-
-
-def cost_function(shape: BertShape, table: LatencyTable | None = None,
-                  seq_len: int = 128) -> tuple[CostFn, str, str]:
-    """(cost, unit, label) for Algorithm 1: the table's predicted latency, or without a table the paper's original
-    cost, giga-MACs of one sequence of `seq_len` tokens. One place, so the CLI, the pipeline and the tools agree."""
-    if table is not None:
-        return table.predict_ms, "ms", "latency"
-    return (lambda subnet: subnet.gflops(shape, seq_len)), "GMACs", f"gflops@{seq_len}"
-
+    space = SearchSpace.from_subnets(subnets + [shape.full_subnet()] if settings.include_full else subnets)
+    return SearchSpaceResult(space, *map(tuple, zip(*chosen)), unit=unit, metric=cost.label, reachable=reachable,
+                             settings=settings)

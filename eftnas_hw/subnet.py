@@ -58,6 +58,21 @@ class BertShape:
         return (f"{self.num_layers} layers x hidden {self.hidden_size}, {self.num_heads} heads of "
                 f"{self.head_size}, FFN {self.intermediate_size}")
 
+    @classmethod
+    def named(cls, name: str) -> "BertShape":
+        """A shape preset (NAMED_SHAPES), e.g. for building a latency table without weights."""
+        try:
+            return NAMED_SHAPES[name]
+        except KeyError:
+            raise UserError(f"unknown shape {name!r} (known: {', '.join(NAMED_SHAPES)})") from None
+
+
+# Shapes of the model families the paper compresses.
+NAMED_SHAPES = {
+    "minilm-l6": BertShape(num_layers=6, hidden_size=384, num_heads=12, head_size=32, intermediate_size=1536),
+    "bert-base": BertShape(num_layers=12, hidden_size=768, num_heads=12, head_size=64, intermediate_size=3072),
+}
+
 
 def layer_macs(shape: BertShape, heads: int, ffn: int, seq_len: int) -> int:
     """MACs of one encoder layer for one sequence: Q/K/V/O projections, the two attention matmuls, the FFN."""
@@ -102,8 +117,8 @@ class SubnetConfig:
         head = shape.hidden_size * shape.hidden_size + shape.hidden_size * shape.num_labels
         return batch * (encoder + head)
 
-    def gflops(self, shape: BertShape, seq_len: int = 128, batch: int = 1) -> float:
-        """The paper's "GFLOPs" unit, which is giga-MACs."""
+    def gmacs(self, shape: BertShape, seq_len: int = 128, batch: int = 1) -> float:
+        """Giga-MACs: the unit the paper calls "GFLOPs"."""
         return self.macs(shape, seq_len, batch) / 1e9
 
     def params(self, shape: BertShape) -> int:
@@ -138,6 +153,35 @@ class SubnetConfig:
 
     def __str__(self) -> str:
         return f"heads={','.join(map(str, self.heads))} ffn={','.join(map(str, self.ffn))}"
+
+
+@dataclass(frozen=True)
+class EvaluatedSubnet:
+    """A subnet with what the search knows of it: its metric on the search split (higher is better) and its costs.
+
+    The one record that flows search -> select -> export -> summary. `latency_ms` is the latency table's
+    prediction (None when the search ran without a table); `gmacs` is counted at the profile's sequence length.
+    """
+
+    config: SubnetConfig
+    metric: float | None
+    gmacs: float
+    latency_ms: float | None = None
+
+    def cost(self, name: str) -> float | None:
+        """The cost named `name` ("latency_ms" or "gmacs")."""
+        return getattr(self, name)
+
+    def to_dict(self) -> dict:
+        return {"config": self.config.to_dict(), "metric": self.metric, "gmacs": self.gmacs,
+                "latency_ms": self.latency_ms}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvaluatedSubnet":
+        try:
+            return cls(SubnetConfig.from_dict(d["config"]), d["metric"], d["gmacs"], d.get("latency_ms"))
+        except (KeyError, TypeError) as e:
+            raise UserError(f"not an evaluated-subnet record ({type(e).__name__}: {e})") from None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ import pytest
 
 from eftnas_hw.cli import main
 from eftnas_hw.errors import UserError
-from eftnas_hw.pipeline import load_run_config, run_pipeline, spread_along_front
+from eftnas_hw.evolution import spread_along_front
+from eftnas_hw.pipeline import run_pipeline
+from eftnas_hw.settings import RunConfig
 
 TINY_RUN = {
     "task": "sst2", "max_length": 32,
@@ -23,7 +25,7 @@ TINY_RUN = {
 @pytest.fixture(scope="module")
 def tiny_run(tiny_model_dir, glue_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
-    config = load_run_config(None, {**TINY_RUN, "model": str(tiny_model_dir), "data_dir": str(glue_dir)})
+    config = RunConfig.load(None, {**TINY_RUN, "model": str(tiny_model_dir), "data_dir": str(glue_dir)})
     return out, config, run_pipeline(config, out, progress=False)
 
 
@@ -58,11 +60,11 @@ def test_rerun_skips_finished_stages_and_changed_settings_rerun_later_ones(tiny_
 def test_config_errors_are_user_errors(tmp_path):
     (tmp_path / "c.yaml").write_text("finetune: {epochz: 3}\n")
     with pytest.raises(UserError, match="unknown setting finetune.epochz"):
-        load_run_config(tmp_path / "c.yaml")
+        RunConfig.load(tmp_path / "c.yaml")
     (tmp_path / "bad.yaml").write_text("task: [sst2\n")
     assert main(["run", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "r")]) == 2
     with pytest.raises(UserError, match="metric must be"):
-        load_run_config(None, {"metric": "flops"})
+        RunConfig.load(None, {"metric": "flops"})
 
 
 def test_spread_along_front_keeps_both_ends():
@@ -74,7 +76,7 @@ def test_spread_along_front_keeps_both_ends():
 
 def test_regression_task_runs_end_to_end(tiny_model_dir, glue_dir, tmp_path):
     """STS-B: one output, MSE + distillation, Spearman as the metric; the 2-label tiny model gets a new head."""
-    config = load_run_config(None, {**TINY_RUN, "task": "stsb", "model": str(tiny_model_dir),
+    config = RunConfig.load(None, {**TINY_RUN, "task": "stsb", "model": str(tiny_model_dir),
                                     "data_dir": str(glue_dir)})
     summary = run_pipeline(config, tmp_path / "run", progress=False)
     teacher = json.loads((tmp_path / "run" / "teacher" / "metrics.json").read_text())

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..export import IR_NAME
 from .profiles import Profile
 
 # Timed calls per candidate per round, after one untimed call. Why (measured here, a MiniLM subnet whose IR
@@ -41,6 +42,21 @@ def core() -> ov.Core:
     if _CORE is None:
         _CORE = ov.Core()
     return _CORE
+
+
+def ir_path(ir: str | os.PathLike) -> Path:
+    """The .xml of an IR folder (HF-style, openvino_model.xml) or file; UserError when there is none."""
+    path = Path(ir)
+    path = path / IR_NAME if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"OpenVINO IR not found: {ir}")
+    return path
+
+
+def compile_ir(ir: str | os.PathLike | ov.Model, config: dict, device: str = "CPU") -> ov.CompiledModel:
+    """Compile an IR (folder, .xml or ov.Model) with OpenVINO properties `config`, on one shared ov.Core."""
+    model = ir if isinstance(ir, ov.Model) else core().read_model(str(ir_path(ir)))
+    return core().compile_model(model, device, config)
 
 
 def statistic_for(profile: Profile) -> str:
@@ -123,13 +139,7 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
 
 def measure_ir_ms(ir: str | os.PathLike | ov.Model, profile: Profile, repeats: int = 50) -> dict:
     """Stats (ms: min, p10, median, p90, cpu_min, spread, unstable...) of one IR file/folder or ov.Model."""
-    if not isinstance(ir, ov.Model):
-        path = Path(ir)
-        path = path / "openvino_model.xml" if path.is_dir() else path
-        if not path.is_file():
-            raise UserError(f"OpenVINO IR not found: {ir}")
-        ir = path
-    return measure_compiled([ir], profile, repeats)[0]
+    return measure_compiled([ir if isinstance(ir, ov.Model) else ir_path(ir)], profile, repeats)[0]
 
 
 def export_ir(model: nn.Module, out: str | os.PathLike, profile: Profile) -> Path:
@@ -141,8 +151,8 @@ def export_ir(model: nn.Module, out: str | os.PathLike, profile: Profile) -> Pat
     from ..export import export_openvino
 
     path = export_openvino(model, out, static_shape=(profile.batch, profile.seq_len), overwrite=True)
-    return quantize_for_timing(path / "openvino_model.xml", profile) if profile.precision == "int8" \
-        else path / "openvino_model.xml"
+    return quantize_for_timing(path / IR_NAME, profile) if profile.precision == "int8" \
+        else path / IR_NAME
 
 
 def quantize_for_timing(xml: Path, profile: Profile, samples: int = 4) -> Path:

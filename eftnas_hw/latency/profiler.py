@@ -32,6 +32,7 @@ from scipy.stats import spearmanr
 from ..errors import UserError
 from ..files import read_json, write_json_atomic
 from ..models import build_subnet, random_bert
+from ..settings import TableBuildSettings
 from ..subnet import BertShape, SubnetConfig
 from .fingerprint import hardware_fingerprint
 from .measure import BURST, DISAGREEMENT_BOUND, measure_models_ms, statistic_for
@@ -39,18 +40,6 @@ from .profiles import Profile
 from .table import FORMAT, VERSION, LatencyTable
 
 BLOCK_VOCAB = 512
-# Shapes of the model families the paper compresses, for building tables without weights (`--shape`).
-NAMED_SHAPES = {
-    "minilm-l6": BertShape(num_layers=6, hidden_size=384, num_heads=12, head_size=32, intermediate_size=1536),
-    "bert-base": BertShape(num_layers=12, hidden_size=768, num_heads=12, head_size=64, intermediate_size=3072),
-}
-
-
-def named_shape(name: str) -> BertShape:
-    try:
-        return NAMED_SHAPES[name]
-    except KeyError:
-        raise UserError(f"unknown shape {name!r} (known: {', '.join(NAMED_SHAPES)})") from None
 
 
 def random_subnets(shape: BertShape, n: int, seed: int, width_step: int = 64) -> list[SubnetConfig]:
@@ -122,72 +111,83 @@ def _errors(predicted: np.ndarray, measured: np.ndarray) -> dict:
             "spearman": float(spearmanr(predicted, measured).statistic)}
 
 
-def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike, ffn_step: int = 128,
-                validate_n: int = 30, resume: bool = True, progress: bool = True, *, calibrate_n: int = 8,
-                block_repeats: int = 40, subnet_repeats: int = 12, group_size: int = 5,
-                seed: int = 0) -> LatencyTable:
+def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
+                settings: TableBuildSettings = TableBuildSettings(), resume: bool = True,
+                progress: bool = True) -> LatencyTable:
     """Measure, calibrate and validate a table for `shape` under `profile`; written atomically to `out`."""
-    if validate_n < 1 or calibrate_n < 2:
-        raise UserError("need at least 1 validation subnet and 2 calibration subnets")
     started = time.time()
     out = Path(out)
-    grid = ffn_grid(shape, ffn_step)
-    settings = {"ffn_step": ffn_step, "validate_n": validate_n, "calibrate_n": calibrate_n,
-                "block_repeats": block_repeats, "subnet_repeats": subnet_repeats, "seed": seed,
-                "statistic": statistic_for(profile), "burst": BURST}
+    grid = ffn_grid(shape, settings.ffn_step)
+    recorded = {**settings.to_dict(), "statistic": statistic_for(profile), "burst": BURST}
     header = {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),
-              "fingerprint": hardware_fingerprint(profile), "settings": settings}
+              "fingerprint": hardware_fingerprint(profile), "settings": recorded}
     state = _Progress(out, header, resume)
     if state.data.get("complete"):
         return LatencyTable(state.data)
     label = (lambda text: text) if progress else (lambda text: None)
-    stat = settings["statistic"]
+    blocks, block_stats = _measure_blocks(state, shape, profile, settings, grid, label)
+    subnets = random_subnets(shape, settings.calibrate_n + settings.validate_n, settings.seed)
+    # The full model is always a calibration point: it anchors the top of the range the search cares about.
+    subnets[0] = shape.full_subnet()
+    full = random_bert(shape, settings.seed)
+    measured = []
+    for start in range(0, len(subnets), settings.group_size):
+        group = subnets[start:start + settings.group_size]
+        measured += _measure_group(state, f"subnets/{start}", lambda g=group: [build_subnet(full, s) for s in g],
+                                   profile, settings.subnet_repeats,
+                                   label(f"subnets {start + 1}-{start + len(group)}/{len(subnets)}"))
+    data = dict(state.data, blocks=blocks)
+    data.update(_calibrate_and_validate(LatencyTable(dict(data, complete=True, calibration={"scale": 1.0,
+                                                                                        "offset_ms": 0.0})),
+                                        subnets, measured, block_stats, settings.calibrate_n))
+    data["build_minutes"] = data.get("build_minutes", 0.0) + (time.time() - started) / 60
+    data["complete"] = True
+    table = LatencyTable(data)
+    table.save(out)
+    return table
 
-    def blocks() -> list:
+
+def _measure_blocks(state: _Progress, shape: BertShape, profile: Profile, settings: TableBuildSettings,
+                    grid: list[int], label) -> tuple[dict, list[dict]]:
+    """The table's blocks (see the module docstring) and their raw measurements."""
+    stat, seed = statistic_for(profile), settings.seed
+
+    def models() -> list:
         one = dataclasses.replace(shape, num_layers=1)
         small = random_bert(dataclasses.replace(one, vocab_size=min(BLOCK_VOCAB, shape.vocab_size)), seed)
         nets = [SubnetConfig((0,), (0,))] + [SubnetConfig((h,), (0,)) for h in range(1, shape.num_heads + 1)] \
             + [SubnetConfig((0,), (f,)) for f in grid[1:]]
         return [build_subnet(random_bert(one, seed), nets[0])] + [build_subnet(small, n) for n in nets]
 
-    block_stats = _measure_group(state, "blocks", blocks, profile, block_repeats, label("blocks"))
-    value = [s[stat] for s in block_stats]
+    stats = _measure_group(state, "blocks", models, profile, settings.block_repeats, label("blocks"))
+    value = [s[stat] for s in stats]
     fixed, base = value[0], value[1]
-    attention = [0.0] + [v - base for v in value[2:2 + shape.num_heads]]
-    ffn_ms = [0.0] + [v - base for v in value[2 + shape.num_heads:]]
+    blocks = {"fixed_ms": fixed, "attention_ms": [0.0] + [v - base for v in value[2:2 + shape.num_heads]],
+              "ffn_grid": grid, "ffn_ms": [0.0] + [v - base for v in value[2 + shape.num_heads:]],
+              "statistic": stat, "interpolation": "FFN latency is linear in width between grid points"}
+    return blocks, stats
 
-    full = random_bert(shape, seed)
-    subnets = random_subnets(shape, calibrate_n + validate_n, seed)
-    # The full model is always a calibration point: it anchors the top of the range the search cares about.
-    subnets[0] = shape.full_subnet()
-    measured = []
-    for start in range(0, len(subnets), group_size):
-        group = subnets[start:start + group_size]
-        stats = _measure_group(state, f"subnets/{start}", lambda g=group: [build_subnet(full, s) for s in g],
-                               profile, subnet_repeats,
-                               label(f"subnets {start + 1}-{start + len(group)}/{len(subnets)}"))
-        measured += stats
 
-    data = dict(state.data)
-    data["blocks"] = {"fixed_ms": fixed, "attention_ms": attention, "ffn_grid": grid, "ffn_ms": ffn_ms,
-                      "statistic": stat, "interpolation": "FFN latency is linear in width between grid points"}
-    data["calibration"] = {"scale": 1.0, "offset_ms": 0.0}
-    table = LatencyTable(dict(data, complete=True))
+def _calibrate_and_validate(table: LatencyTable, subnets: list[SubnetConfig], measured: list[dict],
+                            block_stats: list[dict], calibrate_n: int) -> dict:
+    """The calibration fitted on the first `calibrate_n` subnets and the validation on the others, beside a MAC
+    count calibrated the same way, plus the stability of all measurements."""
+    shape, profile, stat = table.shape, table.profile, statistic_for(table.profile)
     y = np.array([m[stat] for m in measured])
     raw = np.array([table.raw_ms(s) for s in subnets])
     macs = np.array([s.macs(shape, profile.seq_len, profile.batch) for s in subnets], dtype=float)
     cal, val = slice(0, calibrate_n), slice(calibrate_n, None)
     scale, offset = _fit_line(raw[cal], y[cal])
     mac_scale, mac_offset = _fit_line(macs[cal], y[cal])
-    data["calibration"] = {"scale": scale, "offset_ms": offset, "method": "least squares of measured on block sum",
-                           "subnets": [s.to_dict() for s in subnets[cal]], "measured_ms": y[cal].tolist()}
     predicted = scale * raw[val] + offset
     everything = block_stats + measured
     # Halves of one candidate's samples disagreeing on the statistic in use: the machine changed under us.
     disagreement = [m["cpu_disagreement" if stat == "cpu_min" else "disagreement"] for m in everything]
     unstable = [d for d in disagreement if d > DISAGREEMENT_BOUND]
     contention = [m["median"] / m["cpu_median"] for m in everything if m.get("cpu_median")]
-    data["validation"] = {
+    calibration = {"scale": scale, "offset_ms": offset, "method": "least squares of measured on block sum",
+                   "subnets": [s.to_dict() for s in subnets[cal]], "measured_ms": y[cal].tolist()}
+    validation = {
         "n": int(len(y[val])), "statistic": stat,
         **_errors(predicted, y[val]),
         "uncalibrated": _errors(raw[val], y[val]),
@@ -202,11 +202,7 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike, ffn_
         "subnets": [{"subnet": s.to_dict(), "predicted_ms": float(p), "measured": m}
                     for s, p, m in zip(subnets[val], predicted, measured[val])],
     }
-    data["build_minutes"] = data.get("build_minutes", 0.0) + (time.time() - started) / 60
-    data["complete"] = True
-    table = LatencyTable(data)
-    table.save(out)
-    return table
+    return {"calibration": calibration, "validation": validation}
 
 
 def summary_lines(table: LatencyTable) -> list[str]:

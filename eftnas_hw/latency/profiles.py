@@ -9,11 +9,10 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import yaml
-
 from ..errors import UserError
+from ..resources import profiles_dir
+from ..settings import read_yaml
 
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 PRECISIONS = ("f32", "bf16", "int8")
 HINTS = ("LATENCY", "THROUGHPUT")
 
@@ -49,16 +48,11 @@ class Profile:
         """A shipped profile by name ('cpu-1t-b1-s128' -> profiles/cpu-1t-b1-s128.yaml) or a YAML path."""
         path = Path(name_or_path)
         if not path.suffix:
-            path = PROFILES_DIR / f"{path.name}.yaml"
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
-            raise UserError(f"profile not found: {name_or_path} (shipped profiles: {known})") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise UserError(f"profile {path} is not valid YAML ({e})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"profile {path} must be a YAML mapping of settings")
+            path = profiles_dir() / f"{path.name}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in profiles_dir().glob("*.yaml")))
+            raise UserError(f"profile not found: {name_or_path} (shipped profiles: {known})")
+        data = read_yaml(path, "profile")
         return cls.from_dict({"name": path.stem, **data}, str(path))
 
     @classmethod

@@ -6,14 +6,16 @@ then the stored calibration `scale * sum + offset_ms` fitted on whole subnets me
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, warn
 from ..files import read_json, write_json_atomic
+from ..resources import tables_dir
 from ..subnet import BertShape, SubnetConfig
 from .fingerprint import fingerprint_differences, hardware_fingerprint
 from .profiles import Profile
@@ -32,6 +34,7 @@ class LatencyTable:
             if data.get("format") != FORMAT:
                 raise ValueError(f"'format' is {data.get('format')!r}, expected {FORMAT!r}")
             self.data = data
+            self.path: Path | None = None  # where it was loaded from, if it was
             self.shape = BertShape.from_dict(data["shape"])
             self.profile = Profile.from_dict(data["profile"], "table profile")
             self.fingerprint: dict = data["fingerprint"]
@@ -61,13 +64,19 @@ class LatencyTable:
         if not isinstance(data, dict):
             raise UserError(f"latency table {path} is not a JSON object")
         table = cls(data)
+        table.path = Path(path)
         diffs = fingerprint_differences(table.fingerprint, hardware_fingerprint(table.profile))
         if diffs:
             message = f"latency table {path} was measured elsewhere: " + "; ".join(diffs)
             if not force:
                 raise UserError(message + " (pass --force to use it anyway)")
-            warnings.warn(message + " (used anyway because of --force)", stacklevel=2)
+            warn(message + " (used anyway because of --force)")
         return table
+
+    @property
+    def digest(self) -> str:
+        """Content hash: what a run's stage records identify the table by (not its path or modification time)."""
+        return hashlib.sha256(json.dumps(self.data, sort_keys=True).encode()).hexdigest()[:16]
 
     def save(self, path: str | os.PathLike) -> None:
         write_json_atomic(Path(path), self.data)
@@ -93,3 +102,15 @@ class LatencyTable:
                  if getattr(shape, f) != getattr(self.shape, f)]
         if diffs:
             raise UserError("the latency table was built for another model shape: " + ", ".join(diffs))
+
+
+def find_shipped_table(shape: BertShape, profile_name: str, force: bool = False) -> Path | None:
+    """A shipped table (latency_tables/<cpu>/) for this shape and profile that is valid on this machine."""
+    for path in sorted(tables_dir().rglob(f"*_{profile_name}.json")):
+        try:
+            LatencyTable.load(path, force=force).check_shape(shape)
+        except UserError as e:
+            print(f"[latency] {path.name} not usable here: {e}")
+            continue
+        return path
+    return None

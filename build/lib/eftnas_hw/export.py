@@ -1,0 +1,73 @@
+"""Export a (sub)network through optimum-intel to an HF-style OpenVINO IR folder, optionally INT8 with NNCF.
+
+The in-memory model is exported (`export_from_model`): exporting from a folder would re-create the model
+from config.json, which knows nothing of per-layer widths.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import openvino as ov
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from .files import atomic_output_dir
+
+IR_NAME = "openvino_model.xml"
+
+
+def export_openvino(model: nn.Module, out: str | os.PathLike, tokenizer: PreTrainedTokenizerBase | None = None,
+                    static_shape: tuple[int, int] | None = None,
+                    calibration_texts: Sequence[str | tuple[str, str]] | None = None,
+                    overwrite: bool = False) -> Path:
+    """Write openvino_model.xml/.bin + config.json (+ tokenizer) to `out` atomically.
+
+    static_shape=(batch, seq) fixes the input shapes (what latency work measures); None keeps them dynamic.
+    calibration_texts (sentences or sentence pairs) turn on NNCF post-training INT8 quantization.
+    """
+    from optimum.exporters.openvino import export_from_model
+
+    with atomic_output_dir(out, overwrite) as tmp:
+        model = model.eval()
+        _quiet_export_logs()
+        export_from_model(model, output=tmp, task="text-classification")
+        ir = ov.Core().read_model(tmp / IR_NAME)
+        if static_shape is not None:
+            ir.reshape({inp.get_any_name(): list(static_shape) for inp in ir.inputs})
+        if calibration_texts:
+            if tokenizer is None:
+                raise ValueError("INT8 calibration needs the tokenizer")
+            ir = quantize_int8(ir, tokenizer, calibration_texts, static_shape)
+        # read_model memory-maps the .bin: write beside it and rename, never overwrite it in place.
+        ov.save_model(ir, tmp / "rewritten.xml", compress_to_fp16=False)
+        for ext in (".xml", ".bin"):
+            os.replace(tmp / f"rewritten{ext}", (tmp / IR_NAME).with_suffix(ext))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(out)
+
+
+def quantize_int8(ir: ov.Model, tokenizer: PreTrainedTokenizerBase,
+                  texts: Sequence[str | tuple[str, str]], static_shape: tuple[int, int] | None) -> ov.Model:
+    """NNCF post-training quantization with the transformer preset on tokenized calibration texts."""
+    import nncf
+
+    names = {inp.get_any_name() for inp in ir.inputs}
+    padding = dict(padding="max_length", max_length=static_shape[1]) if static_shape else dict(padding=True)
+
+    def encode(text: str | tuple[str, str]) -> dict:
+        pair = (text,) if isinstance(text, str) else tuple(text)
+        enc = tokenizer(*pair, truncation=True, return_tensors="np", **padding)
+        return {k: v for k, v in enc.items() if k in names}
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    return nncf.quantize(ir, nncf.Dataset(list(texts), encode), model_type=nncf.ModelType.TRANSFORMER,
+                         subset_size=len(texts))
+
+
+def _quiet_export_logs() -> None:
+    for name in ("optimum", "nncf", "openvino"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -1,0 +1,61 @@
+"""What a latency table is only valid for: this CPU, its kernel-selecting ISA features, cores, OpenVINO, profile.
+
+The ISA flags matter because OpenVINO picks different kernels (and default precisions) for AVX2, AVX-512,
+VNNI and AMX; a table measured with one set predicts nothing about another.
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+import openvino as ov
+
+from .profiles import Profile
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    """CPU model name and flags from /proc/cpuinfo (Linux), else py-cpuinfo."""
+    try:
+        text = open("/proc/cpuinfo").read()
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        return fields.get("model name", platform.processor()), set(fields.get("flags", "").split())
+    except OSError:
+        import cpuinfo
+
+        info = cpuinfo.get_cpu_info()
+        return info.get("brand_raw", platform.processor()), set(info.get("flags", []))
+
+
+def _physical_cores() -> int:
+    """Distinct (physical id, core id) pairs on Linux; logical CPUs elsewhere."""
+    try:
+        cores, phys = set(), "0"
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() == "physical id":
+                phys = value.strip()
+            elif key.strip() == "core id":
+                cores.add((phys, value.strip()))
+        return len(cores) or os.cpu_count() or 1
+    except OSError:
+        return os.cpu_count() or 1
+
+
+def hardware_fingerprint(profile: Profile) -> dict:
+    model, flags = _cpuinfo()
+    return {"cpu": model, "isa": sorted(f for f in ISA_FLAGS if f in flags), "physical_cores": _physical_cores(),
+            "openvino": ov.__version__.split("-")[0], "profile": profile.to_dict()}
+
+
+def fingerprint_differences(stored: dict, current: dict) -> list[str]:
+    """Human-readable differences, e.g. "openvino: table 2026.4.1, here 2026.5.0"; empty when they match."""
+    diffs = []
+    for key in sorted(set(stored) | set(current)):
+        if key == "profile":
+            continue  # the profile is the table's own; a caller asking for another profile is checked elsewhere
+        if stored.get(key) != current.get(key):
+            diffs.append(f"{key}: table {stored.get(key)!r}, this machine {current.get(key)!r}")
+    return diffs

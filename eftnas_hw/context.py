@@ -1,0 +1,78 @@
+"""The run context: what every stage of one run shares, derived once and passed down.
+
+The task's splits are carved with the run's seed (the search split must be disjoint from the training data every
+stage trains on), the tokenizer is loaded once, and the deployment profile and latency table are resolved once:
+stages receive them instead of re-deriving them from paths. Each part loads on first use, so a command that
+needs only the data never touches OpenVINO.
+"""
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from .settings import RunConfig
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+    from .data import TaskSpec
+    from .latency import LatencyTable, Profile
+
+
+class RunContext:
+    """`config` holds the common settings (model, task, data, seed, length, profile); `tokenizer_source` is the
+    folder whose tokenizer the stages use (default: the model's)."""
+
+    def __init__(self, config: RunConfig, tokenizer_source: str | os.PathLike | None = None,
+                 table: "LatencyTable | None" = None):
+        self.config = config
+        self.tokenizer_source = tokenizer_source if tokenizer_source is not None else config.model
+        self.table = table  # the one loaded latency table (None: no table, costs are GMACs)
+
+    @cached_property
+    def spec(self) -> "TaskSpec":
+        from .data import task_spec
+
+        return task_spec(self.config.task)
+
+    @cached_property
+    def splits(self) -> "DatasetDict":
+        """train (all of it), search (carved from train with the run's seed) and validation."""
+        from .data import load_task
+
+        return load_task(self.config.task, self.config.data_dir, seed=self.config.seed)
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        from .models import load_tokenizer
+
+        return load_tokenizer(self.tokenizer_source)
+
+    @cached_property
+    def profile(self) -> "Profile":
+        from .latency import Profile
+
+        return Profile.load(self.config.latency.profile)
+
+    def train(self, max_train: int | None) -> "Dataset":
+        """The training split, or a seeded subset of `max_train` examples of it."""
+        from .data import subsample
+
+        return subsample(self.splits["train"], max_train, self.config.seed)
+
+    def search_split(self, max_search: int | None) -> "Dataset":
+        """The search split, or a seeded subset of `max_search` examples of it."""
+        from .data import subsample
+
+        return subsample(self.splits["search"], max_search, self.config.seed)
+
+    def tokenized(self, dataset: "Dataset") -> "Dataset":
+        from .data import tokenize
+
+        return tokenize(dataset, self.tokenizer, self.config.task, self.config.max_length)
+
+    @cached_property
+    def dev(self) -> "Dataset":
+        """The tokenized evaluation split (GLUE dev), shared by every stage that reports a dev metric."""
+        return self.tokenized(self.splits["validation"])

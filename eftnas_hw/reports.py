@@ -1,0 +1,111 @@
+"""What people read: the search's tables and plot, the export summary, the run summary. Every file goes through
+the atomic writers of `files.py`; the stages hand over typed records and never format output themselves."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from .evolution import COST_UNITS
+from .files import atomic_file, write_csv_atomic, write_json_atomic
+from .subnet import EvaluatedSubnet
+
+if TYPE_CHECKING:
+    from .deploy import ExportedModel
+    from .search import SearchRun
+
+# The files of a search folder and of an export folder that later stages read back.
+SEARCH_SETTINGS = "search.json"
+SEARCH_FRONT = "front.json"
+EXPORT_SUMMARY = "summary.json"
+
+
+def _subnet_row(r: EvaluatedSubnet, **extra) -> dict:
+    return {"metric": r.metric, "latency_ms": r.latency_ms, "gmacs": r.gmacs,
+            "heads": " ".join(map(str, r.config.heads)), "ffn": " ".join(map(str, r.config.ffn)), **extra}
+
+
+def write_search_reports(run: "SearchRun") -> None:
+    """evaluations.{csv,json}, front.{csv,json}, pareto.png and the summary in search.json."""
+    result, out = run.result, run.out_dir
+    on_front = {r.config for r in result.front}
+    write_csv_atomic(out / "evaluations.csv", [_subnet_row(r, is_base=r.config == result.base.config,
+                                                             on_front=r.config in on_front)
+                                               for r in result.evaluations])
+    write_csv_atomic(out / "front.csv", [_subnet_row(r) for r in result.front])
+    write_json_atomic(out / "evaluations.json", [r.to_dict() for r in result.evaluations])
+    write_json_atomic(out / SEARCH_FRONT, [r.to_dict() for r in result.front])
+    summary = {"evaluated": len(result.evaluations), "fresh": run.fresh, "revisits": result.revisits,
+               "replayed_from_cache": run.replayed, "front_size": len(result.front),
+               "hypervolume": result.hypervolume, "evals_per_minute": run.evals_per_minute,
+               "wall_seconds": run.wall_seconds, "base": result.base.to_dict()}
+    write_json_atomic(out / SEARCH_SETTINGS, {**run.settings, "summary": summary})
+    plot_front(result.evaluations, result.front, result.base, result.cost_name, out / "pareto.png")
+
+
+def plot_front(evaluations: Sequence[EvaluatedSubnet], front: Sequence[EvaluatedSubnet], base: EvaluatedSubnet,
+               cost_name: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.scatter([r.cost(cost_name) for r in evaluations], [r.metric for r in evaluations], s=8, c="0.7",
+               label="evaluated subnets")
+    ax.plot([r.cost(cost_name) for r in front], [r.metric for r in front], "o-", c="tab:blue", ms=4,
+            drawstyle="steps-post", label="Pareto front")
+    ax.scatter([base.cost(cost_name)], [base.metric], marker="*", s=160, c="tab:red", zorder=3,
+               label="base model (largest subnet)")
+    ax.set_xlabel("predicted latency (ms)" if cost_name == "latency_ms" else COST_UNITS[cost_name])
+    ax.set_ylabel("metric on the search split")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def prediction_error_pct(model: "ExportedModel") -> float | None:
+    predicted = model.subnet.latency_ms
+    return 100 * (predicted - model.measured_ms) / model.measured_ms if predicted else None
+
+
+def write_export_summary(models: Sequence["ExportedModel"], out_dir: Path) -> None:
+    """summary.json (full records) and summary.csv (one line per model) with the prediction error."""
+    rows = [{"name": m.name, "precision": m.precision, "predicted_ms": m.subnet.latency_ms,
+             "measured_ms": m.measured_ms, "prediction_error_pct": prediction_error_pct(m),
+             "ir_dev_metric": m.ir_dev_metric, "torch_dev_metric": m.torch_dev_metric,
+             "search_metric": m.subnet.metric, "heads": " ".join(map(str, m.subnet.config.heads)),
+             "ffn": " ".join(map(str, m.subnet.config.ffn))} for m in models]
+    write_json_atomic(out_dir / EXPORT_SUMMARY, [m.to_dict() for m in models])
+    write_csv_atomic(out_dir / "summary.csv", rows)
+
+
+def run_summary(run_dir: Path, groups: dict[str, list["ExportedModel"]], table_source: str,
+                stage_seconds: dict) -> dict:
+    """Measured latency and IR dev metric of the base model and of every exported subnet, with speed-ups, and the
+    latency table that predicted them."""
+    base = groups["base"][0]
+    rows = [{"group": group, "name": m.name, "heads": list(m.subnet.config.heads), "ffn": list(m.subnet.config.ffn),
+             "predicted_ms": m.subnet.latency_ms, "measured_ms": m.measured_ms,
+             "speedup": base.measured_ms / m.measured_ms, "ir_dev_metric": m.ir_dev_metric,
+             "delta_metric": m.ir_dev_metric - base.ir_dev_metric, "path": str(run_dir / "models" / group / m.name)}
+            for group, models in groups.items() for m in models]
+    return {"run": str(run_dir), "table": table_source,
+            "base": {"measured_ms": base.measured_ms, "ir_dev_metric": base.ir_dev_metric},
+            "models": rows, "pareto_plot": str(run_dir / "search" / "pareto.png"), "stage_seconds": stage_seconds}
+
+
+def format_run_summary(summary: dict) -> str:
+    lines = [f"{'model':<22} {'heads':<20} {'FFN':<34} {'pred ms':>8} {'meas ms':>8} {'speed-up':>8} "
+             f"{'dev':>7} {'delta':>7}"]
+    for r in summary["models"]:
+        predicted = r["predicted_ms"] if r["predicted_ms"] is not None else math.nan
+        lines.append(f"{r['group'] + '/' + r['name']:<22} {','.join(map(str, r['heads'])):<20} "
+                     f"{','.join(map(str, r['ffn'])):<34} {predicted:>8.2f} "
+                     f"{r['measured_ms']:>8.2f} {r['speedup']:>7.2f}x {r['ir_dev_metric']:>7.4f} "
+                     f"{r['delta_metric']:>+7.4f}")
+    lines.append(f"IR folders under {summary['run']}/models; Pareto plot {summary['pareto_plot']}")
+    return "\n".join(lines)
