@@ -260,7 +260,7 @@ def _run(args: argparse.Namespace) -> None:
             overrides[section] = values
     config = RunConfig.load(args.config, overrides)
     for assignment in args.set or ():
-        config = config.merged(parse_assignment(assignment), "--set ")
+        config = config.merged(parse_assignment(assignment), f"--set {assignment}: ")
     run_pipeline(config, args.out or f"runs/{config.task}-{config.metric}")
 
 

@@ -110,7 +110,7 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike, progress: bool = Tru
     run.stage("finetune", [common, config.finetune.to_dict()], (), ("teacher",),
               lambda: finetune(ctx, out / "teacher", config.finetune, overwrite=True), every_process=True)
     if table_source is None:
-        table_source = str(out / "latency_table.json")
+        table_source = str((out / "latency_table.json").resolve())
         run.stage("latency", [shape.to_dict(), ctx.profile.to_dict(), config.latency.build.to_dict()], (),
                   ("latency_table.json",),
                   lambda: build_table(shape, ctx.profile, table_source, config.latency.build, progress=progress))
@@ -191,3 +191,19 @@ def _export_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) -
 
     run.stage("export", [{"seed": ctx.config.seed, "task": ctx.config.task}, settings.to_dict()], ("search",),
               ("models",), export_models)
+
+
+def share_finished_stage(source: str | os.PathLike, target: str | os.PathLike, name: str,
+                         outputs: tuple[str, ...]) -> None:
+    """Copy a finished stage (its outputs and its record) from run folder `source` into run folder `target`,
+    e.g. one teacher for several variants of a comparison. Nothing is trusted blindly: the target run recomputes
+    the stage's key from its own config and re-runs the stage if its settings differ."""
+    source, target = Path(source), Path(target)
+    done = read_json(source / RECORD_NAME, "stage record")
+    if name not in done or not all((source / o).exists() for o in outputs):
+        raise UserError(f"{source} has no finished {name} stage to share")
+    for o in outputs:
+        if not (target / o).exists():
+            shutil.copytree(source / o, target / o) if (source / o).is_dir() else shutil.copy2(source / o, target / o)
+    record = read_json(target / RECORD_NAME, "stage record") if (target / RECORD_NAME).exists() else {}
+    write_json_atomic(target / RECORD_NAME, {**record, name: done[name]})

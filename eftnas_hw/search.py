@@ -40,14 +40,17 @@ class EvaluationCache:
 
     def __init__(self, path: Path):
         self.metrics: dict[SubnetConfig, float] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
+        text = path.read_text() if path.exists() else ""
+        if text:
+            for line in text.splitlines():
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # the write in progress when the previous run was killed
                 self.metrics[SubnetConfig.from_dict(record["config"])] = record["metric"]
         self._file = open(path, "a")
+        if text and not text.endswith("\n"):
+            self._file.write("\n")  # end a torn line, or the next record would be glued to it and lost
         self.fresh = self.replayed = 0
         self.eval_seconds = 0.0
 

@@ -65,9 +65,14 @@ class Settings:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def merged(self, update: dict, where: str = "") -> "Settings":
-        """A copy with `update` (a nested mapping) applied over these values."""
-        return type(self).from_dict(_deep_merge(self.to_dict(), update), where)
+    def merged(self, update: dict, source: str = "") -> "Settings":
+        """A copy with `update` (a nested mapping, from `source`: a file name, "--set"...) applied."""
+        if not isinstance(update, dict):
+            raise UserError(f"{source}expected a mapping of settings, got {update!r}")
+        try:
+            return type(self).from_dict(_deep_merge(self.to_dict(), update))
+        except UserError as e:
+            raise UserError(f"{source}{e}") from None
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -265,7 +270,7 @@ class RunConfig(Settings):
         config = cls().merged(QUICK_RUN, "quick run: ")
         if path is not None:
             config = config.merged(read_yaml(path, "run config"), f"{path}: ")
-        return config.merged(overrides or {}, "")
+        return config.merged(overrides or {})
 
 
 # The budget of `eftnas-hw run` without --config (the README's main command: 8-10 minutes on 2 cores). A run
@@ -331,8 +336,11 @@ def _flag_type(kind: type) -> Any:
 
 
 def given(args: argparse.Namespace, cls: type[Settings]) -> dict:
-    """The flags of `cls`'s fields that were given on the command line."""
-    names = {f.name for f in fields(cls)}
+    """The flags of `cls`'s scalar fields that were given on the command line. Nested settings are no flags
+    (see add_flags): a command's own option of the same name (`search --supernet DIR`) is not one of them."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)
+             if not (isinstance(hints[f.name], type) and issubclass(hints[f.name], Settings))}
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from eftnas_hw.context import RunContext
 from eftnas_hw.data import TASKS, calibration_texts, compute_metrics, load_task, tokenize_task
 from eftnas_hw.errors import UserError
 from eftnas_hw.models import load_tokenizer
+from eftnas_hw.settings import RunConfig
 
 # (task, train rows, dev rows, dev label counts) from the GLUE README beside the files
 GLUE_COUNTS = [("sst2", 67349, 872, {0: 428, 1: 444}), ("cola", 8551, 1043, {0: 322, 1: 721}),
@@ -56,11 +58,32 @@ def test_tokenize_keeps_only_model_inputs(glue_dir):
 
 
 def test_calibration_texts_pairs_and_singles(glue_dir):
-    pairs = calibration_texts("rte", glue_dir, 5)
+    rte_train = load_task("rte", glue_dir)["train"]
+    pairs = calibration_texts("rte", rte_train, 5)
     assert len(pairs) == 5 and all(isinstance(p, tuple) and len(p) == 2 for p in pairs)
-    assert calibration_texts("rte", glue_dir, 5) == pairs
-    singles = calibration_texts("cola", glue_dir, 3)
+    assert calibration_texts("rte", rte_train, 5) == pairs
+    assert set(pairs) <= set(zip(rte_train["sentence1"], rte_train["sentence2"]))  # drawn from the train split
+    singles = calibration_texts("cola", load_task("cola", glue_dir)["train"], 3)
     assert len(singles) == 3 and all(isinstance(s, str) for s in singles)
+
+
+def test_run_context_splits_use_the_run_seed(glue_dir):
+    """D1: every stage takes its data from the RunContext, whose search split is carved with the run's seed, so
+    with seed 1 the search split is load_task(seed=1)'s and never overlaps the examples the stages train on."""
+    ctx = RunContext(RunConfig(task="rte", data_dir=str(glue_dir), seed=1))
+    expected = load_task("rte", glue_dir, seed=1)
+    search = list(ctx.splits["search"]["idx"])
+    assert search == list(expected["search"]["idx"])
+    assert search != list(load_task("rte", glue_dir, seed=0)["search"]["idx"])  # seed 1 really is another split
+    subset = list(ctx.search_split(50)["idx"])
+    assert len(subset) == 50 and set(subset) <= set(search)
+    assert list(ctx.search_split(None)["idx"]) == search
+    for max_train in (None, 200):
+        train = list(ctx.train(max_train)["idx"])
+        assert len(train) == (len(expected["train"]) if max_train is None else max_train)
+        assert not set(train) & set(search), max_train
+        assert train == list(load_task("rte", glue_dir, seed=1, max_train=max_train)["train"]["idx"])
+    assert len(expected["train"]) + len(search) == 2490
 
 
 def test_missing_sources_are_user_errors(tmp_path, monkeypatch):

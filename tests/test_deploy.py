@@ -10,15 +10,17 @@ import pytest
 import torch
 
 from eftnas_hw import deploy
-from eftnas_hw.data import load_task, tokenize_task
-from eftnas_hw.deploy import export_subnets, ir_logits
+from eftnas_hw.context import RunContext
+from eftnas_hw.data import load_task, tokenize
+from eftnas_hw.deploy import ExportedModel, export_subnets, load_exports
 from eftnas_hw.elastic import ElasticBert
 from eftnas_hw.errors import UserError
+from eftnas_hw.evaluate import ir_logits, length_batches
 from eftnas_hw.latency import LatencyTable, Profile, hardware_fingerprint
 from eftnas_hw.latency.table import FORMAT
 from eftnas_hw.models import load_model, load_tokenizer
+from eftnas_hw.settings import RunConfig
 from eftnas_hw.subnet import SubnetConfig
-from eftnas_hw.supernet import length_batches
 
 PROFILE = Profile(name="tiny", threads=1, batch=1, seq_len=16)
 SUBNETS = [SubnetConfig((1, 4), (32, 128)), SubnetConfig((0, 2), (64, 0))]
@@ -57,21 +59,28 @@ def synthetic_table(shape, profile=PROFILE):
         "calibration": {"scale": 1.0, "offset_ms": 0.0}})
 
 
+def make_ctx(model_dir, data_dir, table=None, profile=PROFILE) -> RunContext:
+    """The run context an export runs under: task data, tokenizer, the profile measured under and the table."""
+    ctx = RunContext(RunConfig(model=str(model_dir), task="sst2", data_dir=str(data_dir), max_length=16))
+    ctx.profile, ctx.table = profile, table
+    return ctx
+
+
 @pytest.fixture(scope="module")
-def exported(supernet, tokenizer, sst2_dir, tiny_shape, tmp_path_factory):
+def exported(supernet, tiny_model_dir, sst2_dir, tiny_shape, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "front"
-    records = export_subnets(supernet, SUBNETS, out, tokenizer, PROFILE, "sst2", sst2_dir,
-                             table=synthetic_table(tiny_shape), max_length=16, progress=False,
-                             source={"supernet": "tiny"})
+    ctx = make_ctx(tiny_model_dir, sst2_dir, synthetic_table(tiny_shape))
+    records = export_subnets(ctx, supernet, SUBNETS, out, progress=False, source={"supernet": "tiny"})
     return out, records
 
 
 def test_exported_ir_reproduces_the_supernet_subnet(exported, supernet, tokenizer, sst2_dir):
     out, records = exported
-    dev = tokenize_task(load_task("sst2", sst2_dir), tokenizer, "sst2", 16)["validation"]
+    dev = tokenize(load_task("sst2", sst2_dir)["validation"], tokenizer, "sst2", 16)
     batches = length_batches(dev, 8, tokenizer.pad_token_id)
     for cfg, record in zip(SUBNETS, records):
-        folder = out / record["name"]
+        assert isinstance(record, ExportedModel)
+        folder = out / record.name
         supernet.set_active_subnet(cfg)
         with torch.inference_mode():
             expected = np.zeros((len(dev), 2), dtype=np.float32)
@@ -81,29 +90,31 @@ def test_exported_ir_reproduces_the_supernet_subnet(exported, supernet, tokenize
         np.testing.assert_allclose(got, expected, atol=1e-4)
         # dynamic shapes: batches of different length and size ran through the same IR
         assert ov.Core().read_model(folder / "openvino_model.xml").inputs[0].get_partial_shape().is_dynamic
-        assert record["ir_dev_metric"] == pytest.approx(record["torch_dev_metric"])
-        assert record["config"] == cfg.to_dict()
+        assert record.ir_dev_metric == pytest.approx(record.torch_dev_metric)
+        assert record.subnet.config == cfg
 
 
 def test_records_card_and_summary(exported, tiny_shape):
     out, records = exported
     table = synthetic_table(tiny_shape)
     for cfg, record in zip(SUBNETS, records):
-        assert record["predicted_ms"] == pytest.approx(table.predict_ms(cfg))
-        assert record["measured_ms"] > 0 and record["measured_ms"] == record["measured"][record["measured_statistic"]]
-        card = (out / record["name"] / "README.md").read_text()
+        assert record.subnet.latency_ms == pytest.approx(table.predict_ms(cfg))
+        assert record.measured_ms > 0 and record.measured_ms == record.measured[record.measured_statistic]
+        card = (out / record.name / "README.md").read_text()
         for text in ("sst2", f"| 1 | {cfg.heads[1]} | {cfg.ffn[1]} |", "dynamic", "cpu_min", "'seq_len': 16",
-                     f"{record['measured_ms']:.2f} ms"):
+                     f"{record.measured_ms:.2f} ms"):
             assert text in card
-        assert json.loads((out / record["name"] / "eftnas_export.json").read_text()) == record
+        stored = json.loads((out / record.name / "eftnas_export.json").read_text())
+        assert stored == record.to_dict() and ExportedModel.from_dict(stored) == record
     summary = (out / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + len(SUBNETS) and "prediction_error_pct" in summary[0]
+    assert load_exports(out) == records
 
 
 def test_model_card_snippet_loads_the_ir_as_measured(exported, supernet, tokenizer, monkeypatch):
     out, records = exported
     record, cfg = records[0], SUBNETS[0]
-    card = (out / record["name"] / "README.md").read_text()
+    card = (out / record.name / "README.md").read_text()
     snippet = card.split("```python\n")[1].split("```")[0]
     monkeypatch.chdir(out)  # the card names its folder relative to where it is used
     scope = {}
@@ -116,49 +127,46 @@ def test_model_card_snippet_loads_the_ir_as_measured(exported, supernet, tokeniz
     np.testing.assert_allclose(scope["model"](**batch).logits.numpy(), expected, atol=1e-5)
 
 
-def test_rerun_resumes_without_exporting_again(exported, supernet, tokenizer, sst2_dir, tiny_shape, monkeypatch):
+def test_rerun_resumes_without_exporting_again(exported, supernet, tiny_model_dir, sst2_dir, tiny_shape,
+                                               monkeypatch):
     out, records = exported
     monkeypatch.setattr(deploy, "export_openvino", lambda *a, **k: pytest.fail("re-exported a finished model"))
-    again = export_subnets(supernet, SUBNETS, out, tokenizer, PROFILE, "sst2", sst2_dir,
-                           table=synthetic_table(tiny_shape), max_length=16, progress=False,
-                           source={"supernet": "tiny"})
+    ctx = make_ctx(tiny_model_dir, sst2_dir, synthetic_table(tiny_shape))
+    again = export_subnets(ctx, supernet, SUBNETS, out, progress=False, source={"supernet": "tiny"})
     assert again == records
     with pytest.raises(UserError, match="other settings"):
-        export_subnets(supernet, SUBNETS[:1], out, tokenizer, PROFILE, "sst2", sst2_dir, max_length=16,
-                       progress=False)
+        export_subnets(make_ctx(tiny_model_dir, sst2_dir), supernet, SUBNETS[:1], out, progress=False)
 
 
-def test_mismatched_table_is_refused(supernet, tokenizer, sst2_dir, tiny_shape, tmp_path):
+def test_mismatched_table_is_refused(supernet, tiny_model_dir, sst2_dir, tiny_shape, tmp_path):
     other_shape = replace(tiny_shape, intermediate_size=256)
     with pytest.raises(UserError, match="another model shape: intermediate_size 128"):
-        export_subnets(supernet, SUBNETS, tmp_path / "a", tokenizer, PROFILE, "sst2", sst2_dir,
-                       table=synthetic_table(other_shape), progress=False)
+        export_subnets(make_ctx(tiny_model_dir, sst2_dir, synthetic_table(other_shape)), supernet, SUBNETS,
+                       tmp_path / "a", progress=False)
     with pytest.raises(UserError, match="another profile.*threads: table 2, export 1"):
-        export_subnets(supernet, SUBNETS, tmp_path / "b", tokenizer, PROFILE, "sst2", sst2_dir,
-                       table=synthetic_table(tiny_shape, replace(PROFILE, threads=2)), progress=False)
+        export_subnets(make_ctx(tiny_model_dir, sst2_dir, synthetic_table(tiny_shape, replace(PROFILE, threads=2))),
+                       supernet, SUBNETS, tmp_path / "b", progress=False)
 
 
-def test_int8_export_is_quantized_and_measured(supernet, tokenizer, sst2_dir, tmp_path):
-    records = export_subnets(supernet, SUBNETS[:1], tmp_path / "int8", tokenizer, PROFILE, "sst2", sst2_dir,
-                             int8=True, calibration_size=8, max_length=16, progress=False)
+def test_int8_export_is_quantized_and_measured(supernet, tiny_model_dir, sst2_dir, tmp_path):
+    records = export_subnets(make_ctx(tiny_model_dir, sst2_dir), supernet, SUBNETS[:1], tmp_path / "int8",
+                             int8=True, calibration_size=8, progress=False)
     ir = ov.Core().read_model(tmp_path / "int8" / "subnet-00" / "openvino_model.xml")
     assert any(op.get_type_name() == "FakeQuantize" for op in ir.get_ops())
     record = records[0]
-    assert record["precision"] == "int8" and record["predicted_ms"] is None and record["measured_ms"] > 0
-    assert 0 <= record["ir_dev_metric"] <= 1
+    assert record.precision == "int8" and record.subnet.latency_ms is None and record.measured_ms > 0
+    assert 0 <= record.ir_dev_metric <= 1
     assert "INT8" in (tmp_path / "int8" / "subnet-00" / "README.md").read_text()
 
 
-def test_bf16_profile_exports_f32_weights_run_in_bf16(supernet, tokenizer, sst2_dir, tiny_shape, tmp_path):
-    from eftnas_hw.latency.measure import core
-
-    if "BF16" not in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+def test_bf16_profile_exports_f32_weights_run_in_bf16(supernet, tiny_model_dir, sst2_dir, tiny_shape, tmp_path):
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         pytest.skip("this CPU has no bf16 (the refusal is tested in test_latency)")
     bf16 = replace(PROFILE, precision="bf16")
-    [record] = export_subnets(supernet, SUBNETS[:1], tmp_path / "bf16", tokenizer, bf16, "sst2", sst2_dir,
-                              table=synthetic_table(tiny_shape), max_length=16, progress=False)
+    ctx = make_ctx(tiny_model_dir, sst2_dir, synthetic_table(tiny_shape), profile=bf16)
+    [record] = export_subnets(ctx, supernet, SUBNETS[:1], tmp_path / "bf16", progress=False)
     card = (tmp_path / "bf16" / "subnet-00" / "README.md").read_text()
-    assert record["precision"] == "bf16" and "run in bf16" in card and "'INFERENCE_PRECISION_HINT': 'bf16'" in card
+    assert record.precision == "bf16" and "run in bf16" in card and "'INFERENCE_PRECISION_HINT': 'bf16'" in card
     assert "for the f32 model" in card  # the table's prediction is for f32
 
 
@@ -183,7 +191,7 @@ def test_cli_search_select_export(supernet_dir, sst2_dir, tiny_shape, tmp_path, 
     synthetic_table(tiny_shape).save(table)
     search = tmp_path / "search"
     common = ["search", "--supernet", str(supernet_dir), "--task", "sst2", "--data-dir", str(sst2_dir),
-              "--table", str(table), "--pop", "4", "--evals", "12", "--out", str(search)]
+              "--table", str(table), "--pop-size", "4", "--n-evals", "12", "--out", str(search)]
     assert main(common) == 0
     front = json.loads((search / "front.json").read_text())
     assert front and all("latency_ms" in r and "gmacs" in r for r in front)
@@ -199,9 +207,9 @@ def test_cli_search_select_export(supernet_dir, sst2_dir, tiny_shape, tmp_path, 
 
     out = tmp_path / "deploy"
     assert main(["export", "--front", str(search), "--budget-ms", str(fastest), "--out", str(out)]) == 0
-    record = json.loads((out / "subnet-00" / "eftnas_export.json").read_text())
-    assert record["config"] == json.loads(selected.read_text())
-    assert record["predicted_ms"] == pytest.approx(fastest) and record["profile"]["seq_len"] == 16
+    record = ExportedModel.from_dict(json.loads((out / "subnet-00" / "eftnas_export.json").read_text()))
+    assert record.subnet.config == SubnetConfig.load(selected)
+    assert record.subnet.latency_ms == pytest.approx(fastest) and record.profile["seq_len"] == 16
 
 
 def test_cli_search_refuses_a_table_of_another_shape(supernet_dir, sst2_dir, tiny_shape, tmp_path, capsys):
@@ -210,5 +218,5 @@ def test_cli_search_refuses_a_table_of_another_shape(supernet_dir, sst2_dir, tin
     table = tmp_path / "table.json"
     synthetic_table(replace(tiny_shape, num_heads=8, head_size=8)).save(table)
     assert main(["search", "--supernet", str(supernet_dir), "--task", "sst2", "--data-dir", str(sst2_dir),
-                 "--table", str(table), "--pop", "4", "--evals", "8", "--out", str(tmp_path / "s")]) == 2
+                 "--table", str(table), "--pop-size", "4", "--n-evals", "8", "--out", str(tmp_path / "s")]) == 2
     assert "another model shape: num_heads 4 (table 8), head_size 16 (table 8)" in capsys.readouterr().err

@@ -1,4 +1,6 @@
 import json
+import logging
+import warnings
 
 import numpy as np
 import openvino as ov
@@ -7,6 +9,7 @@ import torch
 
 from eftnas_hw.cli import main
 from eftnas_hw.export import export_openvino
+from eftnas_hw.latency import compile_ir
 from eftnas_hw.models import build_subnet, load_model, load_tokenizer
 from eftnas_hw.subnet import BertShape, SubnetConfig
 
@@ -36,17 +39,58 @@ def test_cli_export_subnet_matches_pytorch(tiny_model_dir, tmp_path):
     np.testing.assert_allclose(ir(**enc).logits, expected, atol=1e-4)
 
 
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def export_cli_output(tiny_model_dir, tmp_path, capfd) -> str:
+    """All an `eftnas-hw export` of a subnet prints: what reaches the file descriptors (C++ logs, print), what
+    its libraries log (their handlers may hold a stream pytest swapped out, so records are collected at the
+    loggers as well) and every Python warning it lets through (pytest would collect those out of sight)."""
+    from transformers.utils import logging as hf_logging
+
+    SubnetConfig((2, 4), (64, 128)).save(tmp_path / "s.json")
+    hf_logging.warning_once.cache_clear()  # both transformers lines are warning_once: show them again if let out
+    handler = _Lines()
+    loggers = [logging.getLogger(), logging.getLogger("transformers")]  # transformers does not propagate
+    for logger in loggers:
+        logger.addHandler(handler)
+    capfd.readouterr()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["export", "--model", str(tiny_model_dir), "--subnet", str(tmp_path / "s.json"),
+                         "--out", str(tmp_path / "quiet")]) == 0
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    captured = capfd.readouterr()
+    shown = [warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught]
+    return "\n".join([captured.out, captured.err, *handler.lines, *shown])
+
+
+def test_cli_export_prints_no_tracing_noise(tiny_model_dir, tmp_path, capfd):
+    output = export_cli_output(tiny_model_dir, tmp_path, capfd)
+    assert "wrote" in output  # the capture works: the command's own line is there
+    for noise in ("loss_type=None", "cache_position", "TracerWarning"):
+        assert noise not in output, f"{noise!r} printed by the export:\n{output}"
+
+
 def test_static_shape_and_int8(tiny_model_dir, tmp_path):
     model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
     export_openvino(model, tmp_path / "f32", tok, static_shape=(1, 32))
     export_openvino(model, tmp_path / "int8", tok, static_shape=(1, 32), calibration_texts=SENTENCES * 4)
-    core = ov.Core()
     enc = tok(SENTENCES[:1], padding="max_length", max_length=32, return_tensors="np")
     results = {}
     for name in ("f32", "int8"):
-        ir = core.read_model(tmp_path / name / "openvino_model.xml")
+        ir = ov.Core().read_model(tmp_path / name / "openvino_model.xml")
         assert all(list(inp.get_partial_shape().to_shape()) == [1, 32] for inp in ir.inputs)
-        results[name] = core.compile_model(ir, "CPU", F32)({k: v for k, v in enc.items()})[0]
+        results[name] = compile_ir(ir, F32)({k: v for k, v in enc.items()})[0]
         ops = {op.get_type_name() for op in ir.get_ops()}
         assert ("FakeQuantize" in ops) == (name == "int8")
     np.testing.assert_allclose(results["f32"], torch_logits(model, enc), atol=1e-4)
@@ -77,9 +121,10 @@ def test_cli_refuses_existing_output_and_bad_models(tiny_model_dir, tmp_path, ca
     (tmp_path / "roberta" / "config.json").write_text(json.dumps({"model_type": "roberta"}))
     assert main(["info", "--model", str(tmp_path / "roberta")]) == 2
     assert "supported families" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        main(["export", "--out", str(tmp_path / "y"), "--static-shape", "1x"])
-    assert e.value.code == 2
+    assert main(["export", "--out", str(tmp_path / "y"), "--static-shape", "1x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--static-shape expects BATCHxSEQ" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "y").exists()
 
 
 def test_cli_info_counts_the_subnet(tiny_model_dir, tmp_path, capsys):

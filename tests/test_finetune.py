@@ -7,12 +7,14 @@ import pytest
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-import eftnas_hw.finetune as ft
+from eftnas_hw.context import RunContext
 from eftnas_hw.data import load_task, tokenize_task
 from eftnas_hw.errors import UserError
-from eftnas_hw.finetune import (ImportanceCallback, channel_importance, elastic_weight_names, finetune,
-                                head_importance, load_scores)
+from eftnas_hw.finetune import finetune
+from eftnas_hw.importance import (SCORES_NAME, ImportanceCallback, channel_importance, elastic_weight_names,
+                                  head_importance, load_scores)
 from eftnas_hw.models import load_model, load_tokenizer, random_bert
+from eftnas_hw.settings import FinetuneSettings, RunConfig
 
 WORDS = ["good", "bad", "fine", "awful", "great", "dull", "film", "plot", "actor", "scene"]
 
@@ -27,6 +29,10 @@ def fake_glue(tmp_path_factory):
                 for i in range(n)]
         (root / "SST-2" / name).write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
     return root
+
+
+def _context(model_dir, glue) -> RunContext:
+    return RunContext(RunConfig(model=str(model_dir), task="sst2", data_dir=str(glue)))
 
 
 def test_callback_accumulates_minus_alpha_grad_times_weight(tiny_shape):
@@ -84,9 +90,12 @@ def test_trainer_step_scores_match_manual_gradient(tiny_model_dir, fake_glue, tm
 
 def test_finetune_writes_teacher_scores_and_metrics(tiny_model_dir, fake_glue, tmp_path, tiny_shape):
     out = tmp_path / "teacher"
-    metrics = finetune(tiny_model_dir, "sst2", out, data_dir=fake_glue, epochs=1, batch_size=8, save_steps=100)
+    settings = FinetuneSettings(epochs=1, batch_size=8, save_steps=100)
+    metrics = finetune(_context(tiny_model_dir, fake_glue), out, settings)
     assert metrics["optimizer_steps"] == 5 and 0.0 <= metrics["dev"]["metric"] <= 1.0
-    assert json.loads((out / "metrics.json").read_text())["dev"]["accuracy"] == metrics["dev"]["accuracy"]
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["dev"]["accuracy"] == metrics["dev"]["accuracy"]
+    assert written["settings"] == settings.to_dict() and written["settings"]["epochs"] == 1.0
     teacher = load_model(out)
     scores = load_scores(out)
     params = dict(teacher.named_parameters())
@@ -94,12 +103,13 @@ def test_finetune_writes_teacher_scores_and_metrics(tiny_model_dir, fake_glue, t
     assert all(scores[k].shape == params[k].shape and scores[k].abs().sum() > 0 for k in scores)
     assert not (tmp_path / "teacher.checkpoints").exists()
     with pytest.raises(UserError, match="exists"):
-        finetune(tiny_model_dir, "sst2", out, data_dir=fake_glue, epochs=1, batch_size=8)
+        finetune(_context(tiny_model_dir, fake_glue), out, FinetuneSettings(epochs=1, batch_size=8))
 
 
 def test_interrupted_finetune_resumes_with_its_scores(tiny_model_dir, fake_glue, tmp_path, monkeypatch):
     full = tmp_path / "full"
-    finetune(tiny_model_dir, "sst2", full, data_dir=fake_glue, epochs=2, batch_size=8, save_steps=100)
+    finetune(_context(tiny_model_dir, fake_glue), full, FinetuneSettings(epochs=2, batch_size=8, save_steps=100))
+    every_3 = FinetuneSettings(epochs=2, batch_size=8, save_steps=3)
 
     original_on_save = ImportanceCallback.on_save
 
@@ -110,10 +120,10 @@ def test_interrupted_finetune_resumes_with_its_scores(tiny_model_dir, fake_glue,
     monkeypatch.setattr(ImportanceCallback, "on_save", interrupt_after_first_checkpoint)
     resumed = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        finetune(tiny_model_dir, "sst2", resumed, data_dir=fake_glue, epochs=2, batch_size=8, save_steps=3)
-    assert (tmp_path / "resumed.checkpoints" / "checkpoint-3" / ft.SCORES_NAME).is_file() and not resumed.exists()
+        finetune(_context(tiny_model_dir, fake_glue), resumed, every_3)
+    assert (tmp_path / "resumed.checkpoints" / "checkpoint-3" / SCORES_NAME).is_file() and not resumed.exists()
     monkeypatch.setattr(ImportanceCallback, "on_save", original_on_save)
-    metrics = finetune(tiny_model_dir, "sst2", resumed, data_dir=fake_glue, epochs=2, batch_size=8, save_steps=3)
+    metrics = finetune(_context(tiny_model_dir, fake_glue), resumed, every_3)
     assert metrics["optimizer_steps"] == 10
     a, b = load_scores(full), load_scores(resumed)
     for name in a:

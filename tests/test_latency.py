@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from eftnas_hw.errors import UserError
 from eftnas_hw.latency import LatencyTable, Profile, build_table, hardware_fingerprint, random_subnets
 from eftnas_hw.latency import profiler
 from eftnas_hw.latency.table import FORMAT, VERSION
+from eftnas_hw.settings import TableBuildSettings
 from eftnas_hw.subnet import BertShape, SubnetConfig
 
 # One layer, two heads, FFN 64 on a grid of 32: the smallest shape whose table has every kind of entry.
@@ -74,16 +76,44 @@ def test_check_shape(table_path):
         table.check_shape(BertShape(1, 32, 2, 16, 128))
 
 
-def test_fingerprint_refusal_and_force(table_path):
+def measured_elsewhere(table_path: Path, **fingerprint) -> Path:
+    """A copy of the table whose stored fingerprint names another machine."""
     data = json.loads(table_path.read_text())
-    data["fingerprint"]["cpu"] = "Some Other CPU"
-    data["fingerprint"]["openvino"] = "1999.1.0"
-    table_path.write_text(json.dumps(data))
+    data["fingerprint"].update(fingerprint)
+    path = table_path.with_name("elsewhere.json")
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_fingerprint_refusal_and_force(table_path, capsys):
+    path = measured_elsewhere(table_path, cpu="Some Other CPU", openvino="1999.1.0")
     with pytest.raises(UserError, match="cpu.*Some Other CPU.*openvino"):
-        LatencyTable.load(table_path)
-    with pytest.warns(UserWarning, match="--force"):
-        table = LatencyTable.load(table_path, force=True)
+        LatencyTable.load(path)
+    capsys.readouterr()
+    table = LatencyTable.load(path, force=True)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("eftnas-hw: warning:") and "--force" in err[0]
+    assert "Some Other CPU" in err[0]
     assert table.predict_ms(SubnetConfig((1,), (32,))) > 0
+    LatencyTable.load(table_path)  # this machine's own table: no warning
+    assert capsys.readouterr().err == ""
+
+
+def test_latency_command_force_warns_on_a_table_from_another_machine(table_path, capsys):
+    """D2: `latency --force` on a foreign table answers with a one-line warning; without --force, one error line."""
+    path = measured_elsewhere(table_path, cpu="Some Other CPU")
+    capsys.readouterr()
+    assert main(["latency", "--table", str(path), "--force"]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("eftnas-hw: warning:")]
+    assert len(warnings) == 1 and "Some Other CPU" in warnings[0]
+    assert json.loads(captured.out)["predicted_ms"] == pytest.approx(LatencyTable(json.loads(path.read_text()))
+                                                                     .predict_ms(MICRO.full_subnet()))
+    assert main(["latency", "--table", str(path)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("eftnas-hw: error:") and "--force" in err[0]
+    assert captured.out == ""
 
 
 @pytest.mark.parametrize("damage", ["truncate", "not-a-table", "missing-blocks", "incomplete"])
@@ -118,19 +148,19 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
 
     monkeypatch.setattr(profiler, "measure_models_ms", fake_measure)
     out = tmp_path / "t.json"
-    kwargs = dict(ffn_step=32, validate_n=3, calibrate_n=2, group_size=3, progress=False)
+    settings = TableBuildSettings(ffn_step=32, validate_n=3, calibrate_n=2, group_size=3)
     with pytest.raises(KeyboardInterrupt):
-        build_table(MICRO, PROFILE, out, **kwargs)
+        build_table(MICRO, PROFILE, out, settings, progress=False)
     partial = json.loads(out.read_text())
     assert not partial["complete"] and list(partial["measurements"]) == ["blocks"]
     with pytest.raises(UserError, match="incomplete"):
         LatencyTable.load(out)
-    table = build_table(MICRO, PROFILE, out, **kwargs)
+    table = build_table(MICRO, PROFILE, out, settings, progress=False)
     # blocks (6 models), then subnets 0-2 (interrupted, redone) and 3-4
     assert calls == [6, 3, 3, 2]
     assert table.validation["n"] == 3 and LatencyTable.load(out).data == table.data
     with pytest.raises(UserError, match="other settings"):
-        build_table(MICRO, PROFILE, out, **dict(kwargs, ffn_step=64))
+        build_table(MICRO, PROFILE, out, replace(settings, ffn_step=64), progress=False)
 
 
 def test_random_subnets_are_seeded_and_valid():
@@ -147,8 +177,8 @@ def test_random_subnets_are_seeded_and_valid():
 def real_table(tmp_path_factory) -> Path:
     """A real (tiny) profile: exports and times blocks and subnets with OpenVINO, few repetitions."""
     out = tmp_path_factory.mktemp("real") / "micro.json"
-    build_table(MICRO, PROFILE, out, ffn_step=64, validate_n=1, calibrate_n=2, block_repeats=8,
-                subnet_repeats=6, group_size=4, progress=False)
+    build_table(MICRO, PROFILE, out, TableBuildSettings(ffn_step=64, validate_n=1, calibrate_n=2, block_repeats=8,
+                                                        subnet_repeats=6, group_size=4), progress=False)
     return out
 
 
@@ -217,7 +247,7 @@ def test_bf16_profile_runs_bf16_or_is_refused():
     import openvino as ov
 
     from eftnas_hw.latency import measure_models_ms
-    from eftnas_hw.latency.measure import check_precision, core
+    from eftnas_hw.latency.measure import check_precision
     from eftnas_hw.models import random_bert
 
     bf16 = Profile(name="test-bf16", seq_len=16, precision="bf16")
@@ -229,7 +259,7 @@ def test_bf16_profile_runs_bf16_or_is_refused():
 
     with pytest.raises(UserError, match="asks for bf16 but OpenVINO runs f32"):
         check_precision(CompiledAsF32(), bf16)
-    if "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         [stats] = measure_models_ms([random_bert(MICRO)], bf16, repeats=2)
         assert stats["min"] > 0
     else:

@@ -49,7 +49,7 @@ def test_rerun_skips_finished_stages_and_changed_settings_rerun_later_ones(tiny_
     run_pipeline(config, out, progress=False)
     printed = capsys.readouterr().out
     assert "[finetune] up to date" in printed and "[export] up to date" in printed
-    config = {**config, "search": {**config["search"], "n_evals": 18}}
+    config = config.merged({"search": {"n_evals": 18}})
     run_pipeline(config, out, progress=False)
     printed = capsys.readouterr().out
     assert "[supernet] up to date" in printed and "[search] running" in printed and "[export] running" in printed
@@ -65,6 +65,7 @@ def test_config_errors_are_user_errors(tmp_path):
     assert main(["run", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "r")]) == 2
     with pytest.raises(UserError, match="metric must be"):
         RunConfig.load(None, {"metric": "flops"})
+    assert not (tmp_path / "r").exists()  # a rejected run leaves no folder behind
 
 
 def test_spread_along_front_keeps_both_ends():
@@ -83,3 +84,39 @@ def test_regression_task_runs_end_to_end(tiny_model_dir, glue_dir, tmp_path):
     assert teacher["main_metric"] == "spearman" and "pearson" in teacher["dev"]
     assert {r["group"] for r in summary["models"]} == {"base", "front"}
     assert all(-1 <= r["ir_dev_metric"] <= 1 and r["measured_ms"] > 0 for r in summary["models"])
+
+
+def test_bad_table_and_build_settings_fail_before_any_work(tiny_model_dir, glue_dir, tmp_path):
+    """D3 and 'too late': a mistyped build setting or a missing table is one error before fine-tuning starts."""
+    base = {**TINY_RUN, "model": str(tiny_model_dir), "data_dir": str(glue_dir)}
+    with pytest.raises(UserError, match="unknown setting latency.build.ffn_stepp"):
+        RunConfig.load(None, {**base, "latency": {"build": {"ffn_stepp": 64}}})
+    config = RunConfig.load(None, {**base, "latency": {"table": str(tmp_path / "missing.json")}})
+    with pytest.raises(UserError, match="latency table not found"):
+        run_pipeline(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "teacher").exists()
+
+
+def test_a_given_table_is_identified_by_content_not_path_or_time(tiny_run, tmp_path, capsys):
+    """D4: the same table under another path and modification time (a fresh clone, a copied run folder) is the
+    same input: nothing re-runs. A table with other content is another input: the stages after it re-run."""
+    import shutil
+
+    out, config, _ = tiny_run
+    table = tmp_path / "a" / "table.json"
+    table.parent.mkdir()
+    shutil.copy(out / "latency_table.json", table)
+    first = tmp_path / "run-a"
+    shutil.copytree(out, first)
+    config = config.merged({"latency": {"table": str(table)}})
+    run_pipeline(config, first, progress=False)
+    capsys.readouterr()
+
+    moved = tmp_path / "b" / "copy.json"
+    moved.parent.mkdir()
+    moved.write_bytes(table.read_bytes())  # new path, new modification time, same content
+    second = tmp_path / "run-b"
+    shutil.copytree(first, second)
+    run_pipeline(config.merged({"latency": {"table": str(moved)}}), second, progress=False)
+    printed = capsys.readouterr().out
+    assert "running" not in printed and "[space] up to date" in printed and "[export] up to date" in printed

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from eftnas_hw.errors import UserError
+from eftnas_hw.importance import channel_importance, head_importance
 from eftnas_hw.models import random_bert
 from eftnas_hw.reorder import l1_importance, ordering_from_importance, reorder_model
 from conftest import token_batch
@@ -34,8 +35,6 @@ def test_ordering_from_importance_is_descending_and_stable():
 
 @pytest.mark.parametrize("strategy", ["none", "l1", "first-order"])
 def test_reordered_model_computes_the_same_function(tiny_shape, strategy):
-    if strategy == "first-order":
-        pytest.importorskip("eftnas_hw.finetune", reason="first-order importance lives in eftnas_hw.finetune")
     model = random_bert(tiny_shape, seed=1)
     before = _logits(model)
     ordering = reorder_model(model, strategy, random_scores(model))
@@ -62,12 +61,11 @@ def test_l1_moves_the_heaviest_units_first(tiny_shape):
 
 
 def test_first_order_follows_the_scores(tiny_shape):
-    finetune = pytest.importorskip("eftnas_hw.finetune", reason="first-order importance lives in eftnas_hw.finetune")
     model = random_bert(tiny_shape, seed=3)
     scores = random_scores(model, seed=4)
     ordering = reorder_model(model, "first-order", scores)
-    heads = finetune.head_importance(scores, tiny_shape)
-    channels = finetune.channel_importance(scores, tiny_shape)
+    heads = head_importance(scores, tiny_shape)
+    channels = channel_importance(scores, tiny_shape)
     for layer in range(tiny_shape.num_layers):
         assert ordering.heads[layer][0] == int(heads[layer].argmax())
         assert ordering.ffn[layer][0] == int(channels[layer].argmax())

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from eftnas_hw.cli import main
+from eftnas_hw.cost import CostModel, gmacs_cost
 from eftnas_hw.errors import UserError
-from eftnas_hw.finetune import SCORES_NAME, elastic_weight_names, save_scores
+from eftnas_hw.importance import SCORES_NAME, elastic_weight_names, save_scores
 from eftnas_hw.models import random_bert
-from eftnas_hw.space import ThresholdedScores, build_search_space, cost_function
+from eftnas_hw.settings import SpaceSettings
+from eftnas_hw.space import ThresholdedScores, build_search_space
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +25,17 @@ def scores(tiny_shape):
             for n, p in model.named_parameters() if n in elastic_weight_names(model)}
 
 
-def head_heavy_latency(s):
+def head_heavy_ms(s):
     """A synthetic latency table (ms): fixed overhead, heads expensive, FFN cheap (unlike MACs)."""
     return 2.0 + 1.0 * sum(s.heads) + 0.002 * sum(s.ffn)
+
+
+head_heavy_latency = CostModel("latency_ms", "ms", "latency", head_heavy_ms)
+
+
+def space_settings(low, high, **kw):
+    """SpaceSettings with the FFN granularity these tests were written for (32; the default is 64)."""
+    return SpaceSettings(low=low, high=high, **{"ffn_step": 32, **kw})
 
 
 def test_thresholds_are_monotone_and_rounded(scores, tiny_shape):
@@ -38,44 +48,45 @@ def test_thresholds_are_monotone_and_rounded(scores, tiny_shape):
 
 def test_tau_search_hits_each_target(scores, tiny_shape):
     full = head_heavy_latency(tiny_shape.full_subnet())
-    result = build_search_space(scores, tiny_shape, head_heavy_latency, 0.4 * full, full, n=4, tol=0.1)
-    assert len(result.subnets) == 4 and result.unit == "ms"
+    result = build_search_space(scores, tiny_shape, head_heavy_latency, space_settings(0.4, 1.0, n=4, tol=0.1))
+    assert len(result.subnets) == 4 and result.unit == "ms" and result.metric == "latency"
+    assert result.targets == pytest.approx(tuple(t * full for t in (0.4, 0.6, 0.8, 1.0)))  # fractions of full
+    assert result.settings.n == 4 and result.settings.ffn_step == 32
     for target, cost, subnet in zip(result.targets, result.costs, result.subnets):
-        assert cost == pytest.approx(head_heavy_latency(subnet)) and abs(cost - target) <= 0.1 * target
+        assert cost == pytest.approx(head_heavy_ms(subnet)) and abs(cost - target) <= 0.1 * target
         assert result.space.contains(subnet)
     assert list(result.taus) == sorted(result.taus, reverse=True)  # higher target, lower threshold
     assert result.subnets[-1] == tiny_shape.full_subnet()
     assert result.reachable == (pytest.approx(2.0), pytest.approx(full))
 
 
-def test_latency_and_gflops_give_different_spaces(scores, tiny_shape):
-    gflops, unit, label = cost_function(tiny_shape, None, 128)
-    assert (unit, label) == ("GMACs", "gflops@128")
-    spaces = []
-    for cost in (head_heavy_latency, gflops):
-        full = cost(tiny_shape.full_subnet())
-        spaces.append(build_search_space(scores, tiny_shape, cost, 0.4 * full, 0.8 * full, n=3, tol=0.15))
-    latency, macs = spaces
+def test_latency_and_gmacs_give_different_spaces(scores, tiny_shape):
+    gmacs = gmacs_cost(tiny_shape, 128)
+    assert (gmacs.name, gmacs.unit, gmacs.label) == ("gmacs", "GMACs", "GMACs@128")
+    assert gmacs(tiny_shape.full_subnet()) == pytest.approx(tiny_shape.full_subnet().gmacs(tiny_shape, 128))
+    latency, macs = (build_search_space(scores, tiny_shape, cost, space_settings(0.4, 0.8, n=3, tol=0.15))
+                     for cost in (head_heavy_latency, gmacs))
     assert latency.space != macs.space and latency.taus != macs.taus
-    assert macs.costs[0] == pytest.approx(gflops(macs.subnets[0]))
+    assert macs.unit == "GMACs" and macs.metric == "GMACs@128"
+    assert macs.costs[0] == pytest.approx(gmacs(macs.subnets[0]))
+    assert macs.targets[0] == pytest.approx(0.4 * gmacs(tiny_shape.full_subnet()))
 
 
 def test_unreachable_and_missed_targets_are_user_errors(scores, tiny_shape):
-    full = head_heavy_latency(tiny_shape.full_subnet())
+    full = head_heavy_ms(tiny_shape.full_subnet())  # 10.512 ms; everything removed: 2 ms
     with pytest.raises(UserError, match=r"reachable range 2\.\.\d"):
-        build_search_space(scores, tiny_shape, head_heavy_latency, 1.0, full)
+        build_search_space(scores, tiny_shape, head_heavy_latency, space_settings(1.0 / full, 1.0))
     with pytest.raises(UserError, match="reachable range"):
-        build_search_space(scores, tiny_shape, head_heavy_latency, 5.0, 2 * full)
+        build_search_space(scores, tiny_shape, head_heavy_latency, space_settings(5.0 / full, 2.0))
     with pytest.raises(UserError, match="within"):
-        build_search_space(scores, tiny_shape, head_heavy_latency, 5.0, full, n=9, tol=1e-6)
+        build_search_space(scores, tiny_shape, head_heavy_latency, space_settings(5.0 / full, 1.0, n=9, tol=1e-6))
     with pytest.raises(UserError, match="above"):
-        build_search_space(scores, tiny_shape, head_heavy_latency, full, 5.0)
+        build_search_space(scores, tiny_shape, head_heavy_latency, space_settings(1.0, 5.0 / full))
 
 
 def test_include_full_table_and_json(scores, tiny_shape, tmp_path):
-    full = head_heavy_latency(tiny_shape.full_subnet())
-    result = build_search_space(scores, tiny_shape, head_heavy_latency, 0.4 * full, 0.7 * full, n=2, tol=0.1,
-                                include_full=True)
+    result = build_search_space(scores, tiny_shape, head_heavy_latency,
+                                space_settings(0.4, 0.7, n=2, tol=0.1, include_full=True))
     assert result.space.largest() == tiny_shape.full_subnet()
     result.save(tmp_path / "search_space.json")
     saved = json.loads((tmp_path / "search_space.json").read_text())
@@ -85,18 +96,37 @@ def test_include_full_table_and_json(scores, tiny_shape, tmp_path):
     assert f"search space size: {result.space.size:,}" in table and len(table.splitlines()) > tiny_shape.num_layers
 
 
-def test_space_cli(scores, tiny_model_dir, tmp_path, capsys):
+def test_space_cli(scores, tiny_model_dir, tiny_shape, tmp_path, capsys):
     folder = tmp_path / "teacher"
     shutil.copytree(tiny_model_dir, folder)
     save_scores(scores, folder / SCORES_NAME)
     out = tmp_path / "search_space.json"
-    args = ["space", "--scores", str(folder), "--metric", "gflops", "--n", "3", "--tol", "0.15", "--out", str(out)]
-    assert main(args + ["--low", "0.004", "--high", "0.008"]) == 0
+    args = ["space", "--scores", str(folder), "--gmacs", "--n", "3", "--ffn-step", "32", "--tol", "0.15",
+            "--out", str(out)]
+    assert main(args + ["--low", "0.3", "--high", "0.65"]) == 0  # fractions of the full model's GMACs@128
     saved = json.loads(out.read_text())
     assert saved["unit"] == "GMACs" and len(saved["configurations"]) == 3
+    full = tiny_shape.full_subnet().gmacs(tiny_shape, 128)
+    assert saved["configurations"][0]["target"] == pytest.approx(0.3 * full)
+    assert saved["configurations"][-1]["target"] == pytest.approx(0.65 * full)
+    assert saved["settings"]["low"] == 0.3 and saved["settings"]["ffn_step"] == 32
     assert "search space size" in capsys.readouterr().out
-    assert main(args + ["--low", "0.004", "--high", "5"]) == 2
+    assert main(args + ["--low", "0.3", "--high", "5", "--overwrite"]) == 2
     assert "reachable range" in capsys.readouterr().err
+
+
+def test_space_cli_refuses_existing_out_without_overwrite(scores, tiny_model_dir, tmp_path, capsys):
+    folder = tmp_path / "teacher"
+    shutil.copytree(tiny_model_dir, folder)
+    save_scores(scores, folder / SCORES_NAME)
+    out = tmp_path / "search_space.json"
+    out.write_text("keep me")
+    args = ["space", "--scores", str(folder), "--gmacs", "--n", "2", "--ffn-step", "32", "--tol", "0.15",
+            "--low", "0.3", "--high", "0.65", "--out", str(out)]
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_text() == "keep me"
+    assert main(args + ["--overwrite"]) == 0
+    assert len(json.loads(out.read_text())["configurations"]) == 2
 
 
 def test_space_cli_with_latency_table(scores, tiny_model_dir, tiny_shape, tmp_path, capsys):
@@ -119,11 +149,13 @@ def test_space_cli_with_latency_table(scores, tiny_model_dir, tiny_shape, tmp_pa
     shutil.copytree(tiny_model_dir, folder)
     save_scores(scores, folder / SCORES_NAME)
     out = tmp_path / "search_space.json"
-    args = ["space", "--scores", str(folder / SCORES_NAME), "--n", "3", "--tol", "0.15", "--out", str(out)]
-    assert main(args + ["--table", str(tmp_path / "table.json"), "--low", "4", "--high", "9"]) == 0
+    args = ["space", "--scores", str(folder / SCORES_NAME), "--n", "3", "--ffn-step", "32", "--tol", "0.15",
+            "--out", str(out), "--low", "0.42", "--high", "0.96"]  # about 4..9 ms of the full model's 9.4 ms
+    assert main(args + ["--table", str(tmp_path / "table.json")]) == 0
     saved = json.loads(out.read_text())
     assert saved["unit"] == "ms" and saved["reachable"][1] == pytest.approx(9.4)
+    assert saved["configurations"][0]["target"] == pytest.approx(0.42 * 9.4)
     assert all(abs(c["predicted"] - c["target"]) <= 0.15 * c["target"] for c in saved["configurations"])
     LatencyTable(table(replace(tiny_shape, hidden_size=32, head_size=8))).save(tmp_path / "other.json")
-    assert main(args + ["--table", str(tmp_path / "other.json"), "--low", "4", "--high", "9"]) == 2
+    assert main(args + ["--table", str(tmp_path / "other.json"), "--overwrite"]) == 2
     assert "another model shape" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import pytest
 
 from eftnas_hw.errors import UserError
 from eftnas_hw.models import random_bert
-from eftnas_hw.subnet import BertShape, SearchSpace, SubnetConfig
+from eftnas_hw.subnet import BertShape, EvaluatedSubnet, SearchSpace, SubnetConfig
 
 BERT_BASE = BertShape(num_layers=12, hidden_size=768, num_heads=12, head_size=64, intermediate_size=3072)
 
@@ -16,7 +16,7 @@ def test_bert_base_macs_match_hand_count():
     expected = 12 * per_layer + 768 * 768 + 768 * 2
     full = BERT_BASE.full_subnet()
     assert full.macs(BERT_BASE, seq_len=128) == expected
-    assert round(full.gflops(BERT_BASE, 128), 1) == 11.2
+    assert round(full.gmacs(BERT_BASE, 128), 1) == 11.2
     assert full.macs(BERT_BASE, 128, batch=4) == 4 * expected
 
 
@@ -41,6 +41,18 @@ def test_json_round_trip(tmp_path):
     assert SubnetConfig.load(tmp_path / "s.json") == cfg
     space = SearchSpace.from_subnets([cfg, SubnetConfig((12,) * 6, (1536,) * 6)])
     assert SearchSpace.from_dict(space.to_dict()) == space
+    record = EvaluatedSubnet(cfg, 0.8, cfg.gmacs(BertShape.named("minilm-l6"), 128), latency_ms=3.5)
+    assert EvaluatedSubnet.from_dict(record.to_dict()) == record
+    assert (record.cost("latency_ms"), record.cost("gmacs")) == (3.5, record.gmacs)
+    with pytest.raises(UserError, match="not an evaluated-subnet record"):
+        EvaluatedSubnet.from_dict({"config": cfg.to_dict(), "metric": 0.8})
+
+
+def test_named_shapes():
+    assert BertShape.named("minilm-l6") == BertShape(6, 384, 12, 32, 1536)
+    assert round(BertShape.named("bert-base").full_subnet().gmacs(BertShape.named("bert-base"), 128), 1) == 11.2
+    with pytest.raises(UserError, match="unknown shape 'gpt2'"):
+        BertShape.named("gpt2")
 
 
 @pytest.mark.parametrize("cfg, message", [

@@ -12,12 +12,17 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
+from eftnas_hw.context import RunContext
+from eftnas_hw.data import compute_metrics
 from eftnas_hw.elastic import ElasticBert
 from eftnas_hw.errors import UserError
+from eftnas_hw.evaluate import evaluate_subnets
+from eftnas_hw.importance import SCORES_NAME, channel_importance, save_scores
 from eftnas_hw.models import load_model, load_tokenizer, random_bert
-from eftnas_hw.subnet import SearchSpace, SubnetConfig
-from eftnas_hw.supernet import (SupernetTraining, distillation_loss, evaluate_subnets, fit_supernet, load_supernet,
-                                sandwich_subnets, train_supernet)
+from eftnas_hw.settings import RunConfig, SupernetSettings
+from eftnas_hw.subnet import BertShape, SearchSpace, SubnetConfig
+from eftnas_hw.supernet import (distillation_loss, fit_supernet, load_search_space, load_supernet, sandwich_subnets,
+                                train_supernet)
 from conftest import token_batch
 
 TINY_SPACE = SearchSpace(heads=((0, 2, 4), (1, 4)), ffn=((0, 64, 128), (32, 128)))
@@ -100,10 +105,9 @@ class _KillAfterSave(TrainerCallback):
 def _train(tiny_shape, work_dir, callbacks=(), resume=True) -> dict[str, torch.Tensor]:
     teacher = random_bert(tiny_shape, seed=11)
     supernet = ElasticBert(copy.deepcopy(teacher))
-    settings = SupernetTraining(max_steps=4, batch_size=8, lr=1e-3, num_random=1, seed=3, save_steps=2,
-                                logging_steps=2)
+    settings = SupernetSettings(max_steps=4, batch_size=8, lr=1e-3, num_random=1, save_steps=2, logging_steps=2)
     steps = fit_supernet(supernet, teacher, TINY_SPACE, _token_dataset(), load_tokenizer(None), work_dir, settings,
-                         is_regression=False, resume=resume, callbacks=callbacks)
+                         seed=3, is_regression=False, resume=resume, callbacks=callbacks)
     assert steps == 4
     return {k: v.clone() for k, v in supernet.model.state_dict().items()}
 
@@ -122,7 +126,6 @@ def test_killed_and_resumed_training_matches_uninterrupted(tiny_shape, tmp_path)
 
 
 def test_evaluate_subnets_matches_one_by_one_predictions(tiny_shape):
-    data = pytest.importorskip("eftnas_hw.data")
     dataset = _token_dataset(n=13, seed=5)
     supernet = ElasticBert(random_bert(tiny_shape, seed=2))
     cfgs = [TINY_SPACE.largest(), SubnetConfig((2, 1), (0, 32))]
@@ -132,49 +135,64 @@ def test_evaluate_subnets_matches_one_by_one_predictions(tiny_shape):
         standalone = supernet.set_active_subnet(cfg).get_active_subnet().eval()
         with torch.no_grad():
             preds = [int(standalone(input_ids=torch.tensor([ids])).logits.argmax()) for ids in dataset["input_ids"]]
-        assert result == data.compute_metrics("sst2", np.array(preds), np.array(dataset["label"]))
+        assert result == compute_metrics("sst2", np.array(preds), np.array(dataset["label"]))
 
 
 def test_train_supernet_writes_a_loadable_supernet(tiny_model_dir, glue_dir, tmp_path):
-    finetune = pytest.importorskip("eftnas_hw.finetune")
     teacher_dir = tmp_path / "teacher"
     shutil.copytree(tiny_model_dir, teacher_dir)
     g = torch.Generator().manual_seed(0)
     scores = {n: torch.randn(p.shape, generator=g) for n, p in load_model(teacher_dir).named_parameters()
               if n.startswith("bert.encoder.layer.") and "LayerNorm" not in n}
-    finetune.save_scores(scores, teacher_dir / "importance.safetensors")
+    save_scores(scores, teacher_dir / SCORES_NAME)
     space_file = tmp_path / "space.json"
     space_file.write_text(json.dumps({"space": TINY_SPACE.to_dict(), "configs": []}))
+    space = load_search_space(space_file)
+    assert space == TINY_SPACE
     out = tmp_path / "supernet"
-    report = train_supernet(teacher_dir, space_file, out, "mrpc", data_dir=glue_dir, strategy="first-order",
-                            max_train=32, max_steps=2, batch_size=16, report_random=2, save_steps=1)
+    ctx = RunContext(RunConfig(model=str(teacher_dir), task="mrpc", data_dir=str(glue_dir)))
+    settings = SupernetSettings(reorder="first-order", max_train=32, max_steps=2, batch_size=16, report_random=2,
+                                save_steps=1)
+    report = train_supernet(ctx, teacher_dir, space, out, settings)
     assert [s["name"] for s in report["subnets"]] == ["largest", "smallest", "random_0", "random_1"]
     assert report["steps"] == 2 and report["train_examples"] == 32
+    assert report["settings"] == settings.to_dict() and report["seed"] == 0
+    seq_len = report["gmacs_seq_len"]
+    assert seq_len == ctx.profile.seq_len
+    shape = BertShape.from_config(load_model(teacher_dir).config)
+    assert report["subnets"][0]["gmacs"] == pytest.approx(TINY_SPACE.largest().gmacs(shape, seq_len), abs=1e-4)
+    assert report["subnets"][1]["gmacs"] < report["subnets"][0]["gmacs"]
     assert not out.with_name("supernet.partial").exists()
     supernet, space = load_supernet(out)
     assert space == TINY_SPACE
     assert json.loads((out / "report.json").read_text()) == report
     ordering = json.loads((out / "ordering.json").read_text())
-    channels = finetune.channel_importance(scores, supernet.shape)
+    channels = channel_importance(scores, supernet.shape)
     assert ordering["ffn"][0] == torch.argsort(-channels[0], stable=True).tolist()
     teacher = load_model(teacher_dir)
     assert not torch.equal(teacher.bert.encoder.layer[0].intermediate.dense.weight,
                            supernet.model.bert.encoder.layer[0].intermediate.dense.weight)
     with pytest.raises(UserError, match="exists"):
-        train_supernet(teacher_dir, space_file, out, "mrpc", data_dir=glue_dir, strategy="l1", max_steps=1)
+        train_supernet(ctx, teacher_dir, space, out, SupernetSettings(reorder="l1", max_steps=1))
 
 
 def test_bad_inputs_are_user_errors(tiny_model_dir, tmp_path):
+    def ctx(task: str) -> RunContext:
+        return RunContext(RunConfig(model=str(tiny_model_dir), task=task))
+
     bad_space = tmp_path / "bad.json"
     bad_space.write_text(json.dumps(SearchSpace(heads=((4, 9),) * 2, ffn=((128,),) * 2).to_dict()))
+    no_reorder = SupernetSettings(reorder="none")
     with pytest.raises(UserError, match="9 heads"):
-        train_supernet(tiny_model_dir, bad_space, tmp_path / "o", "sst2", strategy="none")
+        train_supernet(ctx("sst2"), tiny_model_dir, load_search_space(bad_space), tmp_path / "o", no_reorder)
     good = tmp_path / "good.json"
     good.write_text(json.dumps(TINY_SPACE.to_dict()))
     with pytest.raises(UserError, match="needs 1"):
-        train_supernet(tiny_model_dir, good, tmp_path / "o", "stsb", strategy="none")
+        train_supernet(ctx("stsb"), tiny_model_dir, load_search_space(good), tmp_path / "o", no_reorder)
     with pytest.raises(UserError, match="importance.safetensors not found"):
-        train_supernet(tiny_model_dir, good, tmp_path / "o", "sst2", strategy="first-order")
+        train_supernet(ctx("sst2"), tiny_model_dir, load_search_space(good), tmp_path / "o",
+                       SupernetSettings(reorder="first-order"))
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()  # refused before any work
     with pytest.raises(UserError, match="not found"):
         load_supernet(tmp_path / "nothing")
 

@@ -15,23 +15,26 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import warnings
 from pathlib import Path
 
-from eftnas_hw.finetune import finetune, load_scores
+from eftnas_hw.context import RunContext
+from eftnas_hw.cost import gmacs_cost, latency_cost
+from eftnas_hw.finetune import finetune
+from eftnas_hw.importance import load_scores
 from eftnas_hw.models import build_subnet, load_model
-from eftnas_hw.space import build_search_space, cost_function
+from eftnas_hw.settings import FinetuneSettings, LatencySettings, RunConfig, SpaceSettings
+from eftnas_hw.space import build_search_space
 from eftnas_hw.subnet import BertShape
 
 REPO = Path(__file__).resolve().parents[1]
+PROFILE = "cpu-1t-b1-s128"  # the shipped 1-thread f32 tables' profile
 
 
 def find_table(shape: BertShape, path: str | None):
     """The given table, else the shipped 1-thread f32 one valid on this CPU for this shape (None: use GMACs)."""
-    from eftnas_hw.latency import LatencyTable
-    from eftnas_hw.pipeline import shipped_table
+    from eftnas_hw.latency import LatencyTable, find_shipped_table
 
-    found = Path(path) if path else shipped_table(shape, "cpu-1t-b1-s128")
+    found = Path(path) if path else find_shipped_table(shape, PROFILE)
     if found is None:
         return None, None
     table = LatencyTable.load(found)
@@ -51,25 +54,27 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5)
     parser.add_argument("--no-measure", action="store_true", help="skip exporting and measuring the N subnets")
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
+    settings = FinetuneSettings(epochs=args.epochs, score_epochs=args.score_epochs, max_train=args.max_train)
+    # This benchmark's own grid: finer than the run default (FFN step 32, 3% tolerance).
+    space_settings = SpaceSettings(low=0.25, high=1.0, n=args.n, ffn_step=32, tol=0.03)
 
     for task in args.tasks:
+        ctx = RunContext(RunConfig(task=task, data_dir=args.data_dir, latency=LatencySettings(profile=PROFILE)))
         teacher = Path(args.work) / f"minilm-l6_{task}"
         start = time.perf_counter()
         if not teacher.exists():
-            finetune(None, task, teacher, data_dir=args.data_dir, epochs=args.epochs,
-                     score_epochs=args.score_epochs, max_train=args.max_train)
+            finetune(ctx, teacher, settings)
         wall_s = time.perf_counter() - start
         metrics = json.loads((teacher / "metrics.json").read_text())
+        budget = metrics.get("settings", metrics)  # a teacher from before the settings record: top-level keys
         model = load_model(teacher)
         shape = BertShape.from_config(model.config)
         table_path, table = find_table(shape, args.table)
-        cost, unit, label = cost_function(shape, table)
+        cost = latency_cost(table) if table else gmacs_cost(shape, ctx.profile.seq_len)
         base = cost(shape.full_subnet())
-        result = build_search_space(load_scores(teacher), shape, cost, 0.25 * base, base, n=args.n,
-                                    unit=unit, metric=label)
+        result = build_search_space(load_scores(teacher), shape, cost, space_settings)
         result.save(teacher / "search_space.json")
-        print(f"\n{task}: search space ({unit})\n{result.format_table()}")
+        print(f"\n{task}: search space ({cost.unit})\n{result.format_table()}")
         measured = None
         if table and not args.no_measure:
             from eftnas_hw.latency import measure_models_ms, statistic_for
@@ -78,11 +83,11 @@ def main() -> None:
             statistic = statistic_for(table.profile)  # the statistic the table was calibrated to predict
             measured = [round(m[statistic], 3) for m in measure_models_ms(models, table.profile)]
         print(json.dumps({
-            "task": task, "train_examples": metrics["train_examples"], "epochs": metrics["epochs"],
-            "score_epochs": metrics["score_epochs"], "optimizer_steps": metrics["optimizer_steps"],
+            "task": task, "train_examples": metrics["train_examples"], "epochs": budget["epochs"],
+            "score_epochs": budget["score_epochs"], "optimizer_steps": metrics["optimizer_steps"],
             "finetune_wall_s": round(metrics["train_runtime_s"] or wall_s, 1),
             "dev_metric": {metrics["main_metric"]: round(metrics["dev"]["metric"], 4)},
-            "cost": unit, "table": str(table_path) if table_path else None, "base_cost": round(base, 4),
+            "cost": cost.unit, "table": str(table_path) if table_path else None, "base_cost": round(base, 4),
             "targets": [round(t, 4) for t in result.targets], "predicted": [round(c, 4) for c in result.costs],
             "measured_ms (base, then the N)": measured, "taus": result.taus,
             "subnets": [s.to_dict() for s in result.subnets], "space_size": result.space.size,

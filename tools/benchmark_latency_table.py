@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 
-from eftnas_hw.latency import Profile, build_table, named_shape
+from eftnas_hw.latency import Profile, build_table
+from eftnas_hw.settings import TableBuildSettings
+from eftnas_hw.subnet import BertShape
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,11 +28,11 @@ def main() -> None:
     parser.add_argument("--validate", type=int, default=30)
     parser.add_argument("--calibrate", type=int, default=8)
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
+    shape = BertShape.named(args.shape)
     profile = Profile.load(args.profile)
     out = Path(args.out or REPO / "latency_tables" / f"{args.shape}_{profile.name}.json")
-    table = build_table(named_shape(args.shape), profile, out, ffn_step=args.ffn_step, validate_n=args.validate,
-                        calibrate_n=args.calibrate)
+    table = build_table(shape, profile, out, TableBuildSettings(ffn_step=args.ffn_step, validate_n=args.validate,
+                                                                calibrate_n=args.calibrate))
     v = table.validation
     print(json.dumps({
         "shape": args.shape, "profile": profile.name, "table": str(out),

@@ -17,38 +17,41 @@ import time
 from pathlib import Path
 
 import numpy as np
-from datasets import DatasetDict
 
-from eftnas_hw.data import load_task, task_spec, tokenize_task
+from eftnas_hw.context import RunContext
+from eftnas_hw.cost import gmacs_cost
+from eftnas_hw.data import task_spec
 from eftnas_hw.elastic import ElasticBert
+from eftnas_hw.evaluate import evaluate_subnets
 from eftnas_hw.files import read_json, write_json_atomic
-from eftnas_hw.finetune import finetune, load_scores
-from eftnas_hw.models import load_model, load_tokenizer
-from eftnas_hw.reorder import STRATEGIES, reorder_model
-from eftnas_hw.space import build_search_space, cost_function
+from eftnas_hw.finetune import finetune
+from eftnas_hw.importance import load_scores
+from eftnas_hw.models import load_model
+from eftnas_hw.reorder import reorder_model
+from eftnas_hw.settings import REORDER_STRATEGIES, FinetuneSettings, RunConfig, SpaceSettings, SupernetSettings
+from eftnas_hw.space import build_search_space
 from eftnas_hw.subnet import BertShape
-from eftnas_hw.supernet import evaluate_subnets, fixed_subnets, load_supernet, train_supernet
+from eftnas_hw.supernet import fixed_subnets, load_search_space, load_supernet, train_supernet
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def teacher_and_space(task: str, work: Path, args: argparse.Namespace) -> tuple[Path, Path]:
-    teacher = Path(args.teachers.format(task=task)) if args.teachers else work / "teacher"
+def teacher_and_space(ctx: RunContext, teacher: Path, work: Path, args: argparse.Namespace) -> Path:
+    task = ctx.config.task
     if not teacher.is_dir():
         started = time.perf_counter()
-        finetune(None, task, teacher, data_dir=args.data_dir, epochs=args.teacher_epochs,
-                 max_train=args.teacher_max_train, batch_size=args.batch_size, seed=args.seed)
+        finetune(ctx, teacher, FinetuneSettings(epochs=args.teacher_epochs, max_train=args.teacher_max_train,
+                                                batch_size=args.batch_size))
         print(f"[{task}] teacher fine-tuned in {time.perf_counter() - started:.0f} s", flush=True)
     space_file = work / "search_space.json"
     if not space_file.is_file():
         shape = BertShape.from_config(load_model(teacher).config)
-        full = shape.full_subnet().gflops(shape)
-        cost, unit, label = cost_function(shape)
-        result = build_search_space(load_scores(teacher), shape, cost, 0.25 * full, full, n=5,
-                                    include_full=True, tol=0.05, unit=unit, metric=label)
+        # GMACs at the profile's length (128), FFN granularity 32 as this ablation always used
+        settings = SpaceSettings(low=0.25, high=1.0, n=5, ffn_step=32, include_full=True, tol=0.05)
+        result = build_search_space(load_scores(teacher), shape, gmacs_cost(shape, ctx.profile.seq_len), settings)
         result.save(space_file)
         print(result.format_table(), flush=True)
-    return teacher, space_file
+    return space_file
 
 
 def evaluate_named(supernet: ElasticBert, named: dict, dev, task: str, batch_size: int) -> dict[str, float]:
@@ -58,15 +61,19 @@ def evaluate_named(supernet: ElasticBert, named: dict, dev, task: str, batch_siz
 
 def run_task(task: str, args: argparse.Namespace) -> dict:
     work = args.work / task
-    teacher_dir, space_file = teacher_and_space(task, work, args)
+    teacher_dir = Path(args.teachers.format(task=task)) if args.teachers else work / "teacher"
+    ctx = RunContext(RunConfig(task=task, data_dir=str(args.data_dir), seed=args.seed),
+                     tokenizer_source=teacher_dir if teacher_dir.is_dir() else None)
+    space_file = teacher_and_space(ctx, teacher_dir, work, args)
     teacher_metrics = read_json(teacher_dir / "metrics.json", "teacher metrics")
-    tokenizer = load_tokenizer(teacher_dir)
-    dev = tokenize_task(DatasetDict(validation=load_task(task, args.data_dir)["validation"]), tokenizer,
-                        task)["validation"]
+    teacher_settings = teacher_metrics.get("settings", teacher_metrics)  # older teachers: top-level epochs
+    dev = ctx.dev
     if args.max_dev and args.max_dev < len(dev):  # a seeded subset: only for quick runs, say so when reporting
         dev = dev.shuffle(seed=0).select(range(args.max_dev))
     results = {"task": task, "teacher_dev": teacher_metrics["dev"]["metric"], "dev_examples": len(dev),
-               "teacher_budget": {k: teacher_metrics[k] for k in ("train_examples", "epochs", "optimizer_steps")},
+               "teacher_budget": {"train_examples": teacher_metrics["train_examples"],
+                                  "epochs": teacher_settings["epochs"],
+                                  "optimizer_steps": teacher_metrics["optimizer_steps"]},
                "strategies": {}}
     for strategy in args.strategies:
         record_file = work / f"{strategy}.json"
@@ -76,16 +83,18 @@ def run_task(task: str, args: argparse.Namespace) -> dict:
         out = work / f"supernet-{strategy}"
         if not out.is_dir():
             started = time.perf_counter()
-            train_supernet(teacher_dir, space_file, out, task, data_dir=args.data_dir, strategy=strategy,
-                           max_train=args.max_train, max_steps=args.max_steps, batch_size=args.batch_size,
-                           num_random=args.num_random, seed=args.seed, save_steps=args.save_steps, report_random=0)
+            settings = SupernetSettings(reorder=strategy, max_train=args.max_train, max_steps=args.max_steps,
+                                        batch_size=args.batch_size, num_random=args.num_random,
+                                        save_steps=args.save_steps, report_random=0)
+            train_supernet(ctx, teacher_dir, load_search_space(space_file), out, settings)
             print(f"[{task}/{strategy}] super-network trained in {time.perf_counter() - started:.0f} s", flush=True)
         supernet, space = load_supernet(out)
         named = fixed_subnets(space, 10, seed=0)  # the same 10 subnets for every strategy (same space)
         untrained = ElasticBert(load_model(teacher_dir))
         reorder_model(untrained.model, strategy, load_scores(teacher_dir) if strategy == "first-order" else None)
         record = {"dev_examples": len(dev), "subnets": {n: c.to_dict() for n, c in named.items()},
-                  "gmacs@128": {n: round(c.gflops(supernet.shape), 4) for n, c in named.items()},
+                  "gmacs_seq_len": ctx.profile.seq_len,
+                  "gmacs": {n: round(c.gmacs(supernet.shape, ctx.profile.seq_len), 4) for n, c in named.items()},
                   "reordered_only": evaluate_named(untrained.eval(), named, dev, task, args.eval_batch_size),
                   "trained": evaluate_named(supernet, named, dev, task, args.eval_batch_size),
                   "report": read_json(out / "report.json", "report")}
@@ -117,7 +126,8 @@ def markdown(results: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=["sst2", "mrpc"])
-    p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    p.add_argument("--strategies", nargs="+", choices=REORDER_STRATEGIES,
+                   default=list(REORDER_STRATEGIES))
     p.add_argument("--data-dir", type=Path,
                    default=Path(os.environ.get("EFTNAS_GLUE_DIR", REPO.parent / "shared" / "data" / "glue")))
     p.add_argument("--work", type=Path, default=Path("/tmp/eftnas_reorder_bench"))

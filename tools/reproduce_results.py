@@ -1,10 +1,11 @@
-"""Reproduce the README's results: does latency-driven EFTNAS beat the GFLOPs-driven one, and plain baselines?
+"""Reproduce the README's results: does latency-driven EFTNAS beat the GMACs-driven one, and plain baselines?
 
     EFTNAS_GLUE_DIR=../shared/data/glue python tools/reproduce_results.py --task sst2 [--root runs/results]
 
 All methods share one teacher (fine-tuned once, same budget) and one budget (the run config's):
   latency      EFTNAS with the latency table (this project), first-order reordering
-  gflops       EFTNAS as in the paper: GMACs in Algorithm 1 and as NSGA-II's objective; its front re-measured
+  gflops       EFTNAS as in the paper: GMACs in Algorithm 1 and as NSGA-II's objective (metric "gmacs"; the
+               variant keeps its name, so results/*/results.json call it "eftnas-gflops"); its front re-measured
   l1, none     latency-driven, with L1 or no reordering (the paper's Figure 6 ablation)
   drop-K       the teacher's first K layers, fine-tuned again with the teacher's budget (a baseline anyone can do)
   teacher-int8 / front-int8: NNCF INT8 of the teacher and of the latency front
@@ -15,65 +16,56 @@ from __future__ import annotations
 
 import argparse
 import csv
-import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from eftnas_hw.files import read_json, write_json_atomic
-from eftnas_hw.pipeline import load_run_config, run_pipeline
+from eftnas_hw.evolution import hypervolume
+from eftnas_hw.files import write_json_atomic
+from eftnas_hw.pipeline import run_pipeline, share_finished_stage
+from eftnas_hw.settings import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {"latency": {}, "gflops": {"metric": "gflops"}, "l1": {"supernet": {"reorder": "l1"}},
+# Variant name -> run config overrides. "gflops" runs the paper's GMACs cost under its old name, the one the
+# committed results/*/results.json files use ("eftnas-gflops").
+VARIANTS = {"latency": {}, "gflops": {"metric": "gmacs"}, "l1": {"supernet": {"reorder": "l1"}},
             "none": {"supernet": {"reorder": "none"}}}
 
 
-def variant(root: Path, name: str, config: dict) -> dict:
+def variant(root: Path, name: str, config: RunConfig) -> dict:
     """Run one EFTNAS variant in its own folder, reusing the shared teacher (its stage key is unchanged)."""
     out = root / name
     if name != "latency" and not (out / "teacher").exists():
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(root / "latency" / "teacher", out / "teacher")
-        stages = read_json(root / "latency" / "stages.json", "stage record")
-        write_json_atomic(out / "stages.json", {"finetune": stages["finetune"]})
+        share_finished_stage(root / "latency", out, "finetune", ("teacher",))
     return run_pipeline(config, out, progress=False)
 
 
-def drop_layers(root: Path, config: dict, keep: int) -> list[dict]:
+def drop_layers(root: Path, config: RunConfig, keep: int) -> list:
     """Baseline: the teacher's first `keep` layers, fine-tuned again with the same budget, exported and measured."""
-    from eftnas_hw.deploy import export_subnets
+    from eftnas_hw.context import RunContext
+    from eftnas_hw.deploy import export_subnets, load_exports
     from eftnas_hw.elastic import ElasticBert
     from eftnas_hw.finetune import finetune
-    from eftnas_hw.latency import Profile
     from eftnas_hw.models import load_model, load_tokenizer, save_model
     from eftnas_hw.subnet import BertShape
 
     out = root / f"drop-{keep}"
     if (out / "models" / "summary.json").exists():
-        return read_json(out / "models" / "summary.json", "summary")
+        return load_exports(out / "models")
     teacher = root / "latency" / "teacher"
     model = load_model(teacher)
     model.bert.encoder.layer = model.bert.encoder.layer[:keep]
     model.config.num_hidden_layers = keep
     if not (out / "init").exists():
         save_model(model, out / "init", load_tokenizer(teacher))
+    ctx = RunContext(config.merged({"model": str(out / "init")}))  # the truncated teacher is the model tuned
     if not (out / "student").exists():
-        finetune(out / "init", config["task"], out / "student", data_dir=config["data_dir"], seed=config["seed"],
-                 max_length=config["max_length"], **config["finetune"])
+        finetune(ctx, out / "student", config.finetune)
     student = ElasticBert(load_model(out / "student"))
-    return export_subnets(student, [BertShape.from_config(student.config).full_subnet()], out / "models",
-                          load_tokenizer(out / "student"), Profile.load(config["latency"]["profile"]),
-                          config["task"], config["data_dir"], max_length=config["max_length"], overwrite=True,
-                          progress=False, source={"model": f"teacher's first {keep} layers, fine-tuned again"})
-
-
-def hypervolume(points: list[tuple[float, float]], base_ms: float) -> float:
-    """Hypervolume of (dev metric, measured ms / base ms) points, reference (metric 0, 1.1 x base latency)."""
-    from pymoo.indicators.hv import HV
-
-    F = np.array([[-m, ms / base_ms] for m, ms in points])
-    return float(HV(ref_point=np.array([0.0, 1.1]))(F))
+    return export_subnets(ctx, student, [BertShape.from_config(student.config).full_subnet()], out / "models",
+                          overwrite=True, progress=False,
+                          source={"model": f"teacher's first {keep} layers, fine-tuned again"})
 
 
 def plot(rows: list[dict], base: dict, path: Path) -> None:
@@ -96,14 +88,13 @@ def plot(rows: list[dict], base: dict, path: Path) -> None:
 
 
 def main() -> None:
-    warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--config", default=None, help="run config YAML (default: the embedded default budget)")
     parser.add_argument("--root", default="runs/results", help="where the runs go (resumable)")
     parser.add_argument("--name", default=None, help="results/<name> and <root>/<name> (default: the task), "
                                                       "e.g. sst2-seed1 for a repeat with another seed")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--drop", nargs="*", type=int, default=[3, 4], help="layer-drop baselines to run")
     parser.add_argument("--int8", action="store_true", help="also INT8 teacher and latency front")
     args = parser.parse_args()
@@ -113,7 +104,7 @@ def main() -> None:
     for name in ["latency"] + [v for v in args.variants if v != "latency"]:
         overrides = {**VARIANTS[name], "task": args.task,
                      "export": {"int8": args.int8 and name == "latency"}}
-        summary = variant(root, name, load_run_config(args.config, overrides))
+        summary = variant(root, name, RunConfig.load(args.config, overrides))
         for m in summary["models"]:
             method = {"base": "teacher", "base-int8": "teacher-int8", "front-int8": "front-int8"}.get(
                 m["group"], f"eftnas-{name}")
@@ -121,27 +112,27 @@ def main() -> None:
                 continue
             rows.append({"method": method, **m})
     base = next(r for r in rows if r["method"] == "teacher")
-    config = load_run_config(args.config, {"task": args.task})
+    config = RunConfig.load(args.config, {"task": args.task})
     for keep in args.drop:
         for r in drop_layers(root, config, keep):
-            rows.append({"method": f"drop-{keep}-layers", "group": f"drop-{keep}", "name": r["name"],
-                         "heads": r["config"]["heads"], "ffn": r["config"]["ffn"], "predicted_ms": None,
-                         "measured_ms": r["measured_ms"], "ir_dev_metric": r["ir_dev_metric"],
-                         "speedup": base["measured_ms"] / r["measured_ms"],
-                         "delta_metric": r["ir_dev_metric"] - base["ir_dev_metric"], "path": ""})
+            rows.append({"method": f"drop-{keep}-layers", "group": f"drop-{keep}", "name": r.name,
+                         "heads": list(r.subnet.config.heads), "ffn": list(r.subnet.config.ffn),
+                         "predicted_ms": None, "measured_ms": r.measured_ms, "ir_dev_metric": r.ir_dev_metric,
+                         "speedup": base["measured_ms"] / r.measured_ms,
+                         "delta_metric": r.ir_dev_metric - base["ir_dev_metric"], "path": ""})
     methods = {}
     for method in dict.fromkeys(r["method"] for r in rows):
         pts = [(r["ir_dev_metric"], r["measured_ms"]) for r in rows if r["method"] == method]
         preds = [(r["predicted_ms"], r["measured_ms"]) for r in rows  # the table is f32: no INT8 prediction
                  if r["method"] == method and r["predicted_ms"] and "int8" not in method]
         methods[method] = {
-            "models": len(pts), "hypervolume": hypervolume(pts, base["measured_ms"]),
+            "models": len(pts), "hypervolume": hypervolume(pts, base_cost=base["measured_ms"]),
             "best_under_half_latency": max((m for m, ms in pts if ms <= 0.5 * base["measured_ms"]), default=None),
             "prediction_mape_pct": float(np.mean([abs(p - m) / m for p, m in preds]) * 100) if preds else None}
     out = REPO / "results" / label
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", {"task": args.task, "base": base, "methods": methods, "models": rows,
-                                             "config": config})
+                                             "config": config.to_dict()})
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["method", "heads", "ffn", "predicted_ms", "measured_ms", "speedup",
                                                "ir_dev_metric", "delta_metric"], extrasaction="ignore")

@@ -4,7 +4,8 @@
 
 One row per task and method: measured latency range, dev-metric range, the best dev metric at <= 50% of the
 teacher's measured latency, the hypervolume; then, per task, whether the latency-driven front dominates the
-GFLOPs-driven one (every GFLOPs point matched or beaten by some latency point on both measured axes).
+GFLOPs-driven one (every GFLOPs point matched or beaten by some latency point on both measured axes). "GFLOPs" is
+the paper's cost, GMACs (run metric "gmacs"); the results files keep its method name "eftnas-gflops".
 """
 from __future__ import annotations
 
