@@ -126,8 +126,7 @@ def markdown(results: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=["sst2", "mrpc"])
-    p.add_argument("--strategies", nargs="+", choices=REORDER_STRATEGIES,
-                   default=list(REORDER_STRATEGIES))
+    p.add_argument("--strategies", nargs="+", choices=REORDER_STRATEGIES, default=list(REORDER_STRATEGIES))
     p.add_argument("--data-dir", type=Path,
                    default=Path(os.environ.get("EFTNAS_GLUE_DIR", REPO.parent / "shared" / "data" / "glue")))
     p.add_argument("--work", type=Path, default=Path("/tmp/eftnas_reorder_bench"))
