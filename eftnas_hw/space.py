@@ -1,4 +1,4 @@
-"""EFTNAS Algorithm 1 with a latency (or GFLOPs) cost: from importance scores to a per-layer search space.
+"""EFTNAS Algorithm 1 with a latency (or GMACs, the paper's "GFLOPs") cost: from importance scores to a per-layer search space.
 
 For a global threshold tau, the mask M = 1(S > tau) keeps some weights of every layer. A layer keeps as many
 whole heads as its attention weights (Q, K, V, output) have kept fractions of H, and an FFN width equal to the
