@@ -160,12 +160,13 @@ class EvaluatedSubnet:
     """A subnet with what the search knows of it: its metric on the search split (higher is better) and its costs.
 
     The one record that flows search -> select -> export -> summary. `latency_ms` is the latency table's
-    prediction (None when the search ran without a table); `gmacs` is counted at the profile's sequence length.
+    prediction (None when the search ran without a table); `gmacs` is counted at the profile's sequence length
+    (None when the search recorded no GMACs).
     """
 
     config: SubnetConfig
     metric: float | None
-    gmacs: float
+    gmacs: float | None = None
     latency_ms: float | None = None
 
     def cost(self, name: str) -> float | None:
@@ -179,7 +180,7 @@ class EvaluatedSubnet:
     @classmethod
     def from_dict(cls, d: dict) -> "EvaluatedSubnet":
         try:
-            return cls(SubnetConfig.from_dict(d["config"]), d["metric"], d["gmacs"], d.get("latency_ms"))
+            return cls(SubnetConfig.from_dict(d["config"]), d["metric"], d.get("gmacs"), d.get("latency_ms"))
         except (KeyError, TypeError) as e:
             raise UserError(f"not an evaluated-subnet record ({type(e).__name__}: {e})") from None
 
