@@ -45,7 +45,7 @@ def test_json_round_trip(tmp_path):
     assert EvaluatedSubnet.from_dict(record.to_dict()) == record
     assert (record.cost("latency_ms"), record.cost("gmacs")) == (3.5, record.gmacs)
     with pytest.raises(UserError, match="not an evaluated-subnet record"):
-        EvaluatedSubnet.from_dict({"config": cfg.to_dict(), "metric": 0.8})
+        EvaluatedSubnet.from_dict({"config": cfg.to_dict(), "gmacs": 0.1})  # no metric
 
 
 def test_named_shapes():
