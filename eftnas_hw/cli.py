@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .settings import (COST_METRICS, ExportSettings, FinetuneSettings, LatencySettings, RunConfig, SearchSettings,
+from .settings import (ExportSettings, FinetuneSettings, LatencySettings, RunConfig, SearchSettings,
                        SpaceSettings, SupernetSettings, TableBuildSettings, add_flags, from_flags, given,
                        parse_assignment)
 
@@ -110,21 +110,21 @@ def _export(args: argparse.Namespace) -> None:
 
 def _export_front(args: argparse.Namespace) -> None:
     from .deploy import export_from_search
-    from .files import read_json
+    from .search import load_search
 
     if args.model or args.subnet or args.static_shape or args.num_labels:
         raise UserError("--front exports subnets of the search's super-network: drop --model/--subnet/"
                         "--static-shape/--num-labels")
     if args.task:
         raise UserError("--front takes the task from the search: drop --task")
-    search = read_json(Path(args.front) / "search.json", "search settings") if Path(args.front).is_dir() else {}
-    key = search.get("cache_key", {})
+    _, search = load_search(args.front)
     table = _load_table(args.table or search.get("table_path"), args.force)
     if table is None and not args.profile:
         raise UserError("no latency table to take the deployment profile from: pass --profile")
     supernet = args.supernet or search.get("supernet")
-    ctx = _context(args, supernet, table, task=key.get("task", "sst2"), seed=key.get("seed", 0),
-                   max_length=key.get("max_length", 128), data_dir=args.data_dir or search.get("data_dir"))
+    # The data the search scored on: its task, seed and truncation, and (unless given) its data folder.
+    same_data = {k: v for k, v in search.get("cache_key", {}).items() if k in ("task", "seed", "max_length")}
+    ctx = _context(args, supernet, table, **same_data, data_dir=args.data_dir or search.get("data_dir"))
     if table is not None and not args.profile:
         ctx.profile = table.profile
     settings = from_flags(args, ExportSettings)
@@ -140,9 +140,8 @@ def _export_front(args: argparse.Namespace) -> None:
 def _search(args: argparse.Namespace) -> None:
     from .search import search_supernet
 
-    ctx = _context(args, args.supernet, metric="latency" if args.table else "gmacs")
-    if args.table:
-        ctx.table = _load_table(args.table, args.force)
+    ctx = _context(args, args.supernet, _load_table(args.table, args.force),
+                   metric="latency" if args.table else "gmacs")
     run = search_supernet(ctx, args.supernet, args.out, from_flags(args, SearchSettings))
     result, cost = run.result, run.result.cost_name
     for r in result.front:
@@ -177,7 +176,7 @@ def _finetune(args: argparse.Namespace) -> None:
 def _train_supernet(args: argparse.Namespace) -> None:
     from .supernet import load_search_space, train_supernet
 
-    ctx = _context(args, args.teacher, model=args.teacher)
+    ctx = _context(args, model=args.teacher)
     report = train_supernet(ctx, args.teacher, load_search_space(args.space), args.out,
                             from_flags(args, SupernetSettings), resume=not args.no_resume, overwrite=args.overwrite)
     if report is None:  # not the main process of a multi-process launch

@@ -167,10 +167,6 @@ def tokenize(dataset: Dataset, tokenizer, task: str, max_length: int = 128) -> D
                        desc="tokenize")
 
 
-def tokenize_task(dsdict: DatasetDict, tokenizer, task: str, max_length: int = 128) -> DatasetDict:
-    return DatasetDict({name: tokenize(d, tokenizer, task, max_length) for name, d in dsdict.items()})
-
-
 def compute_metrics(task: str, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """GLUE's official metrics from logits (or class ids / regression outputs); 'metric' = the main one."""
     from scipy.stats import pearsonr, spearmanr

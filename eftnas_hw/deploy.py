@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from .card import model_card
@@ -23,7 +22,7 @@ from .context import RunContext
 from .data import calibration_texts, compute_metrics
 from .elastic import ElasticBert
 from .errors import UserError
-from .evaluate import evaluate_subnets, ir_logits, length_batches, runtime_config
+from .evaluate import SubnetEvaluator, ir_logits, runtime_config
 from .evolution import select_subnet
 from .export import export_openvino
 from .files import read_json, write_json_atomic, write_text_atomic
@@ -111,7 +110,7 @@ def export_subnets(ctx: RunContext, supernet: ElasticBert, subnets: Sequence[Eva
     profile = ctx.profile
     if ctx.table is not None:
         _check_table(ctx.table, supernet, profile)
-    records = [s if isinstance(s, EvaluatedSubnet) else EvaluatedSubnet(s, None, 0.0) for s in subnets]
+    records = [s if isinstance(s, EvaluatedSubnet) else EvaluatedSubnet(s, None) for s in subnets]
     if not records:
         raise UserError("no subnets to export")
     for r in records:
@@ -124,30 +123,31 @@ def export_subnets(ctx: RunContext, supernet: ElasticBert, subnets: Sequence[Eva
                                "max_length": ctx.config.max_length, "profile": profile.to_dict(), "source": source,
                                "subnets": [r.config.to_dict() for r in records]}, overwrite)
     calibration = calibration_texts(ctx.config.task, ctx.splits["train"], calibration_size) if int8 else None
+    evaluator = SubnetEvaluator(supernet, ctx.dev, ctx.config.task, batch_size)  # dev batches: once for all models
+    fingerprint = hardware_fingerprint(profile)
     done = []
     for i, record in enumerate(tqdm(records, desc="export", unit="model", disable=not progress)):
         folder = out_dir / f"subnet-{i:02d}"
         if (folder / RECORD_NAME).exists():  # finished by an interrupted run with the same settings (checked above)
             done.append(ExportedModel.from_dict(read_json(folder / RECORD_NAME, "export record")))
             continue
-        done.append(_export_one(ctx, supernet, record, folder, profile, calibration, batch_size, source))
+        done.append(_export_one(ctx, evaluator, record, folder, profile, calibration, source, fingerprint))
     write_export_summary(done, out_dir)
     return done
 
 
-def _export_one(ctx: RunContext, supernet: ElasticBert, record: EvaluatedSubnet, folder: Path, profile: Profile,
-                calibration: list | None, batch_size: int, source: dict) -> ExportedModel:
+def _export_one(ctx: RunContext, evaluator: SubnetEvaluator, record: EvaluatedSubnet, folder: Path,
+                profile: Profile, calibration: list | None, source: dict, fingerprint: dict) -> ExportedModel:
     """Extract, export, measure and evaluate one subnet; its card and record are written last (the marker of a
     finished model for a resumed export)."""
-    cfg, table, task = record.config, ctx.table, ctx.config.task
+    cfg, table, task, supernet = record.config, ctx.table, ctx.config.task, evaluator.supernet
     model = supernet.set_active_subnet(cfg).get_active_subnet().eval()
     export_openvino(model, folder, ctx.tokenizer, static_shape=None, calibration_texts=calibration, overwrite=True)
     measured = measure_ir_ms(folder, profile)
     statistic = statistic_for(profile)  # the one the latency tables are built and validated with
-    batches = length_batches(ctx.dev, batch_size, ctx.tokenizer.pad_token_id or 0)
-    labels = np.asarray(ctx.dev["label"])
-    ir_metrics = compute_metrics(task, ir_logits(folder, batches, len(ctx.dev), runtime_config(profile)), labels)
-    torch_metrics = evaluate_subnets(supernet, [cfg], ctx.dev, task, batch_size)[0]
+    ir = ir_logits(folder, evaluator.batches, evaluator.num_examples, runtime_config(profile))
+    ir_metrics = compute_metrics(task, ir, evaluator.labels)
+    torch_metrics = evaluator(cfg)
     predicted = table.predict_ms(cfg) if table is not None else record.latency_ms
     result = ExportedModel(
         name=folder.name, subnet=replace(record, gmacs=cfg.gmacs(supernet.shape, profile.seq_len),
@@ -155,7 +155,7 @@ def _export_one(ctx: RunContext, supernet: ElasticBert, record: EvaluatedSubnet,
         task=task, metric_name=ctx.spec.main_metric, precision=profile.precision,
         measured_ms=measured[statistic], measured_statistic=statistic, measured=measured,
         ir_dev_metric=ir_metrics["metric"], ir_dev_metrics=ir_metrics, torch_dev_metric=torch_metrics["metric"],
-        params=cfg.params(supernet.shape), profile=profile.to_dict(), fingerprint=hardware_fingerprint(profile),
+        params=cfg.params(supernet.shape), profile=profile.to_dict(), fingerprint=fingerprint,
         table_fingerprint=table.fingerprint if table is not None else None,
         table_precision=table.profile.precision if table is not None else None, source=source,
         calibration_size=len(calibration) if calibration else 0)

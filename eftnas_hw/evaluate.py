@@ -35,23 +35,35 @@ def length_batches(dataset: Dataset, batch_size: int, pad_id: int) -> list[tuple
     return batches
 
 
+class SubnetEvaluator:
+    """Task metrics (data.compute_metrics; 'metric' = the main one) of activated subnets of `supernet` on one
+    tokenized split. The length-sorted batches and the labels are built once, for every subnet evaluated (a
+    search evaluates hundreds on the same split); an IR can be scored on the same batches (`ir_logits`)."""
+
+    def __init__(self, supernet: ElasticBert, dataset: Dataset, task: str, batch_size: int = 64):
+        self.supernet, self.task, self.num_examples = supernet, task, len(dataset)
+        self.batches = length_batches(dataset, batch_size, supernet.config.pad_token_id or 0)
+        self.labels = np.asarray(dataset.select_columns(["label"]).to_dict()["label"])
+
+    def __call__(self, cfg: SubnetConfig) -> dict[str, float]:
+        supernet = self.supernet
+        device = next(supernet.parameters()).device
+        active = supernet.active
+        supernet.model.eval()
+        supernet.set_active_subnet(cfg)
+        logits = np.zeros((self.num_examples, supernet.config.num_labels), dtype=np.float32)
+        with torch.inference_mode():
+            for index, batch in self.batches:
+                logits[index] = supernet(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+        supernet.set_active_subnet(active)
+        return compute_metrics(self.task, logits, self.labels)
+
+
 def evaluate_subnets(supernet: ElasticBert, configs: Sequence[SubnetConfig], dataset: Dataset, task: str,
                      batch_size: int = 64) -> list[dict[str, float]]:
-    """Task metrics (data.compute_metrics; 'metric' = the main one) of each subnet on a tokenized split."""
-    batches = length_batches(dataset, batch_size, supernet.config.pad_token_id or 0)
-    device = next(supernet.parameters()).device
-    labels = np.asarray(dataset.select_columns(["label"]).to_dict()["label"])
-    active, results = supernet.active, []
-    supernet.model.eval()
-    with torch.inference_mode():
-        for cfg in configs:
-            supernet.set_active_subnet(cfg)
-            logits = np.zeros((len(dataset), supernet.config.num_labels), dtype=np.float32)
-            for index, batch in batches:
-                logits[index] = supernet(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
-            results.append(compute_metrics(task, logits, labels))
-    supernet.set_active_subnet(active)
-    return results
+    """Task metrics of each subnet on a tokenized split (see SubnetEvaluator)."""
+    evaluator = SubnetEvaluator(supernet, dataset, task, batch_size)
+    return [evaluator(cfg) for cfg in configs]
 
 
 def ir_logits(ir: str | os.PathLike, batches: Sequence[tuple[np.ndarray, dict]], num_examples: int,

@@ -73,6 +73,12 @@ def file_digest(path: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
+def json_digest(data: Any) -> str:
+    """Content hash (16 hex digits of SHA-256) of JSON-able data, independent of key order: stage keys, a latency
+    table's identity, a data split's identity."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 @contextmanager
 def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `out`; on success it replaces `out`, on failure it is removed.

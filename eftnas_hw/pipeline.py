@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -26,12 +24,12 @@ from .deploy import export_subnets, load_exports
 from .elastic import ElasticBert
 from .errors import UserError
 from .evolution import select_subnet, spread_along_front
-from .files import read_json, write_json_atomic
+from .files import json_digest, read_json, write_json_atomic
 from .finetune import finetune
 from .importance import load_scores
 from .latency import LatencyTable, build_table, find_shipped_table
 from .models import load_config, load_model
-from .reports import format_run_summary, run_summary
+from .reports import EXPORT_SUMMARY, SEARCH_FRONT, format_run_summary, run_summary
 from .runtime import training_processes
 from .search import load_search, search_supernet
 from .settings import RunConfig
@@ -40,10 +38,6 @@ from .subnet import BertShape
 from .supernet import load_search_space, load_supernet, train_supernet
 
 RECORD_NAME = "stages.json"
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Run:
@@ -67,7 +61,7 @@ class Run:
     def stage(self, name: str, settings: Any, inputs: tuple[str, ...], outputs: tuple[str, ...],
               work: Callable[[], Any], every_process: bool = False) -> None:
         """Run `work` unless this stage finished before with the same settings and inputs."""
-        key = _key(name, settings, [self.keys[i] for i in inputs])
+        key = json_digest([name, settings, [self.keys[i] for i in inputs]])
         self.keys[name] = key
         paths = [self.out / o for o in outputs]
         main = self.processes.is_main_process
@@ -104,7 +98,7 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike, progress: bool = Tru
     ctx = RunContext(config)
     shape = dataclasses.replace(BertShape.from_config(load_config(config.model)), num_labels=ctx.spec.num_labels)
     table_source = _given_table(ctx, shape)  # inputs are checked before any work is done
-    common = {k: getattr(config, k) for k in ("model", "task", "data_dir", "seed", "max_length")}
+    common = _common(config)
     run = Run(out, config)
 
     run.stage("finetune", [common, config.finetune.to_dict()], (), ("teacher",),
@@ -127,27 +121,30 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike, progress: bool = Tru
     run.stage("search", [common, config.search.to_dict(), config.metric], ("supernet", "latency"), ("search",),
               lambda: search_supernet(ctx, out / "supernet", out / "search", config.search, progress))
     _export_stage(run, ctx, shape, progress)
-    stages = read_json(run.record_path, "stage record")
     groups = {folder.name: load_exports(folder) for folder in sorted((out / "models").iterdir())
-              if (folder / "summary.json").exists()}
+              if (folder / EXPORT_SUMMARY).exists()}
     summary = run_summary(out, groups, table_source,
-                          {k[:-8]: v for k, v in stages.items() if k.endswith("_seconds")})
+                          {k[:-8]: v for k, v in run.done.items() if k.endswith("_seconds")})
     write_json_atomic(out / "summary.json", summary)
     print(format_run_summary(summary))
     return summary
+
+
+def _common(config: RunConfig) -> dict:
+    """The settings every training, search and export stage depends on."""
+    return {k: getattr(config, k) for k in ("model", "task", "data_dir", "seed", "max_length")}
 
 
 def _given_table(ctx: RunContext, shape: BertShape) -> str | None:
     """Load the latency table named in the config, else a shipped one whose fingerprint matches this machine,
     into `ctx.table`; returns where it came from (None: it must be built in the run folder)."""
     latency = ctx.config.latency
-    path = find_shipped_table(shape, ctx.profile.name, latency.force) if latency.table == "auto" \
-        else Path(latency.table)
-    if path is None:
-        return None
-    ctx.table = LatencyTable.load(path, force=latency.force)
-    ctx.table.check_shape(shape)
-    return str(Path(path).resolve())
+    if latency.table == "auto":
+        ctx.table = find_shipped_table(shape, ctx.profile.name, latency.force)
+    else:
+        ctx.table = LatencyTable.load(latency.table, force=latency.force)
+        ctx.table.check_shape(shape)
+    return str(ctx.table.path.resolve()) if ctx.table is not None else None
 
 
 def _space_stage(run: Run, ctx: RunContext, shape: BertShape) -> None:
@@ -168,7 +165,7 @@ def _export_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) -
     """The base model (teacher) and front subnets as IR, each measured and evaluated as IR. The subnets are
     chosen first, so a budget that no front subnet meets fails before anything is replaced."""
     out, settings = run.out, ctx.config.export
-    front, _ = load_search(out / "search") if (out / "search" / "front.json").exists() else ([], {})
+    front, _ = load_search(out / "search") if (out / "search" / SEARCH_FRONT).exists() else ([], {})
     chosen = spread_along_front(front, settings.max_models)
     if settings.budget_ms is not None and front:
         chosen.append(select_subnet(front, budget_ms=settings.budget_ms))
@@ -189,8 +186,7 @@ def _export_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) -
                            source={"model": "the fine-tuned teacher (base model), no compression"}, **common)
             export_subnets(ctx, supernet, chosen, models / f"front{suffix}", int8=int8, source=source, **common)
 
-    run.stage("export", [{"seed": ctx.config.seed, "task": ctx.config.task}, settings.to_dict()], ("search",),
-              ("models",), export_models)
+    run.stage("export", [_common(ctx.config), settings.to_dict()], ("search",), ("models",), export_models)
 
 
 def share_finished_stage(source: str | os.PathLike, target: str | os.PathLike, name: str,

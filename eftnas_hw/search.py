@@ -11,7 +11,6 @@ split.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,9 +22,9 @@ from typing import Callable
 from .context import RunContext
 from .cost import gmacs_cost, latency_cost
 from .errors import UserError
-from .evaluate import evaluate_subnets
+from .evaluate import SubnetEvaluator
 from .evolution import HV_REFERENCE, EvolutionFinder, SearchResult
-from .files import file_digest, read_json, write_json_atomic
+from .files import file_digest, json_digest, read_json, write_json_atomic
 from .reports import SEARCH_FRONT, SEARCH_SETTINGS, write_search_reports
 from .runtime import compute_device
 from .settings import SearchSettings
@@ -123,33 +122,32 @@ def search_supernet(ctx: RunContext, supernet_dir: str | os.PathLike, out_dir: s
         raise UserError("a search on latency needs a latency table (or choose the GMACs metric)")
     seq_len = table.profile.seq_len if table is not None else ctx.profile.seq_len
     gmacs = gmacs_cost(supernet.shape, seq_len)
-    efficiency = latency_cost(table) if ctx.config.metric == "latency" else gmacs
-    costs = [c for c in (gmacs, latency_cost(table) if table is not None else None) if c and c is not efficiency]
+    latency = latency_cost(table) if table is not None else None
+    efficiency = latency if ctx.config.metric == "latency" else gmacs
 
     split = ctx.search_split(settings.max_search)
     tokenized = ctx.tokenized(split)
     cache_key = {"weights": file_digest(supernet_dir / "model.safetensors"), "task": ctx.config.task,
                  "seed": ctx.config.seed, "max_length": ctx.config.max_length,
-                 "search_split": hashlib.sha256(json.dumps(list(split["idx"])).encode()).hexdigest()[:16]}
+                 "search_split": json_digest(list(split["idx"]))}
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(out_dir, cache_key)
     # Where the inputs live (defaults for `export --front`); not part of the cache identity, so folders may move.
     record = {"cache_key": cache_key, **settings.to_dict(), "cost_name": efficiency.name,
               "supernet": str(supernet_dir.resolve()), "data_dir": ctx.config.data_dir,
-              "table_path": str(Path(table.path).resolve()) if table is not None and table.path else None,
+              "table_path": str(table.path.resolve()) if table is not None and table.path else None,
               "table_digest": table.digest if table is not None else None,
               "profile": (table.profile if table is not None else ctx.profile).to_dict(), "gmacs_seq_len": seq_len,
               "search_examples": len(tokenized),
               "hv_reference": {"metric": HV_REFERENCE[0], "cost_over_base_cost": HV_REFERENCE[1]}}
     write_json_atomic(out_dir / SEARCH_SETTINGS, record)
 
-    def metric(cfg: SubnetConfig) -> float:
-        return evaluate_subnets(supernet, [cfg], tokenized, ctx.config.task, settings.batch_size)[0]["metric"]
-
+    evaluator = SubnetEvaluator(supernet, tokenized, ctx.config.task, settings.batch_size)
     cache = EvaluationCache(out_dir / CACHE_NAME)
     start = time.perf_counter()
     try:
-        finder = EvolutionFinder(space, cache.accuracy(metric), efficiency, costs)
+        finder = EvolutionFinder(space, cache.accuracy(lambda cfg: evaluator(cfg)["metric"]), efficiency,
+                                 [c for c in (gmacs, latency) if c is not None])
         result = finder.run(settings.pop_size, settings.n_evals, ctx.config.seed, progress)
     finally:
         cache.close()

@@ -37,7 +37,7 @@ class Settings:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
-            _check_value(type(self).__name__, f, hints[f.name], getattr(self, f.name))
+            _check_value(f, hints[f.name], getattr(self, f.name))
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "") -> "Settings":
@@ -52,7 +52,7 @@ class Settings:
         values = {}
         for key, value in data.items():
             kind = hints[key]
-            if isinstance(kind, type) and issubclass(kind, Settings):
+            if _is_nested(kind):
                 value = kind.from_dict(value, f"{where}{key}.")
             else:
                 value = _coerce(kind, value)
@@ -96,11 +96,21 @@ def _coerce(kind: Any, value: Any) -> Any:
 
 
 def _allowed(kind: Any) -> tuple:
-    args = typing.get_args(kind)
-    return tuple(a for a in args) if args else (kind,)
+    return typing.get_args(kind) or (kind,)
 
 
-def _check_value(owner: str, f: dataclasses.Field, kind: Any, value: Any) -> None:
+def _is_nested(kind: Any) -> bool:
+    """A field holding another settings record (a section of the run config), not a scalar."""
+    return isinstance(kind, type) and issubclass(kind, Settings)
+
+
+def _scalar_fields(cls: type[Settings]) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, type) of `cls`'s scalar settings: the ones that are command-line flags."""
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in fields(cls) if not _is_nested(hints[f.name])]
+
+
+def _check_value(f: dataclasses.Field, kind: Any, value: Any) -> None:
     """One-line UserError when `value` has the wrong type or lies outside the field's range."""
     allowed = _allowed(kind)
     name = f.name
@@ -109,7 +119,7 @@ def _check_value(owner: str, f: dataclasses.Field, kind: Any, value: Any) -> Non
         (isinstance(value, int) and not isinstance(value, bool) and (int in allowed or float in allowed)) or \
         (isinstance(value, float) and float in allowed) or \
         (isinstance(value, str) and str in allowed) or \
-        any(isinstance(a, type) and issubclass(a, Settings) and isinstance(value, a) for a in allowed)
+        any(_is_nested(a) and isinstance(value, a) for a in allowed)
     if not ok:
         wanted = " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in allowed)
         raise UserError(f"{name} must be {wanted}, got {value!r}")
@@ -302,16 +312,13 @@ def read_yaml(path: str | os.PathLike, what: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # Command-line flags derived from the fields.
 
-def add_flags(parser: argparse.ArgumentParser, cls: type[Settings], skip: tuple[str, ...] = (),
-              only: tuple[str, ...] | None = None, required: tuple[str, ...] = ()) -> None:
+def add_flags(parser: argparse.ArgumentParser, cls: type[Settings], only: tuple[str, ...] | None = None,
+              required: tuple[str, ...] = ()) -> None:
     """One `--field-name` flag per scalar field of `cls` (default None = not given, so the settings default or
     the config applies); the help shows the default. Fields in `required` must be given."""
-    hints = typing.get_type_hints(cls)
     defaults = cls()
-    for f in fields(cls):
-        kind = hints[f.name]
-        if f.name in skip or (only is not None and f.name not in only) or \
-                (isinstance(kind, type) and issubclass(kind, Settings)):
+    for f, kind in _scalar_fields(cls):
+        if only is not None and f.name not in only:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
@@ -338,15 +345,13 @@ def _flag_type(kind: type) -> Any:
 def given(args: argparse.Namespace, cls: type[Settings]) -> dict:
     """The flags of `cls`'s scalar fields that were given on the command line. Nested settings are no flags
     (see add_flags): a command's own option of the same name (`search --supernet DIR`) is not one of them."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)
-             if not (isinstance(hints[f.name], type) and issubclass(hints[f.name], Settings))}
+    names = {f.name for f, _ in _scalar_fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
-def from_flags(args: argparse.Namespace, cls: type[Settings], base: Settings | None = None) -> Settings:
-    """`base` (default: cls()) with the given flags applied and checked."""
-    return (base or cls()).merged(given(args, cls))
+def from_flags(args: argparse.Namespace, cls: type[Settings]) -> Settings:
+    """The defaults of `cls` with the given flags applied and checked."""
+    return cls().merged(given(args, cls))
 
 
 def parse_assignment(text: str) -> dict:

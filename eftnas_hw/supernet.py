@@ -194,7 +194,7 @@ def train_supernet(ctx: RunContext, teacher_dir: str | os.PathLike, space: Searc
         return None  # the main process evaluates, writes and reports
 
     named = fixed_subnets(space, settings.report_random, ctx.config.seed)
-    metrics = evaluate_subnets(supernet, list(named.values()), ctx.dev, ctx.config.task, ctx.config.search.batch_size)
+    metrics = evaluate_subnets(supernet, list(named.values()), ctx.dev, ctx.config.task)
     seq_len = ctx.profile.seq_len
     report = {"task": ctx.config.task, "train_examples": len(train), "steps": steps,
               "train_seconds_this_run": round(train_seconds, 1), "processes": training_processes().num_processes,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from eftnas_hw.context import RunContext
-from eftnas_hw.data import TASKS, calibration_texts, compute_metrics, load_task, tokenize_task
+from eftnas_hw.data import TASKS, calibration_texts, compute_metrics, load_task, tokenize
 from eftnas_hw.errors import UserError
 from eftnas_hw.models import load_tokenizer
 from eftnas_hw.settings import RunConfig
@@ -50,11 +50,11 @@ def test_search_split_is_disjoint_stratified_and_seeded(glue_dir):
 
 def test_tokenize_keeps_only_model_inputs(glue_dir):
     data = load_task("mrpc", glue_dir, max_train=8)
-    tokens = tokenize_task(data, load_tokenizer(None), "mrpc", max_length=48)
-    assert set(tokens["train"].column_names) == {"input_ids", "token_type_ids", "attention_mask", "label"}
-    lengths = [len(ids) for ids in tokens["train"]["input_ids"]]
+    tokens = tokenize(data["train"], load_tokenizer(None), "mrpc", max_length=48)
+    assert set(tokens.column_names) == {"input_ids", "token_type_ids", "attention_mask", "label"}
+    lengths = [len(ids) for ids in tokens["input_ids"]]
     assert max(lengths) == 48 and len(set(lengths)) > 1  # truncated, not padded
-    assert 1 in tokens["train"][0]["token_type_ids"]  # a sentence pair
+    assert 1 in tokens[0]["token_type_ids"]  # a sentence pair
 
 
 def test_calibration_texts_pairs_and_singles(glue_dir):

@@ -8,7 +8,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from eftnas_hw.context import RunContext
-from eftnas_hw.data import load_task, tokenize_task
+from eftnas_hw.data import load_task, tokenize
 from eftnas_hw.errors import UserError
 from eftnas_hw.finetune import finetune
 from eftnas_hw.importance import (SCORES_NAME, ImportanceCallback, channel_importance, elastic_weight_names,
@@ -65,9 +65,9 @@ def test_trainer_step_scores_match_manual_gradient(tiny_model_dir, fake_glue, tm
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    data = tokenize_task(load_task("sst2", fake_glue, max_train=8), tokenizer, "sst2")
+    train = tokenize(load_task("sst2", fake_glue, max_train=8)["train"], tokenizer, "sst2")
     collator = DataCollatorWithPadding(tokenizer)
-    batch = collator([data["train"][i] for i in range(8)])
+    batch = collator([train[i] for i in range(8)])
     reference = load_model(tiny_model_dir, num_labels=2)
     reference.load_state_dict(model.state_dict())
     reference.train()
@@ -80,7 +80,7 @@ def test_trainer_step_scores_match_manual_gradient(tiny_model_dir, fake_glue, tm
     callback = ImportanceCallback()
     args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=8,
                              max_grad_norm=0.0, report_to="none", save_strategy="no", learning_rate=1e-3)
-    Trainer(model=model, args=args, train_dataset=data["train"], data_collator=collator,
+    Trainer(model=model, args=args, train_dataset=train, data_collator=collator,
             callbacks=[callback]).train()
     assert set(callback.scores) == set(elastic_weight_names(model))
     for name, score in callback.scores.items():

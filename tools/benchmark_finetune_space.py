@@ -34,12 +34,12 @@ def find_table(shape: BertShape, path: str | None):
     """The given table, else the shipped 1-thread f32 one valid on this CPU for this shape (None: use GMACs)."""
     from eftnas_hw.latency import LatencyTable, find_shipped_table
 
-    found = Path(path) if path else find_shipped_table(shape, PROFILE)
-    if found is None:
-        return None, None
-    table = LatencyTable.load(found)
+    if not path:
+        table = find_shipped_table(shape, PROFILE)
+        return (table.path, table) if table is not None else (None, None)
+    table = LatencyTable.load(path)
     table.check_shape(shape)
-    return found, table
+    return Path(path), table
 
 
 def main() -> None:

@@ -77,8 +77,8 @@ def main() -> int:
     from eftnas_hw.subnet import BertShape
     from eftnas_hw.supernet import load_supernet
 
-    table_path = Path(args.table) if args.table else find_shipped_table(BertShape.named("minilm-l6"),
-                                                                        "cpu-1t-b1-s128")
+    shipped = None if args.table else find_shipped_table(BertShape.named("minilm-l6"), "cpu-1t-b1-s128")
+    table_path = Path(args.table) if args.table else shipped and shipped.path
     if table_path is None or not table_path.is_file():
         sys.exit(f"latency table {table_path or 'for this CPU'} not found: build it with "
                  "tools/benchmark_latency_table.py")

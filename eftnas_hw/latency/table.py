@@ -6,15 +6,13 @@ then the stored calibration `scale * sum + offset_ms` fitted on whole subnets me
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError, warn
-from ..files import read_json, write_json_atomic
+from ..files import json_digest, read_json, write_json_atomic
 from ..resources import tables_dir
 from ..subnet import BertShape, SubnetConfig
 from .fingerprint import fingerprint_differences, hardware_fingerprint
@@ -76,7 +74,7 @@ class LatencyTable:
     @property
     def digest(self) -> str:
         """Content hash: what a run's stage records identify the table by (not its path or modification time)."""
-        return hashlib.sha256(json.dumps(self.data, sort_keys=True).encode()).hexdigest()[:16]
+        return json_digest(self.data)
 
     def save(self, path: str | os.PathLike) -> None:
         write_json_atomic(Path(path), self.data)
@@ -104,13 +102,15 @@ class LatencyTable:
             raise UserError("the latency table was built for another model shape: " + ", ".join(diffs))
 
 
-def find_shipped_table(shape: BertShape, profile_name: str, force: bool = False) -> Path | None:
-    """A shipped table (latency_tables/<cpu>/) for this shape and profile that is valid on this machine."""
+def find_shipped_table(shape: BertShape, profile_name: str, force: bool = False) -> LatencyTable | None:
+    """The first shipped table (latency_tables/<cpu>/) for this shape and profile that is valid on this machine,
+    loaded (its `path` says which file it is)."""
     for path in sorted(tables_dir().rglob(f"*_{profile_name}.json")):
         try:
-            LatencyTable.load(path, force=force).check_shape(shape)
+            table = LatencyTable.load(path, force=force)
+            table.check_shape(shape)
         except UserError as e:
             print(f"[latency] {path.name} not usable here: {e}")
             continue
-        return path
+        return table
     return None
