@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .context import RunContext
@@ -41,6 +41,9 @@ def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSett
     work = out_dir.with_name(out_dir.name + ".checkpoints")
     if not resume and training_processes().is_main_process:
         shutil.rmtree(work, ignore_errors=True)
+    # A new classifier head is drawn from torch's global RNG, which a process seeds at random: seed it first, or
+    # the same run config gives another teacher (and another search space and front) every time.
+    set_seed(config.seed)
     model = load_model(config.model, num_labels=spec.num_labels,
                        problem_type="regression" if spec.is_regression else "single_label_classification")
     train = ctx.tokenized(ctx.train(settings.max_train))  # the search split is kept apart: never seen here

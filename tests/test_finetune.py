@@ -13,7 +13,7 @@ from eftnas_hw.errors import UserError
 from eftnas_hw.finetune import finetune
 from eftnas_hw.importance import (SCORES_NAME, ImportanceCallback, channel_importance, elastic_weight_names,
                                   head_importance, load_scores)
-from eftnas_hw.models import load_model, load_tokenizer, random_bert
+from eftnas_hw.models import load_model, load_tokenizer, random_bert, save_model
 from eftnas_hw.settings import FinetuneSettings, RunConfig
 
 WORDS = ["good", "bad", "fine", "awful", "great", "dull", "film", "plot", "actor", "scene"]
@@ -104,6 +104,19 @@ def test_finetune_writes_teacher_scores_and_metrics(tiny_model_dir, fake_glue, t
     assert not (tmp_path / "teacher.checkpoints").exists()
     with pytest.raises(UserError, match="exists"):
         finetune(_context(tiny_model_dir, fake_glue), out, FinetuneSettings(epochs=1, batch_size=8))
+
+
+def test_same_seed_same_teacher_even_with_a_new_head(tiny_model_dir, fake_glue, tmp_path):
+    """The run's seed fixes the newly drawn classifier head too (torch's own seed is random per process)."""
+    three_labels = tmp_path / "three"
+    save_model(load_model(tiny_model_dir, num_labels=3), three_labels, load_tokenizer(tiny_model_dir))
+    teachers = []
+    for i, rng_state in enumerate((1, 2)):
+        torch.manual_seed(rng_state)  # whatever the process drew before
+        finetune(_context(three_labels, fake_glue), tmp_path / f"t{i}", FinetuneSettings(epochs=1, batch_size=8))
+        teachers.append(load_model(tmp_path / f"t{i}").state_dict())
+    for name, value in teachers[0].items():
+        torch.testing.assert_close(value, teachers[1][name], rtol=0, atol=0)
 
 
 def test_interrupted_finetune_resumes_with_its_scores(tiny_model_dir, fake_glue, tmp_path, monkeypatch):
