@@ -28,7 +28,7 @@ unchanged (no fine-tuning after extraction, as in EFTNAS) to an OpenVINO IR thro
 | dev {metric_name} of the same subnet in PyTorch (super-network) | {torch_dev} |
 | search-split {metric_name} (the NSGA-II objective) | {search_metric} |
 | {predicted} | {predicted_ms} ms |
-| measured latency, {statistic} (wall min / p10 / median) | {measured} |
+| measured latency (median of back-to-back calls as benchmark_app reports it) | {measured} |
 | GMACs at sequence length {seq} | {gmacs:.4g} |
 | parameters | {params:,} |
 | precision | {int8} |
@@ -41,14 +41,17 @@ Dev metrics: all GLUE dev examples of the task, batched (length-sorted, padded p
 {widths}
 
 ## Latency
-Measured with the profile's protocol (`eftnas_hw.latency.measure_ir_ms`): compiled with the profile's OpenVINO
-settings, warmed up, {n} timed calls; reported: `{statistic}`, the statistic the latency tables
-are built and validated with (`cpu_min` = least process CPU time of a call, which with one inference thread is
-its undisturbed wall time even on a busy machine; `min` = least wall time).
+Measured with the project's protocol (`eftnas_hw.latency.measure_ir_ms`), which is `benchmark_app`'s: compiled
+with the profile's OpenVINO settings, input tensors set once, `infer()` back to back, the runtime's own per-call
+latency; {n} timed calls in interleaved rounds, reported: {statistic}. To check it yourself (static shape, the
+profile's threads and precision):
+`benchmark_app -m openvino_model.xml -d CPU -hint none -nthreads {threads} -nstreams 1 -nireq 1 -api sync -shape [{batch},{seq}] {bapp_precision}`
 
+- precision: {precision_note}
 - profile: `{profile}`
 - machine fingerprint: `{machine}`
 - {table_fp}
+- {table_anchor}
 
 ## Input shapes
 The IR has **dynamic** `[batch, sequence]` inputs, so it runs each request at its real length (much cheaper than
@@ -91,8 +94,11 @@ def model_card(model: "ExportedModel", shape: BertShape) -> str:
             f", for the {model.table_precision} model)"
             if model.table_precision not in (None, model.precision) else ")"),
         statistic=model.measured_statistic, gmacs=model.subnet.gmacs, params=model.params, int8=int8,
-        measured=(f"{model.measured_ms:.2f} ms ({m['min']:.2f} / {m['p10']:.2f} / {m['median']:.2f})"
+        measured=(f"{model.measured_ms:.2f} ms (min {m['min']:.2f}, p90 {m['p90']:.2f})"
                   + (" UNSTABLE (noisy machine)" if m["unstable"] else "")),
+        threads=p["threads"], precision_note=Profile.from_dict(p).describe_precision(),
+        bapp_precision="" if model.precision == "int8" else f"-infer_precision {model.precision}",
+        table_anchor=model.table_anchor or "no latency table",
         describe=shape.describe(), num_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
         widths="\n".join(f"| {i} | {h} | {f} |" for i, (h, f) in enumerate(zip(cfg.heads, cfg.ffn))),
         n=m["n"], profile=p, machine=machine, seq=p["seq_len"], batch=p["batch"],

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .settings import (ExportSettings, FinetuneSettings, LatencySettings, RunConfig, SearchSettings,
+from .settings import (AnchorSettings, ExportSettings, FinetuneSettings, LatencySettings, RunConfig, SearchSettings,
                        SpaceSettings, SupernetSettings, TableBuildSettings, add_flags, from_flags, given,
                        parse_assignment)
 
@@ -217,7 +217,7 @@ def _profile(args: argparse.Namespace) -> None:
     shape = BertShape.named(args.shape) if args.shape else BertShape.from_config(load_config(args.model))
     profile = Profile.load(args.profile)
     name = args.shape or Path(args.model or "minilm-l6").name
-    out = Path(args.out or Path("latency_tables") / f"{name}_{profile.name}.json")
+    out = Path(args.out or Path("latency_tables") / f"{name}_{profile.condition}.json")
     if args.force:
         out.unlink(missing_ok=True)
     table = build_table(shape, profile, out, from_flags(args, TableBuildSettings))
@@ -225,13 +225,24 @@ def _profile(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _anchor(args: argparse.Namespace) -> None:
+    from .latency import LatencyTable, anchor_line, anchor_table
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise UserError(f"{args.out} exists (pass --overwrite to replace it)")
+    anchored = anchor_table(LatencyTable.load(args.table, force=args.force), from_flags(args, AnchorSettings))
+    anchored.save(args.out)
+    print(anchor_line(anchored))
+    print(f"wrote {args.out}")
+
+
 def _latency(args: argparse.Namespace) -> None:
-    from .latency import LatencyTable, measure_models_ms, statistic_for
+    from .latency import LatencyTable, measure_models_ms
     from .models import build_subnet, load_model, random_bert
     from .subnet import BertShape, SubnetConfig
 
-    if args.repeats < 1:
-        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.rounds < 1:
+        raise UserError(f"--rounds must be at least 1, got {args.rounds}")
     table = LatencyTable.load(args.table, force=args.force)
     subnet = SubnetConfig.load(args.subnet).validate(table.shape) if args.subnet else table.shape.full_subnet()
     result = {"subnet": subnet.to_dict(), "profile": table.profile.name, "predicted_ms": table.predict_ms(subnet),
@@ -239,8 +250,8 @@ def _latency(args: argparse.Namespace) -> None:
     if args.measure:
         model = load_model(args.model) if args.model else random_bert(table.shape)
         table.check_shape(BertShape.from_config(model.config))
-        stats = measure_models_ms([build_subnet(model, subnet)], table.profile, repeats=args.repeats)[0]
-        measured = stats[statistic_for(table.profile)]
+        stats = measure_models_ms([build_subnet(model, subnet)], table.profile, rounds=args.rounds)[0]
+        measured = stats["ms"]
         result.update(measured_ms=measured, measured=stats,
                       error_pct=100 * (result["predicted_ms"] - measured) / measured)
     print(json.dumps(result, indent=1))
@@ -358,10 +369,18 @@ def _add_table_commands(sub) -> None:
     p.add_argument("--subnet", help="subnet JSON ({'heads': [...], 'ffn': [...]}); default: the full model")
     p.add_argument("--measure", action="store_true", help="also export the subnet and measure it")
     _common(p, "model")
-    p.add_argument("--repeats", type=int, default=50,
-                   help="measurement rounds with --measure (each a warm burst of calls)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="measurement rounds with --measure (each a warm burst of back-to-back calls)")
     p.add_argument("--force", action="store_true", help="use a table measured on another machine (warns)")
     p.set_defaults(func=_latency)
+
+    p = sub.add_parser("anchor", help="re-anchor a latency table to this machine (measures a few subnets, ~1 min)")
+    p.add_argument("table", help="latency table JSON (shipped, or carried from another machine)")
+    p.add_argument("--out", required=True, help="anchored table JSON to write (the source stays unchanged)")
+    add_flags(p, AnchorSettings)
+    p.add_argument("--force", action="store_true", help="anchor a table measured on another kind of machine (warns)")
+    _overwrite_arg(p)
+    p.set_defaults(func=_anchor)
 
     p = sub.add_parser("run", help="the whole pipeline from one config: fine-tune -> space -> super-network -> "
                                    "search -> IR export (resumes stage by stage)")

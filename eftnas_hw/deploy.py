@@ -26,7 +26,7 @@ from .evaluate import SubnetEvaluator, ir_logits, runtime_config
 from .evolution import select_subnet
 from .export import export_openvino
 from .files import read_json, write_json_atomic, write_text_atomic
-from .latency import LatencyTable, Profile, hardware_fingerprint, measure_ir_ms, statistic_for
+from .latency import STATISTIC, LatencyTable, Profile, anchor_line, hardware_fingerprint, measure_ir_ms
 from .reports import EXPORT_SUMMARY, write_export_summary
 from .search import load_search
 from .subnet import EvaluatedSubnet, SubnetConfig
@@ -61,6 +61,7 @@ class ExportedModel:
     table_precision: str | None
     source: dict
     calibration_size: int
+    table_anchor: str | None = None
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "subnet": self.subnet.to_dict()}
@@ -144,7 +145,6 @@ def _export_one(ctx: RunContext, evaluator: SubnetEvaluator, record: EvaluatedSu
     model = supernet.set_active_subnet(cfg).get_active_subnet().eval()
     export_openvino(model, folder, ctx.tokenizer, static_shape=None, calibration_texts=calibration, overwrite=True)
     measured = measure_ir_ms(folder, profile)
-    statistic = statistic_for(profile)  # the one the latency tables are built and validated with
     ir = ir_logits(folder, evaluator.batches, evaluator.num_examples, runtime_config(profile))
     ir_metrics = compute_metrics(task, ir, evaluator.labels)
     torch_metrics = evaluator(cfg)
@@ -153,12 +153,13 @@ def _export_one(ctx: RunContext, evaluator: SubnetEvaluator, record: EvaluatedSu
         name=folder.name, subnet=replace(record, gmacs=cfg.gmacs(supernet.shape, profile.seq_len),
                                          latency_ms=predicted),
         task=task, metric_name=ctx.spec.main_metric, precision=profile.precision,
-        measured_ms=measured[statistic], measured_statistic=statistic, measured=measured,
+        measured_ms=measured["ms"], measured_statistic=STATISTIC, measured=measured,
         ir_dev_metric=ir_metrics["metric"], ir_dev_metrics=ir_metrics, torch_dev_metric=torch_metrics["metric"],
         params=cfg.params(supernet.shape), profile=profile.to_dict(), fingerprint=fingerprint,
-        table_fingerprint=table.fingerprint if table is not None else None,
+        table_fingerprint=table.machine if table is not None else None,
         table_precision=table.profile.precision if table is not None else None, source=source,
-        calibration_size=len(calibration) if calibration else 0)
+        calibration_size=len(calibration) if calibration else 0,
+        table_anchor=anchor_line(table) if table is not None else None)
     write_text_atomic(folder / "README.md", model_card(result, supernet.shape))
     write_json_atomic(folder / RECORD_NAME, result.to_dict())
     return result

@@ -22,12 +22,13 @@ from .context import RunContext
 from .cost import cost_model
 from .deploy import export_subnets, load_exports
 from .elastic import ElasticBert
-from .errors import UserError
+from .errors import UserError, warn
 from .evolution import select_subnet, spread_along_front
 from .files import json_digest, read_json, write_json_atomic
 from .finetune import finetune
 from .importance import load_scores
-from .latency import LatencyTable, build_table, find_shipped_table
+from .latency import (LatencyTable, TableDoesNotFit, anchor_line, anchor_table, build_table, find_shipped_table,
+                      hardware_fingerprint, summary_lines)
 from .models import load_config, load_model
 from .reports import EXPORT_SUMMARY, SEARCH_FRONT, format_run_summary, run_summary
 from .runtime import training_processes
@@ -103,14 +104,7 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike, progress: bool = Tru
 
     run.stage("finetune", [common, config.finetune.to_dict()], (), ("teacher",),
               lambda: finetune(ctx, out / "teacher", config.finetune, overwrite=True), every_process=True)
-    if table_source is None:
-        table_source = str((out / "latency_table.json").resolve())
-        run.stage("latency", [shape.to_dict(), ctx.profile.to_dict(), config.latency.build.to_dict()], (),
-                  ("latency_table.json",),
-                  lambda: build_table(shape, ctx.profile, table_source, config.latency.build, progress=progress))
-        ctx.table = LatencyTable.load(table_source, force=config.latency.force)
-    else:
-        run.keys["latency"] = ctx.table.digest
+    _latency_stage(run, ctx, shape, progress)
     _space_stage(run, ctx, shape)
     run.stage("supernet", [common, config.supernet.to_dict()], ("space",), ("supernet",),
               lambda: train_supernet(ctx, out / "teacher", load_search_space(out / "search_space.json"),
@@ -123,8 +117,10 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike, progress: bool = Tru
     _export_stage(run, ctx, shape, progress)
     groups = {folder.name: load_exports(folder) for folder in sorted((out / "models").iterdir())
               if (folder / EXPORT_SUMMARY).exists()}
-    summary = run_summary(out, groups, table_source,
-                          {k[:-8]: v for k, v in run.done.items() if k.endswith("_seconds")})
+    summary = run_summary(out, groups, str((out / "latency_table.json").resolve()),
+                          {k[:-8]: v for k, v in run.done.items() if k.endswith("_seconds")},
+                          {"table_source": table_source or "built in this run",
+                           "precision": ctx.profile.describe_precision(), "anchor": anchor_line(ctx.table)})
     write_json_atomic(out / "summary.json", summary)
     print(format_run_summary(summary))
     return summary
@@ -140,11 +136,38 @@ def _given_table(ctx: RunContext, shape: BertShape) -> str | None:
     into `ctx.table`; returns where it came from (None: it must be built in the run folder)."""
     latency = ctx.config.latency
     if latency.table == "auto":
-        ctx.table = find_shipped_table(shape, ctx.profile.name, latency.force)
+        ctx.table = find_shipped_table(shape, ctx.profile, latency.force)
     else:
         ctx.table = LatencyTable.load(latency.table, force=latency.force)
         ctx.table.check_shape(shape)
+        if not ctx.table.profile.same_condition(ctx.profile):
+            raise UserError(f"latency table {latency.table} was measured under profile {ctx.table.profile.to_dict()}, "
+                            f"the run deploys under {ctx.profile.to_dict()}")
     return str(ctx.table.path.resolve()) if ctx.table is not None else None
+
+
+def _latency_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) -> None:
+    """The run's own `latency_table.json`, valid on this machine: a given or shipped table re-anchored here
+    (built here instead when it does not fit even re-anchored), else a table built here. The machine is part of
+    the key, so a run folder carried to another machine re-anchors or rebuilds."""
+    path = run.out / "latency_table.json"
+    given, build, anchor = ctx.table, ctx.config.latency.build, ctx.config.latency.anchor
+
+    def make_table() -> None:
+        if given is not None:
+            try:
+                anchored = anchor_table(given, anchor, progress=progress)
+                print(f"[latency] {anchor_line(anchored)}")
+                anchored.save(path)
+                return
+            except TableDoesNotFit as e:
+                warn(f"{e}; building a table on this machine instead")
+        # progress is kept in the (incomplete, so unloadable) table file: a killed build resumes
+        print("\n".join(summary_lines(build_table(shape, ctx.profile, path, build, progress=progress))))
+
+    source = [given.digest, anchor.to_dict()] if given is not None else [shape.to_dict(), build.to_dict()]
+    run.stage("latency", [source, hardware_fingerprint(ctx.profile)], (), ("latency_table.json",), make_table)
+    ctx.table = LatencyTable.load(path)
 
 
 def _space_stage(run: Run, ctx: RunContext, shape: BertShape) -> None:

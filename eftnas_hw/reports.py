@@ -84,16 +84,19 @@ def write_export_summary(models: Sequence["ExportedModel"], out_dir: Path) -> No
 
 
 def run_summary(run_dir: Path, groups: dict[str, list["ExportedModel"]], table_source: str,
-                stage_seconds: dict) -> dict:
-    """Measured latency and IR dev metric of the base model and of every exported subnet, with speed-ups, and the
-    latency table that predicted them."""
+                stage_seconds: dict, latency: dict) -> dict:
+    """Measured latency and IR dev metric of the base model and of every exported subnet, with speed-ups, the
+    latency table that predicted them and how well (`latency`: the profile's precision, the table's anchor)."""
     base = groups["base"][0]
     rows = [{"group": group, "name": m.name, "heads": list(m.subnet.config.heads), "ffn": list(m.subnet.config.ffn),
              "predicted_ms": m.subnet.latency_ms, "measured_ms": m.measured_ms,
              "speedup": base.measured_ms / m.measured_ms, "ir_dev_metric": m.ir_dev_metric,
              "delta_metric": m.ir_dev_metric - base.ir_dev_metric, "path": str(run_dir / "models" / group / m.name)}
             for group, models in groups.items() for m in models]
-    return {"run": str(run_dir), "table": table_source,
+    errors = [abs(r["predicted_ms"] / r["measured_ms"] - 1) for r in rows if r["predicted_ms"] is not None]
+    return {"run": str(run_dir), "table": table_source, **latency,
+            "prediction": {"mape_pct": 100 * sum(errors) / len(errors), "worst_pct": 100 * max(errors),
+                           "within_5pct": sum(e <= 0.05 for e in errors) / len(errors)} if errors else None,
             "base": {"measured_ms": base.measured_ms, "ir_dev_metric": base.ir_dev_metric},
             "models": rows, "pareto_plot": str(run_dir / "search" / "pareto.png"), "stage_seconds": stage_seconds}
 
@@ -107,5 +110,10 @@ def format_run_summary(summary: dict) -> str:
                      f"{','.join(map(str, r['ffn'])):<34} {predicted:>8.2f} "
                      f"{r['measured_ms']:>8.2f} {r['speedup']:>7.2f}x {r['ir_dev_metric']:>7.4f} "
                      f"{r['delta_metric']:>+7.4f}")
+    lines.append(f"latency: {summary['precision']}, {summary['anchor']}")
+    if summary["prediction"]:
+        p = summary["prediction"]
+        lines.append(f"predicted vs measured (IR, this machine): MAPE {p['mape_pct']:.1f}%, worst {p['worst_pct']:.1f}%, "
+                     f"{100 * p['within_5pct']:.0f}% within 5%")
     lines.append(f"IR folders under {summary['run']}/models; Pareto plot {summary['pareto_plot']}")
     return "\n".join(lines)

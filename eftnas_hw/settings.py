@@ -166,12 +166,22 @@ class TableBuildSettings(Settings):
     """How `eftnas-hw profile` measures a latency table (`latency/profiler.py`)."""
 
     ffn_step: int = setting(128, "FFN width grid step (interpolated between)", low=1)
-    validate_n: int = setting(30, "random subnets measured end to end to validate the table", low=1)
-    calibrate_n: int = setting(8, "random subnets measured end to end to calibrate the table", low=2)
-    block_repeats: int = setting(40, "measurement rounds of the block models", low=1)
-    subnet_repeats: int = setting(12, "measurement rounds of the calibration/validation subnets", low=1)
-    group_size: int = setting(5, "subnets measured together round-robin", low=1)
+    subnets: int = setting(32, "random subnets measured end to end to calibrate and validate the table", low=8)
+    block_rounds: int = setting(8, "interleaved measurement rounds of the block models", low=1)
+    subnet_rounds: int = setting(4, "interleaved measurement rounds of the calibration/validation subnets", low=1)
+    group_size: int = setting(7, "subnets measured together round-robin (+ the full model as drift reference)",
+                              low=1)
     seed: int = setting(0, "seed of the random calibration/validation subnets", low=0)
+
+
+@dataclass(frozen=True)
+class AnchorSettings(Settings):
+    """How a table is re-anchored to the machine it is used on (`latency/anchor.py`)."""
+
+    subnets: int = setting(8, "subnets measured end to end: the full model and random ones", low=3)
+    rounds: int = setting(3, "interleaved measurement rounds", low=1)
+    bound_pct: float = setting(5.0, "residual MAPE in percent above which the table is refused here", above=0)
+    seed: int = setting(1000, "seed of the random subnets (not the build's calibration ones)", low=0)
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,7 @@ class LatencySettings(Settings):
     table: str = setting("auto", "latency table JSON; auto = a shipped one valid on this machine, else built")
     force: bool = setting(False, "use a latency table measured on another machine (warns)")
     build: TableBuildSettings = field(default_factory=TableBuildSettings)
+    anchor: AnchorSettings = field(default_factory=AnchorSettings)
 
 
 @dataclass(frozen=True)

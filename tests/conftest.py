@@ -14,6 +14,18 @@ TINY_SHAPE = BertShape(num_layers=2, hidden_size=64, num_heads=4, head_size=16, 
                        max_position=128)
 
 
+def table_document(shape: BertShape, profile, fixed_ms: float, attention_ms: list[float], ffn_grid: list[int],
+                   ffn_ms: list[float], coef: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0)) -> dict:
+    """A complete latency table document with known numbers (no measuring), valid on this machine."""
+    from eftnas_hw.latency import hardware_fingerprint
+    from eftnas_hw.latency.table import CALIBRATION_FEATURES, FORMAT, VERSION
+
+    return {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),
+            "fingerprint": hardware_fingerprint(profile), "complete": True,
+            "blocks": {"fixed_ms": fixed_ms, "attention_ms": attention_ms, "ffn_grid": ffn_grid, "ffn_ms": ffn_ms},
+            "calibration": {"coef": dict(zip(CALIBRATION_FEATURES, coef))}, "validation": {"n": 0}}
+
+
 def token_batch(seed: int = 0, length: int = 12) -> dict:
     """Three random token sequences, the second padded from 2/3 of its length: a batch with a real mask."""
     import torch

@@ -16,13 +16,14 @@ from eftnas_hw.deploy import ExportedModel, export_subnets, load_exports
 from eftnas_hw.elastic import ElasticBert
 from eftnas_hw.errors import UserError
 from eftnas_hw.evaluate import ir_logits, length_batches
-from eftnas_hw.latency import LatencyTable, Profile, hardware_fingerprint
-from eftnas_hw.latency.table import FORMAT
+from eftnas_hw.latency import LatencyTable, Profile
 from eftnas_hw.models import load_model, load_tokenizer
 from eftnas_hw.settings import RunConfig
 from eftnas_hw.subnet import SubnetConfig
 
-PROFILE = Profile(name="tiny", threads=1, batch=1, seq_len=16)
+from conftest import table_document
+
+PROFILE = Profile(name="tiny", threads=1, batch=1, seq_len=16, precision="f32")
 SUBNETS = [SubnetConfig((1, 4), (32, 128)), SubnetConfig((0, 2), (64, 0))]
 WORDS = "good bad great awful fine boring lovely dull superb terrible film plot acting".split()
 
@@ -51,12 +52,8 @@ def tokenizer(tiny_model_dir):
 
 
 def synthetic_table(shape, profile=PROFILE):
-    return LatencyTable({
-        "format": FORMAT, "shape": shape.to_dict(), "profile": profile.to_dict(),
-        "fingerprint": hardware_fingerprint(profile), "complete": True,
-        "blocks": {"fixed_ms": 0.2, "attention_ms": [0.1 * h for h in range(shape.num_heads + 1)],
-                   "ffn_grid": [0, shape.intermediate_size // 2, shape.intermediate_size], "ffn_ms": [0.0, 0.15, 0.3]},
-        "calibration": {"scale": 1.0, "offset_ms": 0.0}})
+    return LatencyTable(table_document(shape, profile, 0.2, [0.1 * h for h in range(shape.num_heads + 1)],
+                                       [0, shape.intermediate_size // 2, shape.intermediate_size], [0.0, 0.15, 0.3]))
 
 
 def make_ctx(model_dir, data_dir, table=None, profile=PROFILE) -> RunContext:
@@ -101,7 +98,7 @@ def test_records_card_and_summary(exported, tiny_shape):
         assert record.subnet.latency_ms == pytest.approx(table.predict_ms(cfg))
         assert record.measured_ms > 0 and record.measured_ms == record.measured[record.measured_statistic]
         card = (out / record.name / "README.md").read_text()
-        for text in ("sst2", f"| 1 | {cfg.heads[1]} | {cfg.ffn[1]} |", "dynamic", "cpu_min", "'seq_len': 16",
+        for text in ("sst2", f"| 1 | {cfg.heads[1]} | {cfg.ffn[1]} |", "dynamic", "benchmark_app -m openvino_model.xml", "'seq_len': 16",
                      f"{record.measured_ms:.2f} ms"):
             assert text in card
         stored = json.loads((out / record.name / "eftnas_export.json").read_text())

@@ -11,23 +11,21 @@ from eftnas_hw.cli import main
 from eftnas_hw.errors import UserError
 from eftnas_hw.latency import LatencyTable, Profile, build_table, hardware_fingerprint, random_subnets
 from eftnas_hw.latency import profiler
-from eftnas_hw.latency.table import FORMAT, VERSION
 from eftnas_hw.settings import TableBuildSettings
 from eftnas_hw.subnet import BertShape, SubnetConfig
+
+from conftest import table_document
 
 # One layer, two heads, FFN 64 on a grid of 32: the smallest shape whose table has every kind of entry.
 MICRO = BertShape(num_layers=1, hidden_size=32, num_heads=2, head_size=16, intermediate_size=64, vocab_size=100,
                   max_position=32)
-PROFILE = Profile(name="test-1t-b1-s16", threads=1, batch=1, seq_len=16)
+PROFILE = Profile(name="test-1t-b1-s16", threads=1, batch=1, seq_len=16, precision="f32")
 
 
 def synthetic_table(shape: BertShape = MICRO, profile: Profile = PROFILE) -> dict:
-    """A complete table document with known numbers (no measuring)."""
-    return {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),
-            "fingerprint": hardware_fingerprint(profile), "complete": True,
-            "blocks": {"fixed_ms": 0.5, "attention_ms": [0.0, 1.0, 1.5], "ffn_grid": [0, 32, 64],
-                       "ffn_ms": [0.0, 1.0, 3.0]},
-            "calibration": {"scale": 2.0, "offset_ms": 0.25}, "validation": {"n": 0}}
+    """A complete table document with known numbers (no measuring): 2 x block sum + 0.25 ms + 0.1 ms per attention
+    block + 0.2 ms per FFN block."""
+    return table_document(shape, profile, 0.5, [0.0, 1.0, 1.5], [0, 32, 64], [0.0, 1.0, 3.0], (2.0, 0.25, 0.1, 0.2))
 
 
 @pytest.fixture
@@ -38,10 +36,11 @@ def table_path(tmp_path) -> Path:
 
 
 def test_profile_load_and_ov_config(tmp_path):
-    p = Profile.load("cpu-2t-b1-s128")
-    assert (p.threads, p.batch, p.seq_len, p.precision) == (2, 1, 128, "f32")
+    p = Profile.load("cpu-1t-b1-s128-f32")
+    assert (p.threads, p.batch, p.seq_len, p.precision, p.auto) == (1, 1, 128, "f32", False)
     config = p.ov_config()
-    assert config["INFERENCE_NUM_THREADS"] == 2 and config["INFERENCE_PRECISION_HINT"] == "f32"
+    assert config["INFERENCE_NUM_THREADS"] == 1 and config["INFERENCE_PRECISION_HINT"] == "f32"
+    assert p.condition == "cpu-1t-b1-s128-f32"
     with pytest.raises(UserError, match="not found"):
         Profile.load("no-such-profile")
     bad = tmp_path / "bad.yaml"
@@ -53,6 +52,27 @@ def test_profile_load_and_ov_config(tmp_path):
         Profile.load(bad)
 
 
+def test_auto_precision_is_what_openvino_runs_by_default():
+    """`auto` (the default profile's precision) resolves to the plugin's own default, recorded as such; the
+    compiled model then runs exactly that precision."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from eftnas_hw.latency import compile_ir, default_precision, supported_precisions
+
+    default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    p = Profile.load("cpu-1t-b1-s128")
+    assert (p.precision, p.auto) == (default, True) and default_precision() == default
+    assert p.describe_precision() == f"{default} (OpenVINO's default on this CPU)"
+    assert Profile.from_dict(p.to_dict()) == p  # a recorded profile reloads unchanged
+    assert p.same_condition(Profile(name="other", precision=default)) and not p.same_condition(
+        Profile(precision="int8"))
+    assert default in supported_precisions() and "f32" in supported_precisions()
+    ids = ops.parameter([1, 16], ov.Type.i64, name="input_ids")
+    model = ov.Model([ops.reduce_sum(ops.convert(ids, ov.Type.f32), [1], False)], [ids])
+    assert compile_ir(model, p.ov_config()).get_property("INFERENCE_PRECISION_HINT").to_string() == default
+
+
 def test_roundtrip_and_interpolation(table_path, tmp_path):
     table = LatencyTable.load(table_path)
     copy = tmp_path / "copy.json"
@@ -61,7 +81,8 @@ def test_roundtrip_and_interpolation(table_path, tmp_path):
     assert again.data == table.data and again.shape == MICRO and again.profile == PROFILE
     # width 48 lies halfway between grid points 32 (1 ms) and 64 (3 ms): 2 ms.
     assert again.raw_ms(SubnetConfig((1,), (48,))) == pytest.approx(0.5 + 1.0 + 2.0)
-    assert again.predict_ms(SubnetConfig((2,), (64,))) == pytest.approx(2.0 * (0.5 + 1.5 + 3.0) + 0.25)
+    assert again.predict_ms(SubnetConfig((2,), (64,))) == pytest.approx(2.0 * (0.5 + 1.5 + 3.0) + 0.25 + 0.1 + 0.2)
+    assert again.predict_ms(SubnetConfig((2,), (0,))) == pytest.approx(2.0 * (0.5 + 1.5) + 0.25 + 0.1)
     assert again.predict_ms(SubnetConfig((0,), (0,))) == pytest.approx(2.0 * 0.5 + 0.25)
     with pytest.raises(UserError, match="layer"):
         again.predict_ms(SubnetConfig((1, 1), (32, 32)))
@@ -97,6 +118,21 @@ def test_fingerprint_refusal_and_force(table_path, capsys):
     assert table.predict_ms(SubnetConfig((1,), (32,))) > 0
     LatencyTable.load(table_path)  # this machine's own table: no warning
     assert capsys.readouterr().err == ""
+
+
+def test_fingerprint_compares_kernel_levels_not_flag_lists(table_path):
+    """Two EPYCs with the same AVX-512 kernels, one also listing avx_vnni: the same kind of machine. A machine
+    with another kernel level is not."""
+    from eftnas_hw.latency.fingerprint import isa_level
+
+    here = hardware_fingerprint(PROFILE)["isa"]
+    assert isa_level(["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni"]) == "avx512_bf16"
+    assert isa_level(["avx2", "avx_vnni"]) == "avx_vnni" and isa_level([]) == "none"
+    if "avx512f" in here:
+        LatencyTable.load(measured_elsewhere(table_path, isa=sorted(set(here) | {"avx_vnni"})))
+    other = ["amx_bf16", "avx512_bf16", "avx512f"] if isa_level(here) != "amx_bf16" else ["avx2"]
+    with pytest.raises(UserError, match="kernel level"):
+        LatencyTable.load(measured_elsewhere(table_path, isa=other))
 
 
 def test_latency_command_force_warns_on_a_table_from_another_machine(table_path, capsys):
@@ -138,17 +174,17 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     """A run killed after its first measured groups continues with the next group, re-measuring nothing."""
     calls: list[int] = []
 
-    def fake_measure(models, profile, repeats=30, desc=None):
+    def fake_measure(models, profile, rounds=5, desc=None):
         calls.append(len(models))
         if len(calls) == 2:
             raise KeyboardInterrupt
         # latency proportional to parameters: an exactly additive "machine"
-        return [dict(cpu_min=1e-3 * sum(p.numel() for p in m.parameters()), spread=0.1, disagreement=0.0,
-                     cpu_disagreement=0.0, median=1.0, cpu_median=1.0, unstable=False) for m in models]
+        return [dict(ms=1e-3 * sum(p.numel() for p in m.parameters()), spread=0.1, disagreement=0.0,
+                     wall_over_cpu=1.0, unstable=False) for m in models]
 
     monkeypatch.setattr(profiler, "measure_models_ms", fake_measure)
     out = tmp_path / "t.json"
-    settings = TableBuildSettings(ffn_step=32, validate_n=3, calibrate_n=2, group_size=3)
+    settings = TableBuildSettings(ffn_step=32, subnets=8, group_size=3)
     with pytest.raises(KeyboardInterrupt):
         build_table(MICRO, PROFILE, out, settings, progress=False)
     partial = json.loads(out.read_text())
@@ -156,9 +192,9 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="incomplete"):
         LatencyTable.load(out)
     table = build_table(MICRO, PROFILE, out, settings, progress=False)
-    # blocks (6 models), then subnets 0-2 (interrupted, redone) and 3-4
-    assert calls == [6, 3, 3, 2]
-    assert table.validation["n"] == 3 and LatencyTable.load(out).data == table.data
+    # blocks (6 models), then subnets 0-2 (interrupted, redone), 3-5 and 6-7, each group with the full model
+    assert calls == [6, 4, 4, 4, 3]
+    assert table.validation["n"] == 8 and LatencyTable.load(out).data == table.data
     with pytest.raises(UserError, match="other settings"):
         build_table(MICRO, PROFILE, out, replace(settings, ffn_step=64), progress=False)
 
@@ -171,14 +207,17 @@ def test_random_subnets_are_seeded_and_valid():
         s.validate(shape)
     sizes = [s.macs(shape) for s in a]
     assert max(sizes) > 2 * min(sizes)  # spread over sizes, not all alike
+    # removed attention and FFN blocks, the options hardware-aware spaces contain, are among them
+    assert any(0 in s.heads for s in a) and any(0 in s.ffn for s in a)
+    assert all(f % 64 == 0 for s in a for f in s.ffn)
 
 
 @pytest.fixture(scope="module")
 def real_table(tmp_path_factory) -> Path:
     """A real (tiny) profile: exports and times blocks and subnets with OpenVINO, few repetitions."""
     out = tmp_path_factory.mktemp("real") / "micro.json"
-    build_table(MICRO, PROFILE, out, TableBuildSettings(ffn_step=64, validate_n=1, calibrate_n=2, block_repeats=8,
-                                                        subnet_repeats=6, group_size=4), progress=False)
+    build_table(MICRO, PROFILE, out, TableBuildSettings(ffn_step=64, subnets=8, block_rounds=3,
+                                                        subnet_rounds=2, group_size=8), progress=False)
     return out
 
 
@@ -187,11 +226,13 @@ def test_real_tiny_profile(real_table):
     assert len(table.attention_ms) == 3 and table.fixed_ms > 0
     assert table.data["blocks"]["ffn_grid"] == [0, 64]
     v = table.validation
-    assert v["n"] == 1 and len(v["subnets"]) == 1
+    assert v["n"] == 8 and len(v["subnets"]) == 8
     for row in v["subnets"]:
-        assert row["measured"]["min"] <= row["measured"]["p10"] <= row["measured"]["median"]
+        m = row["measured"]
+        assert m["min"] <= m["ms"] <= m["p90"] and len(m["round_medians"]) == 2
     assert {"mape_pct", "worst_pct", "within_5pct", "within_10pct", "spearman", "macs_spearman",
-            "calibrated_macs", "stability"} <= set(v)
+            "calibrated_macs", "candidates", "stability"} <= set(v)
+    assert table.data["calibration"]["model"] in v["candidates"] and v["method"].startswith("leave-one-out")
     assert table.fingerprint["openvino"] and table.predict_ms(SubnetConfig((1,), (48,))) > 0
 
 
@@ -199,7 +240,7 @@ def test_latency_command(real_table, tmp_path, capsys):
     subnet = tmp_path / "s.json"
     SubnetConfig((1,), (48,)).save(subnet)
     assert main(["latency", "--table", str(real_table), "--subnet", str(subnet), "--measure",
-                 "--repeats", "5"]) == 0
+                 "--rounds", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["predicted_ms"] > 0 and out["measured_ms"] > 0 and "error_pct" in out
     assert main(["latency", "--table", str(real_table)]) == 0  # no subnet: the full model, which costs more
@@ -209,6 +250,56 @@ def test_latency_command(real_table, tmp_path, capsys):
     assert main(["latency", "--table", str(real_table), "--subnet", str(subnet)]) == 2
     assert "layers" in capsys.readouterr().err
     assert main(["latency", "--table", str(tmp_path / "missing.json"), "--subnet", str(subnet)]) == 2
+
+
+def slower_machine_table(real_table: Path, tmp_path: Path) -> Path:
+    """The real table as another machine of the same kind would have built it: everything 3x slower, and its
+    builder's fingerprint names another CPU."""
+    data = json.loads(real_table.read_text())
+    data["calibration"]["coef"] = {k: 3 * v for k, v in data["calibration"]["coef"].items()}
+    data["fingerprint"]["cpu"] = "Same Kind, Other Machine"
+    path = tmp_path / "carried.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_anchoring_refits_a_carried_table_to_this_machine(real_table, tmp_path, capsys):
+    """A table 3x off is re-fitted from end-to-end measurements here (scale ~1/3); the anchored copy carries this
+    machine's fingerprint, so it loads here without --force; the source file is left as it was."""
+    from eftnas_hw.latency import anchor_table
+    from eftnas_hw.settings import AnchorSettings
+
+    carried = slower_machine_table(real_table, tmp_path)
+    source = carried.read_text()
+    with pytest.raises(UserError, match="Same Kind"):
+        LatencyTable.load(carried)
+    anchored = anchor_table(LatencyTable.load(carried, force=True), AnchorSettings(subnets=4, rounds=2, bound_pct=60),
+                            progress=False)
+    a = anchored.data["anchor"]
+    assert 0.15 < a["scale"] < 0.6 and a["n"] == 4 and len(a["subnets"]) == 4
+    assert a["full_model_shift_pct"] < -40 and a["residual"]["mape_pct"] < a["before"]["mape_pct"]
+    assert carried.read_text() == source
+    anchored.save(tmp_path / "anchored.json")
+    capsys.readouterr()
+    again = LatencyTable.load(tmp_path / "anchored.json")  # valid here: no warning, no --force
+    assert capsys.readouterr().err == "" and again.predict_ms(MICRO.full_subnet()) == pytest.approx(
+        anchored.predict_ms(MICRO.full_subnet()))
+
+
+def test_anchor_command(real_table, tmp_path, capsys):
+    out = tmp_path / "anchored.json"
+    assert main(["anchor", str(real_table), "--out", str(out), "--subnets", "3", "--rounds", "1",
+                 "--bound-pct", "80"]) == 0
+    assert "re-anchored" in capsys.readouterr().out and json.loads(out.read_text())["anchor"]["n"] == 3
+    assert main(["anchor", str(real_table), "--out", str(out), "--subnets", "3"]) == 2  # exists
+    assert "--overwrite" in capsys.readouterr().err
+    # a bound no measurement meets: the table is refused in one line
+    assert main(["anchor", str(real_table), "--out", str(out), "--overwrite", "--subnets", "3", "--rounds", "1",
+                 "--bound-pct", "1e-9"]) == 2
+    err = capsys.readouterr().err  # (the progress bar of the measurement goes to stderr too)
+    [line] = [line for line in err.splitlines() if line.startswith("eftnas-hw:")]
+    assert "does not fit this machine" in line and "eftnas-hw profile" in line and "Traceback" not in err
+    assert main(["anchor", str(real_table), "--out", str(tmp_path / "x.json"), "--subnets", "2"]) == 2
 
 
 def test_profile_command_rejects_bad_input(capsys):
@@ -223,8 +314,8 @@ def test_int8_profile_measures_a_quantized_model():
     from eftnas_hw.models import random_bert
 
     profile = Profile(name="test-int8", seq_len=16, precision="int8")
-    [stats] = measure_models_ms([random_bert(MICRO)], profile, repeats=4)
-    assert 0 < stats["min"] <= stats["median"]
+    [stats] = measure_models_ms([random_bert(MICRO)], profile, rounds=2)
+    assert 0 < stats["min"] <= stats["ms"] <= stats["p90"]
 
 
 def test_measure_ir_ms_on_a_file_and_missing_path(tmp_path):
@@ -237,8 +328,9 @@ def test_measure_ir_ms_on_a_file_and_missing_path(tmp_path):
     ids = ops.parameter([1, 16], ov.Type.i64, name="input_ids")
     model = ov.Model([ops.reduce_sum(ops.convert(ids, ov.Type.f32), [1], False)], [ids])
     ov.save_model(model, tmp_path / "m.xml")
-    stats = measure_ir_ms(tmp_path / "m.xml", PROFILE, repeats=6)
-    assert stats["n"] == 6 * BURST and stats["min"] <= stats["p10"] <= stats["median"] <= stats["p90"]
+    stats = measure_ir_ms(tmp_path / "m.xml", PROFILE, rounds=3)
+    assert stats["n"] == 3 * BURST and stats["min"] <= stats["ms"] <= stats["p90"]
+    assert stats["ms"] == pytest.approx(min(stats["round_medians"]), abs=1e-4) and stats["wall_over_cpu"] > 0
     with pytest.raises(UserError, match="not found"):
         measure_ir_ms(tmp_path / "missing", PROFILE)
 
@@ -260,8 +352,8 @@ def test_bf16_profile_runs_bf16_or_is_refused():
     with pytest.raises(UserError, match="asks for bf16 but OpenVINO runs f32"):
         check_precision(CompiledAsF32(), bf16)
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        [stats] = measure_models_ms([random_bert(MICRO)], bf16, repeats=2)
+        [stats] = measure_models_ms([random_bert(MICRO)], bf16, rounds=1)
         assert stats["min"] > 0
     else:
         with pytest.raises(UserError, match="asks for bf16"):
-            measure_models_ms([random_bert(MICRO)], bf16, repeats=2)
+            measure_models_ms([random_bert(MICRO)], bf16, rounds=1)

@@ -12,8 +12,9 @@ from eftnas_hw.settings import RunConfig
 
 TINY_RUN = {
     "task": "sst2", "max_length": 32,
-    "latency": {"build": {"ffn_step": 64, "validate_n": 2, "calibrate_n": 2, "block_repeats": 5,
-                          "subnet_repeats": 3}},
+    "latency": {"build": {"ffn_step": 64, "subnets": 8, "block_rounds": 3,
+                          "subnet_rounds": 2, "group_size": 7},
+                "anchor": {"subnets": 4, "rounds": 2, "bound_pct": 60}},
     "finetune": {"epochs": 1.0, "max_train": 96, "batch_size": 16},
     "space": {"low": 0.4, "high": 1.0, "n": 3, "ffn_step": 32, "tol": 0.25},
     "supernet": {"max_steps": 3, "max_train": 64, "batch_size": 16},
@@ -110,7 +111,10 @@ def test_a_given_table_is_identified_by_content_not_path_or_time(tiny_run, tmp_p
     shutil.copytree(out, first)
     config = config.merged({"latency": {"table": str(table)}})
     run_pipeline(config, first, progress=False)
-    capsys.readouterr()
+    assert "re-anchored on this machine" in capsys.readouterr().out
+    # the given table is re-anchored into the run folder; the given file itself is not touched
+    anchored = json.loads((first / "latency_table.json").read_text())
+    assert anchored["anchor"]["n"] == 4 and "anchor" not in json.loads(table.read_text())
 
     moved = tmp_path / "b" / "copy.json"
     moved.parent.mkdir()
@@ -120,3 +124,33 @@ def test_a_given_table_is_identified_by_content_not_path_or_time(tiny_run, tmp_p
     run_pipeline(config.merged({"latency": {"table": str(moved)}}), second, progress=False)
     printed = capsys.readouterr().out
     assert "running" not in printed and "[space] up to date" in printed and "[export] up to date" in printed
+
+
+def test_a_table_that_does_not_fit_this_machine_is_rebuilt_in_the_run(tiny_run, tmp_path, monkeypatch, capsys):
+    """A given table whose re-anchoring leaves a large residual is not used: `run` warns in one line and builds
+    a table on this machine instead, recorded like any built table."""
+    import dataclasses
+
+    from eftnas_hw import pipeline
+    from eftnas_hw.context import RunContext
+    from eftnas_hw.latency import TableDoesNotFit
+    from eftnas_hw.models import load_config
+    from eftnas_hw.subnet import BertShape
+
+    out, config, _ = tiny_run
+
+    def refuse(table, settings, progress=True):
+        raise TableDoesNotFit("latency table does not fit this machine even re-anchored: residual MAPE 30.0%")
+
+    monkeypatch.setattr(pipeline, "anchor_table", refuse)
+    ctx = RunContext(config.merged({"latency": {"table": str(out / "latency_table.json")}}))
+    shape = dataclasses.replace(BertShape.from_config(load_config(config.model)), num_labels=2)
+    pipeline._given_table(ctx, shape)
+    run = pipeline.Run(tmp_path / "run", ctx.config)
+    capsys.readouterr()
+    pipeline._latency_stage(run, ctx, shape, progress=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit" in err[0] and "building a table on this machine instead" in err[0]
+    built = json.loads((tmp_path / "run" / "latency_table.json").read_text())
+    assert built["complete"] and "anchor" not in built and ctx.table.validation["n"] == 8
+    assert "latency" in json.loads((tmp_path / "run" / "stages.json").read_text())

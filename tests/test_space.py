@@ -15,6 +15,8 @@ from eftnas_hw.models import random_bert
 from eftnas_hw.settings import SpaceSettings
 from eftnas_hw.space import ThresholdedScores, build_search_space
 
+from conftest import table_document
+
 
 @pytest.fixture(scope="module")
 def scores(tiny_shape):
@@ -132,17 +134,12 @@ def test_space_cli_refuses_existing_out_without_overwrite(scores, tiny_model_dir
 def test_space_cli_with_latency_table(scores, tiny_model_dir, tiny_shape, tmp_path, capsys):
     from dataclasses import replace
 
-    from eftnas_hw.latency import LatencyTable, Profile, hardware_fingerprint
-    from eftnas_hw.latency.table import FORMAT, VERSION
+    from eftnas_hw.latency import LatencyTable, Profile
 
-    profile = Profile(name="test-1t-b1-s16", threads=1, batch=1, seq_len=16)
+    profile = Profile(name="test-1t-b1-s16", threads=1, batch=1, seq_len=16, precision="f32")
 
     def table(shape):  # heads expensive, FFN cheap: a cost MACs would not predict
-        return {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),
-                "fingerprint": hardware_fingerprint(profile), "complete": True,
-                "blocks": {"fixed_ms": 1.0, "attention_ms": [0.0, 1.0, 2.0, 3.0, 4.0],
-                           "ffn_grid": [0, 64, 128], "ffn_ms": [0.0, 0.1, 0.2]},
-                "calibration": {"scale": 1.0, "offset_ms": 0.0}, "validation": {"n": 0}}
+        return table_document(shape, profile, 1.0, [0.0, 1.0, 2.0, 3.0, 4.0], [0, 64, 128], [0.0, 0.1, 0.2])
 
     LatencyTable(table(tiny_shape)).save(tmp_path / "table.json")
     folder = tmp_path / "teacher"

@@ -1,9 +1,12 @@
-"""Measured OpenVINO latency: deployment profiles, the measurement protocol, lookup tables and their builder."""
+"""Measured OpenVINO latency: deployment profiles, the measurement protocol, lookup tables, their builder and
+their re-anchoring to the machine they are used on."""
+from .anchor import TableDoesNotFit, anchor_line, anchor_table
 from .fingerprint import hardware_fingerprint
-from .measure import compile_ir, measure_ir_ms, measure_models_ms, statistic_for
+from .measure import STATISTIC, compile_ir, measure_ir_ms, measure_models_ms
 from .profiler import build_table, random_subnets, summary_lines
-from .profiles import Profile
+from .profiles import Profile, default_precision, supported_precisions
 from .table import LatencyTable, find_shipped_table
 
-__all__ = ["LatencyTable", "Profile", "build_table", "compile_ir", "find_shipped_table", "hardware_fingerprint",
-           "measure_ir_ms", "measure_models_ms", "random_subnets", "statistic_for", "summary_lines"]
+__all__ = ["STATISTIC", "LatencyTable", "Profile", "TableDoesNotFit", "anchor_line", "anchor_table", "build_table", "compile_ir",
+           "default_precision", "find_shipped_table", "hardware_fingerprint", "measure_ir_ms", "measure_models_ms",
+           "random_subnets", "summary_lines", "supported_precisions"]

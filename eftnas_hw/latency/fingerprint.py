@@ -13,6 +13,15 @@ import openvino as ov
 from .profiles import Profile
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+# The CPU plugin's kernel levels, best first, each named by the flag that enables it (oneDNN's dispatch: AVX-VNNI
+# only matters without AVX-512). Two machines with the same level run the same kernels: a table built on one is
+# re-anchored on the other, while the full flag lists may differ (two EPYCs seen here, one listing avx_vnni).
+ISA_LEVELS = ("amx_bf16", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2")
+
+
+def isa_level(flags: list[str]) -> str:
+    """The best kernel level `flags` enable (see ISA_LEVELS), e.g. "avx512_bf16"."""
+    return next((level for level in ISA_LEVELS if level in flags), "none")
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -56,6 +65,10 @@ def fingerprint_differences(stored: dict, current: dict) -> list[str]:
     for key in sorted(set(stored) | set(current)):
         if key == "profile":
             continue  # the profile is the table's own; a caller asking for another profile is checked elsewhere
-        if stored.get(key) != current.get(key):
+        if key == "isa":
+            if isa_level(stored.get(key) or []) != isa_level(current.get(key) or []):
+                diffs.append(f"kernel level: table {isa_level(stored.get(key) or [])}, this machine "
+                             f"{isa_level(current.get(key) or [])}")
+        elif stored.get(key) != current.get(key):
             diffs.append(f"{key}: table {stored.get(key)!r}, this machine {current.get(key)!r}")
     return diffs

@@ -13,13 +13,31 @@ from ..errors import UserError
 from ..resources import profiles_dir
 from ..settings import read_yaml
 
-PRECISIONS = ("f32", "bf16", "int8")
+PRECISIONS = ("auto", "f32", "bf16", "int8")
 HINTS = ("LATENCY", "THROUGHPUT")
+
+
+def default_precision(device: str = "CPU") -> str:
+    """What OpenVINO runs an f32 IR in when nobody asks: its own answer (bf16 on CPUs with AMX or AVX512-BF16,
+    f32 elsewhere), so `auto` follows the plugin rather than a list of CPU flags kept here."""
+    from .measure import core
+
+    return core().get_property(device, "INFERENCE_PRECISION_HINT").to_string()
+
+
+def supported_precisions(device: str = "CPU") -> tuple[str, ...]:
+    """The precisions a profile can ask for on this machine (bf16 only where the plugin offers it)."""
+    from .measure import core
+
+    bf16 = "BF16" in core().get_property(device, "OPTIMIZATION_CAPABILITIES")
+    return ("f32", "bf16", "int8") if bf16 else ("f32", "int8")
 
 
 @dataclass(frozen=True)
 class Profile:
-    """One deployment condition. `precision`: f32 or bf16 execution of the f32 IR, or an NNCF INT8 IR."""
+    """One deployment condition. `precision`: f32 or bf16 execution of the f32 IR, an NNCF INT8 IR, or `auto`:
+    what OpenVINO runs by default on this CPU, resolved when the profile is made (`auto` is then True), so a
+    profile always names the precision that runs and tables and cards record both."""
 
     name: str = "custom"
     device: str = "CPU"
@@ -27,8 +45,9 @@ class Profile:
     streams: int = 1
     batch: int = 1
     seq_len: int = 128
-    precision: str = "f32"
+    precision: str = "auto"
     hint: str = "LATENCY"
+    auto: bool = False
 
     def __post_init__(self) -> None:
         if self.device != "CPU":
@@ -42,6 +61,27 @@ class Profile:
         if self.hint.upper() not in HINTS:
             raise UserError(f"profile {self.name}: hint must be one of {HINTS}, got {self.hint!r}")
         object.__setattr__(self, "hint", self.hint.upper())
+        if self.precision == "auto":
+            object.__setattr__(self, "precision", default_precision(self.device))
+            object.__setattr__(self, "auto", True)
+        if self.precision not in PRECISIONS[1:]:
+            raise UserError(f"profile {self.name}: OpenVINO's default precision here is {self.precision!r}, "
+                            "which this tool does not support; name f32, bf16 or int8")
+
+    @property
+    def condition(self) -> str:
+        """The measured condition as a name, e.g. cpu-1t-b1-s128-bf16 (what shipped tables are named by)."""
+        extra = (f"-{self.streams}st" if self.streams > 1 else "") + ("-tput" if self.hint == "THROUGHPUT" else "")
+        return f"{self.device.lower()}-{self.threads}t-b{self.batch}-s{self.seq_len}-{self.precision}{extra}"
+
+    def describe_precision(self) -> str:
+        """e.g. "bf16 (OpenVINO's default on this CPU)"."""
+        return f"{self.precision} (OpenVINO's default on this CPU)" if self.auto else self.precision
+
+    def same_condition(self, other: "Profile") -> bool:
+        """Whether latencies under `other` are latencies under this profile (names and `auto` aside)."""
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(self) if f.name not in
+                   ("name", "auto"))
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike) -> "Profile":
@@ -69,9 +109,9 @@ class Profile:
         """Properties for `core.compile_model`.
 
         Explicit threads and streams take precedence over the hint's own choice (checked on the compiled model),
-        so the profile's thread count is what runs. f32 and bf16 are requested explicitly because the CPU
-        plugin picks by itself (bf16 on CPUs with AMX/AVX512-BF16, f32 elsewhere); `measure_compiled` checks
-        that the compiled model really runs the precision asked for.
+        so the profile's thread count is what runs. f32 and bf16 are requested explicitly, also when they came from
+        `auto` (the default could change with OpenVINO; the table then keeps meaning what it measured);
+        `measure_compiled` checks that the compiled model really runs the precision asked for.
         """
         config = {"INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": self.streams,
                   "PERFORMANCE_HINT": self.hint}

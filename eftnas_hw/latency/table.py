@@ -1,8 +1,16 @@
-"""The latency lookup table: per-block costs measured on one machine under one profile, plus a calibration.
+"""The latency lookup table: per-block costs measured on one machine under one profile, a calibration fitted on
+whole subnets, and optionally an anchor that re-fits it to the machine it is used on.
 
-Prediction (microseconds, no model in sight): fixed part + sum over layers of attention[heads] + ffn(width),
-where ffn(width) interpolates linearly between measured grid widths (the table says so in `interpolation`),
-then the stored calibration `scale * sum + offset_ms` fitted on whole subnets measured end-to-end.
+Prediction (microseconds, no model in sight), in three steps:
+1. block sum: fixed part + sum over layers of attention[heads] + ffn(width), ffn(width) interpolated linearly
+   between measured grid widths (no width granularity effect measured on AVX-512/VNNI: see the README);
+2. calibration, a linear model fitted on whole subnets measured end to end (`CALIBRATION_FEATURES`): scale x block
+   sum + offset + a cost per attention block and per FFN block kept. Why the counts: a removed sub-block does
+   not remove all of its cost once it sits in a real model (fused kernels and layer norms at the seams, and in
+   bf16/INT8 the conversions and fixed per-operation costs that dominate small blocks), so subnets with removed
+   blocks came out under-predicted by 15-25% from the block sum alone;
+3. anchor (`anchor.py`): `scale * calibrated + offset_ms`, fitted on this machine's end-to-end measurements of a
+   few subnets, because machines of the same kind run at different speeds (-27% seen between two Xeons).
 """
 from __future__ import annotations
 
@@ -19,7 +27,9 @@ from .fingerprint import fingerprint_differences, hardware_fingerprint
 from .profiles import Profile
 
 FORMAT = "eftnas-hw latency table"
-VERSION = 1
+VERSION = 2
+# What the calibration is linear in (step 2 of the module docstring), in this order.
+CALIBRATION_FEATURES = ("block_sum_ms", "one", "attention_blocks", "ffn_blocks")
 # The dimensions that change cost; vocabulary size and label count only change a gather / a tiny matmul.
 COST_FIELDS = ("num_layers", "hidden_size", "num_heads", "head_size", "intermediate_size")
 
@@ -49,8 +59,13 @@ class LatencyTable:
                 raise ValueError("block arrays do not match the shape")
             # Every integer width precomputed once: a prediction is then a few list look-ups.
             self.ffn_ms = np.interp(np.arange(self.shape.intermediate_size + 1), grid, ffn_ms).tolist()
-            self.scale = float(data["calibration"]["scale"])
-            self.offset_ms = float(data["calibration"]["offset_ms"])
+            if data.get("version") != VERSION:
+                raise UserError(f"latency table format version {data.get('version')} is not {VERSION} (tables of "
+                                "earlier versions used another protocol and cost model): build it again")
+            coef = data["calibration"]["coef"]
+            self.coef = [float(coef[name]) for name in CALIBRATION_FEATURES]
+            anchor = data.get("anchor") or {"scale": 1.0, "offset_ms": 0.0}
+            self.anchor_scale, self.anchor_offset_ms = float(anchor["scale"]), float(anchor["offset_ms"])
             self.validation: dict = data.get("validation") or {}
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise UserError(f"not a valid latency table ({type(e).__name__}: {e})") from None
@@ -63,13 +78,18 @@ class LatencyTable:
             raise UserError(f"latency table {path} is not a JSON object")
         table = cls(data)
         table.path = Path(path)
-        diffs = fingerprint_differences(table.fingerprint, hardware_fingerprint(table.profile))
+        diffs = fingerprint_differences(table.machine, hardware_fingerprint(table.profile))
         if diffs:
             message = f"latency table {path} was measured elsewhere: " + "; ".join(diffs)
             if not force:
                 raise UserError(message + " (pass --force to use it anyway)")
             warn(message + " (used anyway because of --force)")
         return table
+
+    @property
+    def machine(self) -> dict:
+        """The fingerprint of the machine the predictions are for: the anchor's, else the builder's."""
+        return (self.data.get("anchor") or {}).get("fingerprint") or self.fingerprint
 
     @property
     def digest(self) -> str:
@@ -84,12 +104,20 @@ class LatencyTable:
         att, ffn = self.attention_ms, self.ffn_ms
         return self.fixed_ms + sum(att[h] for h in subnet.heads) + sum(ffn[f] for f in subnet.ffn)
 
+    def features(self, subnet: SubnetConfig) -> list[float]:
+        """The calibration's inputs (`CALIBRATION_FEATURES`)."""
+        return [self.raw_ms(subnet), 1.0, float(sum(h > 0 for h in subnet.heads)), float(sum(f > 0 for f in subnet.ffn))]
+
+    def calibrated_ms(self, subnet: SubnetConfig) -> float:
+        """The prediction on the machine the table was built on (steps 1-2, no anchor)."""
+        return sum(c * x for c, x in zip(self.coef, self.features(subnet)))
+
     def predict_ms(self, subnet: SubnetConfig) -> float:
         """Predicted latency of the exported subnet in ms under the table's profile (table look-ups only)."""
         if len(subnet.heads) != self.shape.num_layers:
             raise UserError(f"subnet has {len(subnet.heads)} layers, the table's model has {self.shape.num_layers}")
         try:
-            return self.scale * self.raw_ms(subnet) + self.offset_ms
+            return self.anchor_scale * self.calibrated_ms(subnet) + self.anchor_offset_ms
         except IndexError:
             subnet.validate(self.shape)  # names the layer and width out of range
             raise
@@ -102,15 +130,20 @@ class LatencyTable:
             raise UserError("the latency table was built for another model shape: " + ", ".join(diffs))
 
 
-def find_shipped_table(shape: BertShape, profile_name: str, force: bool = False) -> LatencyTable | None:
-    """The first shipped table (latency_tables/<cpu>/) for this shape and profile that is valid on this machine,
-    loaded (its `path` says which file it is)."""
-    for path in sorted(tables_dir().rglob(f"*_{profile_name}.json")):
+def find_shipped_table(shape: BertShape, profile: Profile, force: bool = False) -> LatencyTable | None:
+    """The shipped table (latency_tables/<cpu>/) for this shape and profile (compared by content, so an `auto`
+    profile finds the table of the precision it resolved to) that is valid on this machine, loaded (its `path`
+    says which file it is); one built on a machine with this very fingerprint first, then one of the same kind."""
+    here = hardware_fingerprint(profile)
+    found = []
+    for path in sorted(tables_dir().rglob("*.json")):
         try:
-            table = LatencyTable.load(path, force=force)
-            table.check_shape(shape)
-        except UserError as e:
+            header = read_json(path, "latency table")
+            if not profile.same_condition(Profile.from_dict(header["profile"], "table profile")) \
+                    or any(header["shape"].get(f) != getattr(shape, f) for f in COST_FIELDS):
+                continue
+            found.append(LatencyTable.load(path, force=force))
+        except (UserError, KeyError, TypeError, AttributeError) as e:
             print(f"[latency] {path.name} not usable here: {e}")
-            continue
-        return table
-    return None
+    exact = [t for t in found if all(t.fingerprint.get(k) == v for k, v in here.items() if k != "profile")]
+    return (exact or found or [None])[0]

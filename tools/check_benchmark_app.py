@@ -1,0 +1,113 @@
+"""Does the project's latency protocol agree with `benchmark_app`? Prints one row per IR and precision.
+
+    python tools/check_benchmark_app.py [--threads 1] [--seq-len 128] [--rounds 3] [--load 0] [--work DIR]
+
+Builds (once, cached in --work) IRs from ~0.5 ms to ~70 ms: MiniLM-L6 subnets (one layer with 2 heads and FFN 256,
+quarter width, half width, full) and a BERT-medium shape (8 x 512), random weights, exported like deployed
+subnets, f32 and NNCF INT8, static shape. Each runs in f32, bf16 (where the CPU has it) and INT8 under
+`benchmark_app -hint none -nthreads T -nstreams 1 -nireq 1 -api sync -niter 100` in --rounds interleaved rounds
+(the yardstick: lowest of the round medians) and under `eftnas_hw.latency.measure_compiled` (all IRs of one
+precision interleaved, as a table build times them). `--load N` starts N busy-loop processes during the project's
+measurement only (benchmark_app keeps the quiet machine), to show how the protocol holds on a busy one.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from eftnas_hw.latency.measure import export_ir, measure_compiled
+from eftnas_hw.latency.profiles import Profile, supported_precisions
+from eftnas_hw.models import build_subnet, random_bert
+from eftnas_hw.subnet import BertShape, SubnetConfig
+
+MINI = BertShape.named("minilm-l6")
+MEDIUM = BertShape(num_layers=8, hidden_size=512, num_heads=8, head_size=64, intermediate_size=2048)
+MODELS = {
+    "one-layer": (MINI, SubnetConfig((2, 0, 0, 0, 0, 0), (256, 0, 0, 0, 0, 0))),
+    "quarter": (MINI, SubnetConfig((3,) * 6, (384,) * 6)),
+    "half": (MINI, SubnetConfig((6,) * 6, (768,) * 6)),
+    "minilm-l6": (MINI, MINI.full_subnet()),
+    "bert-medium": (MEDIUM, MEDIUM.full_subnet()),
+}
+
+
+def build_irs(work: Path, seq_len: int) -> dict[tuple[str, str], Path]:
+    """{(model, "f32"|"int8"): .xml}, exported once per sequence length."""
+    irs = {}
+    for name, (shape, subnet) in MODELS.items():
+        model = None
+        for ir_kind in ("f32", "int8"):
+            folder = work / f"s{seq_len}" / f"{name}-{ir_kind}"
+            xml = folder / ("int8.xml" if ir_kind == "int8" else "openvino_model.xml")
+            if not xml.exists():
+                model = model or build_subnet(random_bert(shape, 0), subnet)
+                xml = export_ir(model, folder, Profile(seq_len=seq_len, precision=ir_kind))
+            irs[(name, ir_kind)] = xml
+    return irs
+
+
+def benchmark_app_ms(xml: Path, precision: str, threads: int) -> float:
+    cmd = ["benchmark_app", "-m", str(xml), "-d", "CPU", "-hint", "none", "-nthreads", str(threads),
+           "-nstreams", "1", "-nireq", "1", "-api", "sync", "-niter", "100"]
+    if precision != "int8":
+        cmd += ["-infer_precision", precision]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    value, unit = re.search(r"Median:\s+([\d.]+) (ms|us)", out).groups()
+    return float(value) / (1000 if unit == "us" else 1)
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved benchmark_app rounds")
+    parser.add_argument("--load", type=int, default=0, help="busy processes during the project's measurement")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/eftnas-check-benchmark-app"))
+    args = parser.parse_args()
+    irs = build_irs(args.work, args.seq_len)
+    precisions = [p for p in ("f32", "bf16", "int8") if p in supported_precisions()]
+    cases = [(name, precision, irs[(name, "int8" if precision == "int8" else "f32")])
+             for precision in precisions for name in MODELS]
+    yardstick = {(n, p): [] for n, p, _ in cases}
+    for _ in range(args.rounds):
+        for name, precision, xml in cases:
+            yardstick[(name, precision)].append(benchmark_app_ms(xml, precision, args.threads))
+    load = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.load)]
+    for p in load:
+        p.start()
+    ours = {}
+    try:
+        for precision in precisions:
+            group = [(n, xml) for n, p, xml in cases if p == precision]
+            profile = Profile(threads=args.threads, seq_len=args.seq_len, precision=precision)
+            for (name, _), stats in zip(group, measure_compiled([xml for _, xml in group], profile)):
+                ours[(name, precision)] = stats
+    finally:
+        for p in load:
+            p.terminate()
+    print(f"threads {args.threads}, [1,{args.seq_len}], busy processes during ours: {args.load}")
+    print(f"{'model':12} {'precision':9} {'benchmark_app':>13} {'ours':>9} {'diff':>7}  {'wall/cpu':>8}  "
+          "benchmark_app round medians")
+    diffs = []
+    for name, precision, _ in cases:
+        ref, s = min(yardstick[(name, precision)]), ours[(name, precision)]
+        diffs.append(s["ms"] / ref - 1)
+        print(f"{name:12} {precision:9} {ref:10.3f} ms {s['ms']:6.3f} ms {diffs[-1]:+7.1%}  {s['wall_over_cpu']:8.2f}  "
+              f"{[round(x, 3) for x in yardstick[(name, precision)]]}")
+    d = np.abs(diffs)
+    print(f"agreement: median |diff| {np.median(d):.1%}, worst {d.max():.1%}, within 3%: {np.mean(d <= 0.03):.0%} "
+          f"of {len(d)}")
+
+
+if __name__ == "__main__":
+    main()
