@@ -6,6 +6,9 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
+from scipy.stats import spearmanr
+
 from .evolution import COST_UNITS
 from .files import atomic_file, write_csv_atomic, write_json_atomic
 from .subnet import EvaluatedSubnet
@@ -94,9 +97,19 @@ def run_summary(run_dir: Path, groups: dict[str, list["ExportedModel"]], table_s
              "delta_metric": m.ir_dev_metric - base.ir_dev_metric, "path": str(run_dir / "models" / group / m.name)}
             for group, models in groups.items() for m in models]
     errors = [abs(r["predicted_ms"] / r["measured_ms"] - 1) for r in rows if r["predicted_ms"] is not None]
+    # How well the search's objective (the PyTorch super-network on the search split) predicts the IR's dev metric
+    # in the deployed precision (bf16, INT8): per group of exported subnets.
+    objective = {}
+    for group, models in groups.items():
+        pairs = [(m.subnet.metric, m.ir_dev_metric) for m in models if m.subnet.metric is not None]
+        if len(pairs) >= 3:
+            search, ir = np.array(pairs).T
+            objective[group] = {"spearman": float(spearmanr(search, ir).statistic),
+                                "mean_ir_minus_search": float(np.mean(ir - search)), "n": len(pairs)}
     return {"run": str(run_dir), "table": table_source, **latency,
             "prediction": {"mape_pct": 100 * sum(errors) / len(errors), "worst_pct": 100 * max(errors),
                            "within_5pct": sum(e <= 0.05 for e in errors) / len(errors)} if errors else None,
+            "search_objective_vs_ir": objective,
             "base": {"measured_ms": base.measured_ms, "ir_dev_metric": base.ir_dev_metric},
             "models": rows, "pareto_plot": str(run_dir / "search" / "pareto.png"), "stage_seconds": stage_seconds}
 
@@ -113,7 +126,10 @@ def format_run_summary(summary: dict) -> str:
     lines.append(f"latency: {summary['precision']}, {summary['anchor']}")
     if summary["prediction"]:
         p = summary["prediction"]
-        lines.append(f"predicted vs measured (IR, this machine): MAPE {p['mape_pct']:.1f}%, worst {p['worst_pct']:.1f}%, "
-                     f"{100 * p['within_5pct']:.0f}% within 5%")
+        lines.append(f"predicted vs measured (IR, this machine): MAPE {p['mape_pct']:.1f}%, "
+                     f"worst {p['worst_pct']:.1f}%, {100 * p['within_5pct']:.0f}% within 5%")
+    for group, o in summary["search_objective_vs_ir"].items():
+        lines.append(f"search objective vs IR dev metric ({group}, {o['n']} models): Spearman {o['spearman']:.2f}, "
+                     f"IR minus search {o['mean_ir_minus_search']:+.4f} on average")
     lines.append(f"IR folders under {summary['run']}/models; Pareto plot {summary['pareto_plot']}")
     return "\n".join(lines)

@@ -195,10 +195,17 @@ class LatencySettings(Settings):
     anchor: AnchorSettings = field(default_factory=AnchorSettings)
 
 
+SPACE_METHODS = ("paper", "hardware")
+
+
 @dataclass(frozen=True)
 class SpaceSettings(Settings):
-    """Algorithm 1 (`space.py`): N cost targets from `low` to `high`, as fractions of the base model's cost."""
+    """The search space (`space.py`): N cost targets from `low` to `high`, as fractions of the base model's cost,
+    each met by the paper's Algorithm 1 (one importance threshold) or the hardware-aware construction (importance
+    per unit of cost, whole-block and whole-layer removal)."""
 
+    method: str = setting("paper", "paper (Algorithm 1) or hardware (importance per unit of cost)",
+                          choices=SPACE_METHODS)
     low: float = setting(0.25, "lowest target, fraction of the base model's cost", above=0)
     high: float = setting(1.0, "highest target, fraction of the base model's cost", above=0)
     n: int = setting(5, "number of targets / thresholds", low=1)

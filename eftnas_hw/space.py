@@ -1,11 +1,21 @@
-"""EFTNAS Algorithm 1 with a latency (or GMACs, the paper's "GFLOPs") cost: from importance scores to a per-layer search space.
+"""The search space from importance scores and a cost (latency, or GMACs: the paper's "GFLOPs"), two ways.
 
-For a global threshold tau, the mask M = 1(S > tau) keeps some weights of every layer. A layer keeps as many
-whole heads as its attention weights (Q, K, V, output) have kept fractions of H, and an FFN width equal to the
-kept fraction of its FFN weights rounded to the granularity. Raising tau removes weights everywhere, so cost
-falls monotonically with tau and a binary search over the sorted scores finds, for each of N targets between
-`low` and `high`, the threshold whose subnet meets it. The N subnets are combined layer by layer into candidate
-sets: the space is shaped by where the task's important weights are, and sized by the cost model.
+**paper** (EFTNAS Algorithm 1). For a global threshold tau, the mask M = 1(S > tau) keeps some weights of every
+layer. A layer keeps as many whole heads as its attention weights (Q, K, V, output) have kept fractions of H, and an
+FFN width equal to the kept fraction of its FFN weights rounded to the granularity. Raising tau removes weights
+everywhere, so cost falls monotonically with tau and a binary search over the sorted scores finds, for each of N
+targets between `low` and `high`, the threshold whose subnet meets it. The N subnets are combined layer by layer
+into candidate sets: the space is shaped by where the task's important weights are, and sized by the cost model.
+
+**hardware** (importance per unit of cost). Algorithm 1's single threshold decides every subnet's shape; the cost
+only decides where tau falls, so every latency-driven subnet is one the GMACs-driven search also has, and none
+removes a whole block. Here the cost shapes the subnets: starting from the full model, remove, one step at a
+time, what loses the least importance per unit of cost saved, among: a layer's least important head, its least
+important FFN channels (one granularity step), its whole attention block, its whole FFN block, or the whole layer
+(a removed block saves its fixed cost too, which a table holds and MACs do not). Importance of a group is the sum
+of its weights' scores (the first-order estimate of the loss change of removing them, as in eq. 3); heads and
+channels are taken least important first, the order the reordered super-network slices in. The path from the
+full model to nothing passes every cost once; each target takes the point of the path nearest to it.
 """
 from __future__ import annotations
 
@@ -18,7 +28,7 @@ import torch
 from .cost import CostModel
 from .errors import UserError
 from .files import write_json_atomic
-from .importance import layer_scores
+from .importance import channel_importance, head_importance, layer_scores
 from .settings import SpaceSettings
 from .subnet import BertShape, SearchSpace, SubnetConfig
 
@@ -58,9 +68,74 @@ class ThresholdedScores:
         return float(np.nextafter(self.all[0], -np.inf)) if index < 0 else float(self.all[index])
 
 
+class ImportancePerCost:
+    """The hardware-aware construction (module docstring): per layer, the importance kept by the h most important
+    heads and the w most important FFN channels (w on the granularity), and the greedy removal path."""
+
+    def __init__(self, scores: dict[str, torch.Tensor], shape: BertShape, ffn_step: int = 64):
+        if ffn_step < 1:
+            raise UserError(f"FFN granularity must be positive, got {ffn_step}")
+        self.shape = shape
+        per_head = 4 * shape.hidden_size * shape.head_size  # Q, K, V rows and output columns of one head
+        heads = (head_importance(scores, shape) * per_head).double().numpy()
+        channels = (channel_importance(scores, shape) * 2 * shape.hidden_size).double().numpy()
+        if not (np.isfinite(heads).all() and np.isfinite(channels).all()):
+            raise UserError("importance scores contain NaN or infinite values")
+        self.widths = sorted(set(range(0, shape.intermediate_size, ffn_step)) | {shape.intermediate_size})
+        # kept[l][k]: importance kept with the k most important units (prefix sums, most important first)
+        self.heads_kept = [np.concatenate([[0.0], np.cumsum(np.sort(h)[::-1])]) for h in heads]
+        self.ffn_kept = [np.concatenate([[0.0], np.cumsum(np.sort(c)[::-1])])[self.widths] for c in channels]
+
+    def _moves(self, heads: list[int], ffn: list[int]):
+        """(layer, new head count, new width index) of every removal the greedy may take from here."""
+        for layer, (h, f) in enumerate(zip(heads, ffn)):
+            if h > 0:
+                yield layer, h - 1, f
+            if h > 1:
+                yield layer, 0, f
+            if f > 0:
+                yield layer, h, f - 1
+            if f > 1:
+                yield layer, h, 0
+            if h > 0 and f > 0:
+                yield layer, 0, 0
+
+    def path(self, cost: CostModel) -> list[tuple[SubnetConfig, float, float, float]]:
+        """(subnet, cost, importance kept, importance lost per cost saved by the last step) from the full model
+        to every block removed, cost strictly falling."""
+        heads = [self.shape.num_heads] * self.shape.num_layers
+        ffn = [len(self.widths) - 1] * self.shape.num_layers
+
+        def config(h: list[int], f: list[int]) -> SubnetConfig:
+            return SubnetConfig(tuple(h), tuple(self.widths[i] for i in f))
+
+        def kept(h: list[int], f: list[int]) -> float:
+            return float(sum(k[n] for k, n in zip(self.heads_kept, h)) + sum(k[i] for k, i in zip(self.ffn_kept, f)))
+
+        now = cost(config(heads, ffn))
+        path = [(config(heads, ffn), now, kept(heads, ffn), float("-inf"))]
+        while True:
+            best = None
+            for layer, h, f in self._moves(heads, ffn):
+                new_heads, new_ffn = heads.copy(), ffn.copy()
+                new_heads[layer], new_ffn[layer] = h, f
+                after = cost(config(new_heads, new_ffn))
+                if after >= now:
+                    continue
+                lost = kept(heads, ffn) - kept(new_heads, new_ffn)
+                ratio = lost / (now - after)
+                if best is None or ratio < best[0]:
+                    best = (ratio, new_heads, new_ffn, after)
+            if best is None:
+                return path
+            ratio, heads, ffn, now = best
+            path.append((config(heads, ffn), now, kept(heads, ffn), ratio))
+
+
 @dataclass(frozen=True)
 class SearchSpaceResult:
-    """The search space, the N subnets it was built from, their targets, costs and thresholds."""
+    """The search space, the N subnets it was built from, their targets, costs and thresholds (tau for the paper's
+    method; for the hardware-aware one, the importance lost per unit of cost saved by the path's last step)."""
 
     space: SearchSpace
     subnets: tuple[SubnetConfig, ...]
@@ -88,7 +163,8 @@ class SearchSpaceResult:
         lines = [f"{'layer':>5}  {'heads':<24} FFN"]
         for i, (h, f) in enumerate(zip(self.space.heads, self.space.ffn)):
             lines.append(f"{i:>5}  {' '.join(map(str, h)):<24} {' '.join(map(str, f))}")
-        lines.append(f"\n{'target':>9} {'predicted':>9} {'tau':>11}  subnet ({self.metric}, {self.unit})")
+        lines.append(f"\n{'target':>9} {'predicted':>9} {'threshold':>11}  subnet ({self.metric}, {self.unit}; "
+                     f"{self.settings.method} method)")
         for s, t, c, tau in zip(self.subnets, self.targets, self.costs, self.taus):
             lines.append(f"{t:>9.4g} {c:>9.4g} {tau:>11.3e}  {s}")
         if self.settings.include_full:
@@ -99,13 +175,58 @@ class SearchSpaceResult:
 
 def build_search_space(scores: dict[str, torch.Tensor], shape: BertShape, cost: CostModel,
                        settings: SpaceSettings = SpaceSettings()) -> SearchSpaceResult:
-    """Algorithm 1: one threshold per target in linspace(low, high, n) x the base model's cost, the subnets
-    combined into a search space.
+    """N targets in linspace(low, high, n) x the base model's cost, each met by one subnet of the settings'
+    method (module docstring), the subnets combined into a search space.
 
     A target is met when the chosen subnet's cost is within `tol` (relative) of it; otherwise, or when a
     target lies outside the reachable range (everything removed .. the full model), a UserError says why.
     `include_full` adds the base model to the space so its upper end is the base model (paper 3.2).
     """
+    base_cost = cost(shape.full_subnet())
+    targets = np.linspace(settings.low * base_cost, settings.high * base_cost, settings.n)
+    choose = _algorithm_1 if settings.method == "paper" else _importance_per_cost
+    chosen, reachable = choose(scores, shape, cost, settings, targets)
+    subnets = [c[0] for c in chosen]
+    space = SearchSpace.from_subnets(subnets + [shape.full_subnet()] if settings.include_full else subnets)
+    return SearchSpaceResult(space, *map(tuple, zip(*chosen)), unit=cost.unit, metric=cost.label, reachable=reachable,
+                             settings=settings)
+
+
+def _check_reachable(targets: np.ndarray, reachable: tuple[float, float], settings: SpaceSettings, unit: str,
+                     base_cost: float) -> None:
+    low, high, tol = targets[0], targets[-1], settings.tol
+    if low < reachable[0] * (1 - tol) or high > reachable[1] * (1 + tol):
+        raise UserError(f"targets {low:.4g}..{high:.4g} {unit} ({settings.low:g}..{settings.high:g} of the base "
+                        f"model's {base_cost:.4g}) lie outside the reachable range {reachable[0]:.4g}.."
+                        f"{reachable[1]:.4g} {unit} (every block removed .. the full model)")
+
+
+def _missed(target: float, below: float, above: float, unit: str, tol: float) -> UserError:
+    return UserError(f"no subnet reaches {target:.4g} {unit} within {tol:.0%}: the nearest subnets cost "
+                     f"{below:.4g} and {above:.4g} {unit} (coarser granularity, a larger --tol or other targets "
+                     "may help)")
+
+
+def _importance_per_cost(scores, shape, cost, settings, targets):
+    """The hardware-aware construction: the point of the greedy removal path nearest each target."""
+    path = ImportancePerCost(scores, shape, settings.ffn_step).path(cost)
+    costs = np.array([p[1] for p in path])
+    reachable = (float(costs[-1]), float(costs[0]))
+    _check_reachable(targets, reachable, settings, cost.unit, reachable[1])
+    total = path[0][2]
+    chosen = []
+    for target in targets:
+        i = int(np.argmin(np.abs(costs - target)))
+        subnet, achieved, kept, ratio = path[i]
+        if abs(achieved - target) > settings.tol * abs(target):
+            below = costs[costs <= target].max(initial=costs[-1])
+            raise _missed(target, below, costs[costs >= target].min(initial=costs[0]), cost.unit, settings.tol)
+        chosen.append((subnet, float(target), float(achieved), float(ratio), kept / total if total else 1.0))
+    return chosen, reachable
+
+
+def _algorithm_1(scores, shape, cost, settings, targets):
+    """The paper's Algorithm 1: a binary search over the sorted scores for each target's threshold."""
     thresholded = ThresholdedScores(scores, shape, settings.ffn_step)
     last, tol, unit = len(thresholded.all) - 1, settings.tol, cost.unit
     cache: dict[int, tuple[SubnetConfig, float]] = {}
@@ -116,15 +237,10 @@ def build_search_space(scores: dict[str, torch.Tensor], shape: BertShape, cost: 
             cache[index] = (subnet, cost(subnet))
         return cache[index]
 
-    base_cost = cost(shape.full_subnet())
-    low, high = settings.low * base_cost, settings.high * base_cost
     reachable = (evaluate(last)[1], evaluate(-1)[1])
-    if low < reachable[0] * (1 - tol) or high > reachable[1] * (1 + tol):
-        raise UserError(f"targets {low:.4g}..{high:.4g} {unit} ({settings.low:g}..{settings.high:g} of the base "
-                        f"model's {base_cost:.4g}) lie outside the reachable range {reachable[0]:.4g}.."
-                        f"{reachable[1]:.4g} {unit} (every block removed .. the full model)")
+    _check_reachable(targets, reachable, settings, unit, cost(shape.full_subnet()))
     chosen = []
-    for target in np.linspace(low, high, settings.n):
+    for target in targets:
         lo, hi = -1, last  # invariant: cost(hi) <= target (or hi = last); cost is non-increasing in the index
         while hi - lo > 1:
             mid = (lo + hi) // 2
@@ -132,12 +248,7 @@ def build_search_space(scores: dict[str, torch.Tensor], shape: BertShape, cost: 
         index = min((lo, hi), key=lambda i: abs(evaluate(i)[1] - target))
         subnet, achieved = evaluate(index)
         if abs(achieved - target) > tol * abs(target):
-            raise UserError(f"no threshold reaches {target:.4g} {unit} within {tol:.0%}: the nearest subnets cost "
-                            f"{evaluate(hi)[1]:.4g} and {evaluate(lo)[1]:.4g} {unit} (coarser granularity, "
-                            f"a larger --tol or other targets may help)")
+            raise _missed(target, evaluate(hi)[1], evaluate(lo)[1], unit, tol)
         kept = float((thresholded.all > thresholded.tau(index)).mean())
         chosen.append((subnet, float(target), achieved, thresholded.tau(index), kept))
-    subnets = [c[0] for c in chosen]
-    space = SearchSpace.from_subnets(subnets + [shape.full_subnet()] if settings.include_full else subnets)
-    return SearchSpaceResult(space, *map(tuple, zip(*chosen)), unit=unit, metric=cost.label, reachable=reachable,
-                             settings=settings)
+    return chosen, reachable

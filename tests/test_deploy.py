@@ -98,7 +98,8 @@ def test_records_card_and_summary(exported, tiny_shape):
         assert record.subnet.latency_ms == pytest.approx(table.predict_ms(cfg))
         assert record.measured_ms > 0 and record.measured_ms == record.measured[record.measured_statistic]
         card = (out / record.name / "README.md").read_text()
-        for text in ("sst2", f"| 1 | {cfg.heads[1]} | {cfg.ffn[1]} |", "dynamic", "benchmark_app -m openvino_model.xml", "'seq_len': 16",
+        for text in ("sst2", f"| 1 | {cfg.heads[1]} | {cfg.ffn[1]} |", "dynamic", "benchmark_app -m openvino_model.xml",
+                     "'seq_len': 16",
                      f"{record.measured_ms:.2f} ms"):
             assert text in card
         stored = json.loads((out / record.name / "eftnas_export.json").read_text())

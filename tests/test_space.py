@@ -14,6 +14,7 @@ from eftnas_hw.importance import SCORES_NAME, elastic_weight_names, save_scores
 from eftnas_hw.models import random_bert
 from eftnas_hw.settings import SpaceSettings
 from eftnas_hw.space import ThresholdedScores, build_search_space
+from eftnas_hw.subnet import SubnetConfig
 
 from conftest import table_document
 
@@ -46,6 +47,46 @@ def test_thresholds_are_monotone_and_rounded(scores, tiny_shape):
     assert t.subnet(t.tau(len(t.all) - 1)) == type(tiny_shape.full_subnet())((0, 0), (0, 0))
     mid = t.subnet(float(torch.tensor(t.all).median()))
     assert all(f % 32 == 0 for f in mid.ffn) and mid.heads[0] < mid.heads[1] and mid.ffn[0] < mid.ffn[1]
+
+
+def block_fixed_ms(s):
+    """A bf16/INT8-like cost (ms): every kept block costs a fixed 1 ms on top of its width, which MACs miss."""
+    return 1.0 + sum(1.0 + 0.1 * h for h in s.heads if h) + sum(1.0 + 0.004 * f for f in s.ffn if f)
+
+
+block_fixed_latency = CostModel("latency_ms", "ms", "latency", block_fixed_ms)
+
+
+def test_hardware_path_falls_in_cost_and_removes_whole_blocks(scores, tiny_shape):
+    """The greedy path goes from the full model to every block removed with cost falling at every step; where
+    blocks carry a fixed cost, its subnets at the targets include removed blocks."""
+    from eftnas_hw.space import ImportancePerCost
+
+    path = ImportancePerCost(scores, tiny_shape, ffn_step=32).path(block_fixed_latency)
+    costs = [p[1] for p in path]
+    assert path[0][0] == tiny_shape.full_subnet() and path[-1][0] == SubnetConfig((0, 0), (0, 0))
+    assert all(b < a for a, b in zip(costs, costs[1:]))
+    hw = build_search_space(scores, tiny_shape, block_fixed_latency, space_settings(0.5, 1.0, n=4, tol=0.15,
+                                                                                   method="hardware"))
+    assert any(0 in h or 0 in f for h, f in zip(hw.space.heads, hw.space.ffn))
+    for target, cost, subnet in zip(hw.targets, hw.costs, hw.subnets):
+        assert cost == pytest.approx(block_fixed_ms(subnet)) and abs(cost - target) <= 0.15 * target
+        assert all(f % 32 == 0 or f == tiny_shape.intermediate_size for f in subnet.ffn)
+    assert hw.subnets[-1] == tiny_shape.full_subnet() and "hardware method" in hw.format_table()
+
+
+def test_hardware_path_keeps_the_important_units(tiny_shape):
+    """With cost proportional to size (MACs-like), the greedy removes the least important units first: a layer
+    whose scores are all higher keeps more of its heads and channels at every point of the path."""
+    from eftnas_hw.space import ImportancePerCost
+
+    model = random_bert(tiny_shape)
+    scores = {n: torch.full(p.shape, 2.0 if ".layer.1." in n else 1.0) for n, p in model.named_parameters()
+              if n in elastic_weight_names(model)}
+    gmacs = gmacs_cost(tiny_shape, 16)
+    for subnet, _, kept, _ in ImportancePerCost(scores, tiny_shape, ffn_step=32).path(gmacs):
+        assert subnet.heads[0] <= subnet.heads[1] and subnet.ffn[0] <= subnet.ffn[1]
+        assert kept >= 0
 
 
 def test_tau_search_hits_each_target(scores, tiny_shape):

@@ -74,8 +74,9 @@ def main() -> None:
                         "full_model_predicted_ms": round(float(predicted[0]), 3)}
     if anchored is not None:
         a = anchored.data["anchor"]
-        result["anchor"] = {"seconds": round(anchor_seconds, 1), "scale": round(a["scale"], 4),
-                            "offset_ms": round(a["offset_ms"], 4), "residual_mape_pct": round(a["residual"]["mape_pct"], 2),
+        result["anchor"] = {"seconds": round(anchor_seconds, 1), "scale": round(a["scale"], 4), "model": a["model"],
+                            "offset_ms": round(a["offset_ms"], 4),
+                            "residual_mape_pct": round(a["residual"]["mape_pct"], 2),
                             "refused_by_default_bound": a["residual"]["mape_pct"] > AnchorSettings().bound_pct}
     print(json.dumps(result))
 

@@ -6,6 +6,7 @@ All methods share one teacher (fine-tuned once, same budget) and one budget (the
   latency      EFTNAS with the latency table (this project), first-order reordering
   gflops       EFTNAS as in the paper: GMACs in Algorithm 1 and as NSGA-II's objective (metric "gmacs"; the
                variant keeps its name, so results/*/results.json call it "eftnas-gflops"); its front re-measured
+  hardware     latency-driven with the hardware-aware search space (importance per ms, whole blocks removable)
   l1, none     latency-driven, with L1 or no reordering (the paper's Figure 6 ablation)
   drop-K       the teacher's first K layers, fine-tuned again with the teacher's budget (a baseline anyone can do)
   teacher-int8 / front-int8: NNCF INT8 of the teacher and of the latency front
@@ -28,8 +29,8 @@ from eftnas_hw.settings import RunConfig
 REPO = Path(__file__).resolve().parents[1]
 # Variant name -> run config overrides. "gflops" runs the paper's GMACs cost under its old name, the one the
 # committed results/*/results.json files use ("eftnas-gflops").
-VARIANTS = {"latency": {}, "gflops": {"metric": "gmacs"}, "l1": {"supernet": {"reorder": "l1"}},
-            "none": {"supernet": {"reorder": "none"}}}
+VARIANTS = {"latency": {}, "gflops": {"metric": "gmacs"}, "hardware": {"space": {"method": "hardware"}},
+            "l1": {"supernet": {"reorder": "l1"}}, "none": {"supernet": {"reorder": "none"}}}
 
 
 def variant(root: Path, name: str, config: RunConfig) -> dict:
@@ -94,7 +95,7 @@ def main() -> None:
     parser.add_argument("--root", default="runs/results", help="where the runs go (resumable)")
     parser.add_argument("--name", default=None, help="results/<name> and <root>/<name> (default: the task), "
                                                       "e.g. sst2-seed1 for a repeat with another seed")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["latency", "gflops", "l1", "none"])
     parser.add_argument("--drop", nargs="*", type=int, default=[3, 4], help="layer-drop baselines to run")
     parser.add_argument("--int8", action="store_true", help="also INT8 teacher and latency front")
     args = parser.parse_args()

@@ -7,6 +7,6 @@ from .profiler import build_table, random_subnets, summary_lines
 from .profiles import Profile, default_precision, supported_precisions
 from .table import LatencyTable, find_shipped_table
 
-__all__ = ["STATISTIC", "LatencyTable", "Profile", "TableDoesNotFit", "anchor_line", "anchor_table", "build_table", "compile_ir",
-           "default_precision", "find_shipped_table", "hardware_fingerprint", "measure_ir_ms", "measure_models_ms",
-           "random_subnets", "summary_lines", "supported_precisions"]
+__all__ = ["STATISTIC", "LatencyTable", "Profile", "TableDoesNotFit", "anchor_line", "anchor_table", "build_table",
+           "compile_ir", "default_precision", "find_shipped_table", "hardware_fingerprint", "measure_ir_ms",
+           "measure_models_ms", "random_subnets", "summary_lines", "supported_precisions"]

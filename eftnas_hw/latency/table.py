@@ -106,7 +106,8 @@ class LatencyTable:
 
     def features(self, subnet: SubnetConfig) -> list[float]:
         """The calibration's inputs (`CALIBRATION_FEATURES`)."""
-        return [self.raw_ms(subnet), 1.0, float(sum(h > 0 for h in subnet.heads)), float(sum(f > 0 for f in subnet.ffn))]
+        return [self.raw_ms(subnet), 1.0, float(sum(h > 0 for h in subnet.heads)),
+                float(sum(f > 0 for f in subnet.ffn))]
 
     def calibrated_ms(self, subnet: SubnetConfig) -> float:
         """The prediction on the machine the table was built on (steps 1-2, no anchor)."""
