@@ -51,9 +51,12 @@ def build_irs(work: Path, seq_len: int) -> dict[tuple[str, str], Path]:
     return irs
 
 
-def benchmark_app_ms(xml: Path, precision: str, threads: int) -> float:
+def benchmark_app_ms(xml: Path, precision: str, threads: int, shape: tuple[int, int] | None = None) -> float:
+    """benchmark_app's median latency (ms) of one run of 100 synchronous iterations; `shape` for dynamic IRs."""
     cmd = ["benchmark_app", "-m", str(xml), "-d", "CPU", "-hint", "none", "-nthreads", str(threads),
            "-nstreams", "1", "-nireq", "1", "-api", "sync", "-niter", "100"]
+    if shape is not None:
+        cmd += ["-shape", f"[{shape[0]},{shape[1]}]"]
     if precision != "int8":
         cmd += ["-infer_precision", precision]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
