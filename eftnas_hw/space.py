@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -183,52 +184,50 @@ def build_search_space(scores: dict[str, torch.Tensor], shape: BertShape, cost: 
     `include_full` adds the base model to the space so its upper end is the base model (paper 3.2).
     """
     base_cost = cost(shape.full_subnet())
-    targets = np.linspace(settings.low * base_cost, settings.high * base_cost, settings.n)
-    choose = _algorithm_1 if settings.method == "paper" else _importance_per_cost
-    chosen, reachable = choose(scores, shape, cost, settings, targets)
-    subnets = [c[0] for c in chosen]
-    space = SearchSpace.from_subnets(subnets + [shape.full_subnet()] if settings.include_full else subnets)
-    return SearchSpaceResult(space, *map(tuple, zip(*chosen)), unit=cost.unit, metric=cost.label, reachable=reachable,
-                             settings=settings)
-
-
-def _check_reachable(targets: np.ndarray, reachable: tuple[float, float], settings: SpaceSettings, unit: str,
-                     base_cost: float) -> None:
-    low, high, tol = targets[0], targets[-1], settings.tol
+    low, high, tol, unit = settings.low * base_cost, settings.high * base_cost, settings.tol, cost.unit
+    method = _algorithm_1 if settings.method == "paper" else _importance_per_cost
+    reachable, nearest = method(scores, shape, cost, settings.ffn_step)
     if low < reachable[0] * (1 - tol) or high > reachable[1] * (1 + tol):
         raise UserError(f"targets {low:.4g}..{high:.4g} {unit} ({settings.low:g}..{settings.high:g} of the base "
                         f"model's {base_cost:.4g}) lie outside the reachable range {reachable[0]:.4g}.."
                         f"{reachable[1]:.4g} {unit} (every block removed .. the full model)")
-
-
-def _missed(target: float, below: float, above: float, unit: str, tol: float) -> UserError:
-    return UserError(f"no subnet reaches {target:.4g} {unit} within {tol:.0%}: the nearest subnets cost "
-                     f"{below:.4g} and {above:.4g} {unit} (coarser granularity, a larger --tol or other targets "
-                     "may help)")
-
-
-def _importance_per_cost(scores, shape, cost, settings, targets):
-    """The hardware-aware construction: the point of the greedy removal path nearest each target."""
-    path = ImportancePerCost(scores, shape, settings.ffn_step).path(cost)
-    costs = np.array([p[1] for p in path])
-    reachable = (float(costs[-1]), float(costs[0]))
-    _check_reachable(targets, reachable, settings, cost.unit, reachable[1])
-    total = path[0][2]
     chosen = []
-    for target in targets:
-        i = int(np.argmin(np.abs(costs - target)))
-        subnet, achieved, kept, ratio = path[i]
-        if abs(achieved - target) > settings.tol * abs(target):
-            below = costs[costs <= target].max(initial=costs[-1])
-            raise _missed(target, below, costs[costs >= target].min(initial=costs[0]), cost.unit, settings.tol)
-        chosen.append((subnet, float(target), float(achieved), float(ratio), kept / total if total else 1.0))
-    return chosen, reachable
+    for target in np.linspace(low, high, settings.n):
+        subnet, achieved, threshold, kept, (below, above) = nearest(target)
+        if abs(achieved - target) > tol * abs(target):
+            raise UserError(f"no subnet reaches {target:.4g} {unit} within {tol:.0%}: the nearest subnets cost "
+                            f"{below:.4g} and {above:.4g} {unit} (coarser granularity, a larger --tol or other "
+                            "targets may help)")
+        chosen.append((subnet, float(target), float(achieved), float(threshold), float(kept)))
+    subnets = [c[0] for c in chosen]
+    space = SearchSpace.from_subnets(subnets + [shape.full_subnet()] if settings.include_full else subnets)
+    return SearchSpaceResult(space, *map(tuple, zip(*chosen)), unit=unit, metric=cost.label, reachable=reachable,
+                             settings=settings)
 
 
-def _algorithm_1(scores, shape, cost, settings, targets):
+# A method gives the reachable cost range (everything removed, full model) and, for a target cost, its nearest
+# subnet: (subnet, cost, threshold, kept share of the importance or weights, (cost below, cost above the target)).
+Nearest = Callable[[float], tuple[SubnetConfig, float, float, float, tuple[float, float]]]
+
+
+def _importance_per_cost(scores, shape: BertShape, cost: CostModel, ffn_step: int) -> tuple[tuple, Nearest]:
+    """The hardware-aware construction: the point of the greedy removal path nearest each target."""
+    path = ImportancePerCost(scores, shape, ffn_step).path(cost)
+    costs = np.array([p[1] for p in path])
+    total = path[0][2]
+
+    def nearest(target: float):
+        subnet, achieved, kept, ratio = path[int(np.argmin(np.abs(costs - target)))]
+        neighbours = (costs[costs <= target].max(initial=costs[-1]), costs[costs >= target].min(initial=costs[0]))
+        return subnet, achieved, ratio, kept / total if total else 1.0, neighbours
+
+    return (float(costs[-1]), float(costs[0])), nearest
+
+
+def _algorithm_1(scores, shape: BertShape, cost: CostModel, ffn_step: int) -> tuple[tuple, Nearest]:
     """The paper's Algorithm 1: a binary search over the sorted scores for each target's threshold."""
-    thresholded = ThresholdedScores(scores, shape, settings.ffn_step)
-    last, tol, unit = len(thresholded.all) - 1, settings.tol, cost.unit
+    thresholded = ThresholdedScores(scores, shape, ffn_step)
+    last = len(thresholded.all) - 1
     cache: dict[int, tuple[SubnetConfig, float]] = {}
 
     def evaluate(index: int) -> tuple[SubnetConfig, float]:
@@ -237,18 +236,14 @@ def _algorithm_1(scores, shape, cost, settings, targets):
             cache[index] = (subnet, cost(subnet))
         return cache[index]
 
-    reachable = (evaluate(last)[1], evaluate(-1)[1])
-    _check_reachable(targets, reachable, settings, unit, cost(shape.full_subnet()))
-    chosen = []
-    for target in targets:
+    def nearest(target: float):
         lo, hi = -1, last  # invariant: cost(hi) <= target (or hi = last); cost is non-increasing in the index
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if evaluate(mid)[1] <= target else (mid, hi)
         index = min((lo, hi), key=lambda i: abs(evaluate(i)[1] - target))
         subnet, achieved = evaluate(index)
-        if abs(achieved - target) > tol * abs(target):
-            raise _missed(target, evaluate(hi)[1], evaluate(lo)[1], unit, tol)
         kept = float((thresholded.all > thresholded.tau(index)).mean())
-        chosen.append((subnet, float(target), achieved, thresholded.tau(index), kept))
-    return chosen, reachable
+        return subnet, achieved, thresholded.tau(index), kept, (evaluate(hi)[1], evaluate(lo)[1])
+
+    return (evaluate(last)[1], evaluate(-1)[1]), nearest

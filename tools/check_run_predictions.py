@@ -19,6 +19,7 @@ from eftnas_hw.deploy import load_exports
 from eftnas_hw.export import IR_NAME
 from eftnas_hw.latency import Profile
 from eftnas_hw.latency.measure import measure_compiled
+from eftnas_hw.latency.profiler import errors
 from eftnas_hw.reports import EXPORT_SUMMARY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,16 +46,15 @@ def main() -> None:
                     if args.benchmark_app else None)
             rows.append((f"{folder.name}/{m.name}", m.subnet.latency_ms, m.measured_ms, s["ms"], bapp))
     print(f"{'model':<22} {'predicted':>9} {'export':>8} {'now':>8} {'bench_app':>9}  error vs now")
-    errors = []
+    pairs = []
     for name, predicted, at_export, now, bapp in rows:
-        error = None if predicted is None else predicted / now - 1
-        errors += [] if error is None else [error]
+        pairs += [] if predicted is None else [(predicted, now)]
+        error = "" if predicted is None else f"{predicted / now - 1:+.1%}"
         print(f"{name:<22} {predicted or float('nan'):>9.3f} {at_export:>8.3f} {now:>8.3f} "
-              f"{bapp or float('nan'):>9.3f}  {'' if error is None else f'{error:+.1%}'}")
-    e = np.abs(errors)
-    print(f"prediction vs now: MAPE {100 * e.mean():.1f}%, worst {100 * e.max():.1f}%, "
-          f"within 5%: {np.mean(e <= 0.05):.0%} of {len(e)}")
-
+              f"{bapp or float('nan'):>9.3f}  {error}")
+    e = errors(*np.array(pairs).T)
+    print(f"prediction vs now: MAPE {e['mape_pct']:.1f}%, worst {e['worst_pct']:.1f}%, "
+          f"within 5%: {e['within_5pct']:.0%} of {len(pairs)}")
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,7 @@ from ..models import build_subnet, random_bert
 from ..settings import AnchorSettings
 from .fingerprint import hardware_fingerprint
 from .measure import measure_models_ms
-from .profiler import errors, leave_one_out, random_subnets
+from .profiler import errors, leave_one_out, random_subnets, relative_fit
 from .table import LatencyTable
 
 
@@ -80,14 +80,8 @@ OFFSET_GAIN = 0.7  # the offset is kept only if it cuts the leave-one-out MAPE b
 def _fit(predicted: np.ndarray, measured: np.ndarray, with_offset: bool) -> tuple[float, float, dict]:
     """(scale, offset_ms, leave-one-out errors) of the anchor line fitted on all points."""
     x = np.stack([predicted, np.ones_like(predicted)], axis=1) if with_offset else predicted[:, None]
-
-    def solve(mask: np.ndarray) -> np.ndarray:
-        coef = np.linalg.lstsq(x[mask] / measured[mask, None], np.ones(mask.sum()), rcond=None)[0]
-        return coef if with_offset else np.append(coef, 0.0)
-
-    loo = leave_one_out(lambda mask, i: float(np.append(predicted[i], 1.0) @ solve(mask)), len(measured))
-    scale, offset = solve(np.ones(len(measured), dtype=bool))
-    return float(scale), float(offset), errors(loo, measured)
+    scale, offset = np.append(relative_fit(x, measured), 0.0)[:2]
+    return float(scale), float(offset), errors(leave_one_out(x, measured), measured)
 
 
 def anchor_line(table: LatencyTable) -> str:

@@ -112,25 +112,31 @@ CALIBRATIONS = {"scaled block sum": ("block_sum_ms", "one"),
                 "scaled block sum + cost per kept block": CALIBRATION_FEATURES}
 
 
+def relative_fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Coefficients c of `y ~ x @ c` by least squares of the relative errors (each row divided by its measurement,
+    so a 1 ms subnet counts as much as the full model): what the calibration, the MAC baseline and the anchor fit."""
+    return np.linalg.lstsq(x / y[:, None], np.ones(len(y)), rcond=None)[0]
+
+
+def leave_one_out(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each row's prediction by `relative_fit` on all the other rows."""
+    out = np.empty(len(y))
+    for i in range(len(y)):
+        mask = np.arange(len(y)) != i
+        out[i] = x[i] @ relative_fit(x[mask], y[mask])
+    return out
+
+
+def _features(table: LatencyTable, subnets: Sequence[SubnetConfig], features: Sequence[str]) -> np.ndarray:
+    """The rows of the calibration's design matrix, `features` only."""
+    return np.array([table.features(s) for s in subnets])[:, [CALIBRATION_FEATURES.index(f) for f in features]]
+
+
 def fit_calibration(table: LatencyTable, subnets: Sequence[SubnetConfig], measured_ms: Sequence[float],
                     features: Sequence[str] = CALIBRATION_FEATURES) -> dict:
-    """Least squares of measured latency on the table's `features` (relative errors weighted alike: each row
-    divided by its measurement, so a 1 ms subnet counts as much as the full model)."""
-    used = [CALIBRATION_FEATURES.index(f) for f in features]
-    x = np.array([table.features(s) for s in subnets])[:, used]
-    y = np.asarray(measured_ms, dtype=float)
-    coef, *_ = np.linalg.lstsq(x / y[:, None], np.ones_like(y), rcond=None)
+    """`relative_fit` of measured latency on the table's `features`; the others get coefficient 0."""
+    coef = relative_fit(_features(table, subnets, features), np.asarray(measured_ms, dtype=float))
     return {name: float(coef[features.index(name)]) if name in features else 0.0 for name in CALIBRATION_FEATURES}
-
-
-def leave_one_out(predict, n: int) -> np.ndarray:
-    """Predictions of each of n items by `predict(train_mask, i)`, fitted without item i."""
-    out = np.empty(n)
-    for i in range(n):
-        mask = np.ones(n, dtype=bool)
-        mask[i] = False
-        out[i] = predict(mask, i)
-    return out
 
 
 def errors(predicted: np.ndarray, measured: np.ndarray) -> dict:
@@ -213,17 +219,11 @@ def _calibrate_and_validate(table: LatencyTable, subnets: list[SubnetConfig], me
     shape, profile = table.shape, table.profile
     y = np.array([m["ms"] for m in measured])
     macs = np.array([[s.macs(shape, profile.seq_len, profile.batch) / 1e9, 1.0] for s in subnets])
-
-    def loo(features: Sequence[str]) -> np.ndarray:
-        return leave_one_out(lambda mask, i: LatencyTable(dict(table.data, calibration={"coef": fit_calibration(
-            table, [s for s, keep in zip(subnets, mask) if keep], y[mask], features)})).calibrated_ms(subnets[i]),
-            len(subnets))
-
-    candidates = {name: loo(features) for name, features in CALIBRATIONS.items()}
+    candidates = {name: leave_one_out(_features(table, subnets, features), y)
+                  for name, features in CALIBRATIONS.items()}
     scores = {name: errors(p, y) for name, p in candidates.items()}
     chosen = min(scores, key=lambda name: scores[name]["mape_pct"])
-    mac_fit = leave_one_out(lambda mask, i: macs[i] @ np.linalg.lstsq(macs[mask] / y[mask, None], np.ones(
-        mask.sum()), rcond=None)[0], len(subnets))
+    mac_fit = leave_one_out(macs, y)
     everything = block_stats + measured
     unstable = [m for m in everything if m["unstable"]]
     calibration = {"coef": fit_calibration(table, subnets, y, CALIBRATIONS[chosen]), "model": chosen,

@@ -73,18 +73,28 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | os.PathLike, force: bool = False) -> "LatencyTable":
         """Read a table; refuse one measured on another machine/OpenVINO unless `force` (then warn)."""
+        return cls.read(path).checked_here(force)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "LatencyTable":
+        """Read a table without asking where it was measured (`checked_here` does)."""
         data = read_json(path, "latency table")
         if not isinstance(data, dict):
             raise UserError(f"latency table {path} is not a JSON object")
         table = cls(data)
         table.path = Path(path)
-        diffs = fingerprint_differences(table.machine, hardware_fingerprint(table.profile))
+        return table
+
+    def checked_here(self, force: bool = False) -> "LatencyTable":
+        """This table, unless it was measured on another kind of machine / OpenVINO (then refused, or with
+        `force` a warning)."""
+        diffs = fingerprint_differences(self.machine, hardware_fingerprint(self.profile))
         if diffs:
-            message = f"latency table {path} was measured elsewhere: " + "; ".join(diffs)
+            message = f"latency table {self.path} was measured elsewhere: " + "; ".join(diffs)
             if not force:
                 raise UserError(message + " (pass --force to use it anyway)")
             warn(message + " (used anyway because of --force)")
-        return table
+        return self
 
     @property
     def machine(self) -> dict:
@@ -123,10 +133,14 @@ class LatencyTable:
             subnet.validate(self.shape)  # names the layer and width out of range
             raise
 
+    def shape_differences(self, shape: BertShape) -> list[str]:
+        """The cost-relevant dimensions in which `shape` differs from the table's, e.g. "num_layers 4 (table 6)"."""
+        return [f"{f} {getattr(shape, f)} (table {getattr(self.shape, f)})" for f in COST_FIELDS
+                if getattr(shape, f) != getattr(self.shape, f)]
+
     def check_shape(self, shape: BertShape) -> None:
         """Raise UserError when `shape` (a supernet's) differs from the table's in a cost-relevant dimension."""
-        diffs = [f"{f} {getattr(shape, f)} (table {getattr(self.shape, f)})" for f in COST_FIELDS
-                 if getattr(shape, f) != getattr(self.shape, f)]
+        diffs = self.shape_differences(shape)
         if diffs:
             raise UserError("the latency table was built for another model shape: " + ", ".join(diffs))
 
@@ -139,12 +153,10 @@ def find_shipped_table(shape: BertShape, profile: Profile, force: bool = False) 
     found = []
     for path in sorted(tables_dir().rglob("*.json")):
         try:
-            header = read_json(path, "latency table")
-            if not profile.same_condition(Profile.from_dict(header["profile"], "table profile")) \
-                    or any(header["shape"].get(f) != getattr(shape, f) for f in COST_FIELDS):
-                continue
-            found.append(LatencyTable.load(path, force=force))
-        except (UserError, KeyError, TypeError, AttributeError) as e:
+            table = LatencyTable.read(path)
+            if profile.same_condition(table.profile) and not table.shape_differences(shape):
+                found.append(table.checked_here(force))
+        except UserError as e:
             print(f"[latency] {path.name} not usable here: {e}")
     exact = [t for t in found if all(t.fingerprint.get(k) == v for k, v in here.items() if k != "profile")]
     return (exact or found or [None])[0]
