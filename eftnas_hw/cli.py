@@ -14,11 +14,34 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .files import check_writable
 from .settings import (AnchorSettings, ExportSettings, FinetuneSettings, LatencySettings, RunConfig, SearchSettings,
                        SpaceSettings, SupernetSettings, TableBuildSettings, add_flags, from_flags, given,
                        parse_assignment)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the tool's one-line errors (argparse prints a usage block first) and no abbreviated flags
+    (`--epoch` would silently mean `--epochs`, and a flag added later could change what an abbreviation means)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        print(f"eftnas-hw: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _common(p: argparse.ArgumentParser, *names: str, required: tuple[str, ...] = ()) -> None:
@@ -91,8 +114,13 @@ def _export(args: argparse.Namespace) -> None:
     from .models import build_subnet, load_config, load_model, load_tokenizer
     from .subnet import BertShape, SubnetConfig
 
+    config = load_config(args.model)
     static_shape = _shape_arg(args.static_shape) if args.static_shape else None
-    subnet = args.subnet and SubnetConfig.load(args.subnet).validate(BertShape.from_config(load_config(args.model)))
+    if static_shape and static_shape[1] > config.max_position_embeddings:
+        raise UserError(f"--static-shape: sequence length {static_shape[1]} is above the model's "
+                        f"{config.max_position_embeddings} positions")
+    check_writable(args.out)  # an existing one: refused below unless --overwrite
+    subnet = args.subnet and SubnetConfig.load(args.subnet).validate(BertShape.from_config(config))
     model = load_model(args.model, num_labels=args.num_labels)
     tokenizer = load_tokenizer(args.model)
     if subnet:
@@ -117,6 +145,7 @@ def _export_front(args: argparse.Namespace) -> None:
                         "--static-shape/--num-labels")
     if args.task:
         raise UserError("--front takes the task from the search: drop --task")
+    check_writable(args.out)  # an existing one is resumed when its settings are the same (deploy.py)
     _, search = load_search(args.front)
     table = _load_table(args.table or search.get("table_path"), args.force)
     if table is None and not args.profile:
@@ -155,6 +184,8 @@ def _select(args: argparse.Namespace) -> None:
     from .evolution import select_subnet
     from .search import load_search
 
+    if args.out:
+        check_writable(args.out, args.overwrite)
     front, _ = load_search(args.search)
     record = select_subnet(front, args.budget_ms, args.budget_gmacs)
     if args.out:
@@ -194,8 +225,7 @@ def _space(args: argparse.Namespace) -> None:
     from .space import build_search_space
     from .subnet import BertShape
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise UserError(f"{args.out} exists (pass --overwrite to replace it)")
+    check_writable(args.out, args.overwrite)
     scores = load_scores(args.scores)
     folder = Path(args.scores) if Path(args.scores).is_dir() else Path(args.scores).parent
     shape = BertShape.from_config(load_config(args.model or folder))
@@ -228,8 +258,7 @@ def _profile(args: argparse.Namespace) -> None:
 def _anchor(args: argparse.Namespace) -> None:
     from .latency import LatencyTable, anchor_line, anchor_table
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise UserError(f"{args.out} exists (pass --overwrite to replace it)")
+    check_writable(args.out, args.overwrite)
     anchored = anchor_table(LatencyTable.load(args.table, force=args.force), from_flags(args, AnchorSettings))
     anchored.save(args.out)
     print(anchor_line(anchored))
@@ -241,8 +270,6 @@ def _latency(args: argparse.Namespace) -> None:
     from .models import build_subnet, load_model, random_bert
     from .subnet import BertShape, SubnetConfig
 
-    if args.rounds < 1:
-        raise UserError(f"--rounds must be at least 1, got {args.rounds}")
     table = LatencyTable.load(args.table, force=args.force)
     subnet = SubnetConfig.load(args.subnet).validate(table.shape) if args.subnet else table.shape.full_subnet()
     result = {"subnet": subnet.to_dict(), "profile": table.profile.name, "predicted_ms": table.predict_ms(subnet),
@@ -278,14 +305,14 @@ def _add_commands(sub) -> None:
     p = sub.add_parser("info", help="shape, parameters and MACs of a model or subnet")
     _common(p, "model")
     p.add_argument("--subnet", help="subnet JSON ({'heads': [...], 'ffn': [...]})")
-    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--seq-len", type=_positive_int, default=128)
     p.set_defaults(func=_info)
 
     p = sub.add_parser("export", help="export a model or subnet to an OpenVINO IR folder (optimum-intel)")
     _common(p, "model", "task", "data_dir")
     p.add_argument("--subnet", help="subnet JSON; omitted = the whole model")
     p.add_argument("--out", required=True, help="output IR folder")
-    p.add_argument("--num-labels", type=int, default=None, help="classifier outputs when the model has no head")
+    p.add_argument("--num-labels", type=_positive_int, default=None, help="classifier outputs when the model has no head")
     p.add_argument("--static-shape", default=None, metavar="BxS", help="fix input shapes, e.g. 1x128 "
                                                                        "(default: dynamic)")
     add_flags(p, ExportSettings, only=("int8", "calibration_size"))
@@ -319,6 +346,7 @@ def _add_commands(sub) -> None:
     budget.add_argument("--budget-ms", type=float, help="predicted latency budget (ms)")
     budget.add_argument("--budget-gmacs", type=float, help="GMACs budget")
     p.add_argument("--out", help="also write the selected subnet JSON here")
+    _overwrite_arg(p)
     p.set_defaults(func=_select)
 
     p = sub.add_parser("finetune", help="fine-tune the teacher on a GLUE task and accumulate importance scores")
@@ -348,7 +376,7 @@ def _add_table_commands(sub) -> None:
     cost = p.add_mutually_exclusive_group(required=True)
     cost.add_argument("--table", help="latency table JSON (targets in ms)")
     cost.add_argument("--gmacs", action="store_true", help="count GMACs instead (the paper's original cost)")
-    p.add_argument("--seq-len", type=int, default=128, help="sequence length for --gmacs")
+    p.add_argument("--seq-len", type=_positive_int, default=128, help="sequence length for --gmacs")
     p.add_argument("--force", action="store_true", help="use a table measured on another machine (warns)")
     add_flags(p, SpaceSettings)
     p.add_argument("--out", required=True, help="search_space.json to write")
@@ -369,7 +397,7 @@ def _add_table_commands(sub) -> None:
     p.add_argument("--subnet", help="subnet JSON ({'heads': [...], 'ffn': [...]}); default: the full model")
     p.add_argument("--measure", action="store_true", help="also export the subnet and measure it")
     _common(p, "model")
-    p.add_argument("--rounds", type=int, default=5,
+    p.add_argument("--rounds", type=_positive_int, default=5,
                    help="measurement rounds with --measure (each a warm burst of back-to-back calls)")
     p.add_argument("--force", action="store_true", help="use a table measured on another machine (warns)")
     p.set_defaults(func=_latency)
@@ -401,7 +429,7 @@ def _add_table_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eftnas-hw", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="eftnas-hw", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_commands(sub)
     _add_table_commands(sub)
@@ -415,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as e:
         print(f"eftnas-hw: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused (disk full, permissions changed mid-run): the user's to fix
+        print(f"eftnas-hw: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("eftnas-hw: interrupted (finished work is kept; run the same command again to resume)",

@@ -17,6 +17,7 @@ import pandas as pd
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from .errors import UserError
+from .files import read_json
 
 GLUE_DIR_ENV = "EFTNAS_GLUE_DIR"
 
@@ -63,6 +64,16 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
 )}
 
 
+def check_trained_task(record: str | os.PathLike, task: str, what: str) -> None:
+    """Refuse a model trained on another task: shapes cannot tell, when the label counts agree (an SST-2 teacher
+    distilled as CoLA). `record` is the JSON its training wrote (no record, e.g. a user's own model: no check)."""
+    record = Path(record)
+    if record.is_file():
+        trained = read_json(record, f"{what} record").get("task")
+        if trained is not None and trained != task:
+            raise UserError(f"{what} {record.parent} was trained on {trained}, not {task}")
+
+
 def task_spec(task: str) -> TaskSpec:
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -76,8 +87,12 @@ def _read_tsv(path: Path, spec: TaskSpec) -> Dataset:
     try:
         frame = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, header=0 if spec.has_header else None,
                             dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not a readable GLUE TSV ({str(e).splitlines()[0]})") from None
+    if frame.empty:
+        raise UserError(f"{path} holds no examples")
     missing = [c for c in spec.columns.values() if c not in frame.columns]
     if missing:
         raise UserError(f"{path} lacks column(s) {missing}; is it the original GLUE TSV for {spec.name}?")
@@ -92,6 +107,9 @@ def _read_tsv(path: Path, spec: TaskSpec) -> Dataset:
             frame["label"] = frame["label"].astype(np.float32 if spec.is_regression else np.int64)
         except (ValueError, TypeError) as e:
             raise UserError(f"{path}: a label is not a number ({e})") from None
+        if not spec.is_regression and not frame["label"].between(0, spec.num_labels - 1).all():
+            bad = frame["label"][~frame["label"].between(0, spec.num_labels - 1)].iloc[0]
+            raise UserError(f"{path}: label {bad} is outside {spec.name}'s classes 0..{spec.num_labels - 1}")
     frame["idx"] = np.arange(len(frame))
     features = Features({**{k: Value("string") for k in spec.text_keys}, "label": _label_feature(spec),
                          "idx": Value("int64")})
@@ -130,6 +148,16 @@ def _load_raw(spec: TaskSpec, data_dir: str | os.PathLike | None) -> DatasetDict
     return DatasetDict(train=hub["train"], validation=hub[spec.hub_dev_split])
 
 
+def _check_classes(raw: DatasetDict, spec: TaskSpec) -> None:
+    """A classifier needs two classes to learn from, and is evaluated only on classes it was trained on."""
+    seen = set(raw["train"]["label"])
+    if len(seen) < 2:
+        raise UserError(f"{spec.name}: the training data holds one class only ({next(iter(seen), 'none')})")
+    unseen = sorted(set(raw["validation"]["label"]) - seen)
+    if unseen:
+        raise UserError(f"{spec.name}: the evaluation data has label(s) {unseen} that the training data lacks")
+
+
 def load_task(task: str, data_dir: str | os.PathLike | None = None, search_fraction: float = 0.1, seed: int = 0,
               max_train: int | None = None) -> DatasetDict:
     """Splits 'train', 'search' (seeded, carved from GLUE train, stratified by label unless the task is a
@@ -143,8 +171,14 @@ def load_task(task: str, data_dir: str | os.PathLike | None = None, search_fract
     if not 0 < search_fraction < 1:
         raise UserError(f"search fraction must be in (0, 1), got {search_fraction}")
     raw = _load_raw(spec, data_dir)
+    if not spec.is_regression:
+        _check_classes(raw, spec)
     stratify = None if spec.is_regression else "label"
-    split = raw["train"].train_test_split(test_size=search_fraction, seed=seed, stratify_by_column=stratify)
+    try:
+        split = raw["train"].train_test_split(test_size=search_fraction, seed=seed, stratify_by_column=stratify)
+    except ValueError as e:  # too few examples (per class) to carve a search split from
+        raise UserError(f"{spec.name}: cannot carve a {search_fraction:.0%} search split from "
+                        f"{len(raw['train'])} training examples ({str(e).splitlines()[0]})") from None
     return DatasetDict(train=subsample(split["train"], max_train, seed), search=split["test"],
                        validation=raw["validation"])
 

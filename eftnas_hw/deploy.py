@@ -19,18 +19,18 @@ from tqdm.auto import tqdm
 
 from .card import model_card
 from .context import RunContext
-from .data import calibration_texts, compute_metrics
+from .data import calibration_texts, check_trained_task, compute_metrics
 from .elastic import ElasticBert
 from .errors import UserError
 from .evaluate import SubnetEvaluator, ir_logits, runtime_config
 from .evolution import select_subnet
 from .export import export_openvino
-from .files import read_json, write_json_atomic, write_text_atomic
+from .files import check_writable, read_json, write_json_atomic, write_text_atomic
 from .latency import STATISTIC, LatencyTable, Profile, anchor_line, hardware_fingerprint, measure_ir_ms
 from .reports import EXPORT_SUMMARY, write_export_summary
 from .search import load_search
 from .subnet import EvaluatedSubnet, SubnetConfig
-from .supernet import load_supernet
+from .supernet import REPORT_FILE, load_supernet
 
 RECORD_NAME = "eftnas_export.json"
 RUN_NAME = "export.json"
@@ -85,6 +85,7 @@ def _check_table(table: LatencyTable, supernet: ElasticBert, profile: Profile) -
 
 def _prepare_out_dir(out_dir: Path, run: dict, overwrite: bool) -> None:
     """A folder of an interrupted export with the same settings is resumed; anything else is refused."""
+    check_writable(out_dir)
     if overwrite:
         shutil.rmtree(out_dir, ignore_errors=True)
     elif (out_dir / RUN_NAME).exists():
@@ -186,6 +187,7 @@ def export_from_search(ctx: RunContext, search_dir: str | os.PathLike, out_dir: 
     supernet_dir = supernet_dir or settings.get("supernet")
     if not supernet_dir:
         raise UserError(f"{search_dir} does not record its super-network: pass --supernet")
+    check_trained_task(Path(supernet_dir) / REPORT_FILE, ctx.config.task, "super-network")
     supernet, _ = load_supernet(supernet_dir)
     source = {"super-network": str(Path(supernet_dir).resolve()), "search": str(Path(search_dir).resolve()),
               "search objective": f"metric on {settings.get('search_examples')} search-split examples vs "

@@ -34,9 +34,30 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
+def check_writable(path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Refuse, before any work, an output that cannot be written: a parent that is a file, a location nobody can
+    write in, or (without `overwrite`) an existing output. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists (pass --overwrite to replace it)")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".eftnas-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {parent} is not writable ({e.strerror})") from None
+    return path
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    text = json.dumps(data, indent=1) + "\n"
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        tmp.write_text(text)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -88,6 +109,7 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterat
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"output folder {out} exists (pass --overwrite to replace it)")
+    check_writable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:

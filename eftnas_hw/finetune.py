@@ -16,10 +16,10 @@ from transformers.trainer_utils import get_last_checkpoint
 from .context import RunContext
 from .data import compute_metrics
 from .errors import UserError
-from .files import atomic_output_dir, write_json_atomic
+from .files import atomic_output_dir, check_writable, json_digest, write_json_atomic
 from .importance import SCORES_NAME, ImportanceCallback, save_scores
 from .models import load_model, save_model
-from .runtime import cpu_only, training_processes
+from .runtime import CheckpointEveryMinutes, cpu_only, prepare_checkpoints
 from .settings import FinetuneSettings
 
 METRICS_NAME = "metrics.json"
@@ -38,26 +38,28 @@ def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSett
     out_dir, config, spec = Path(out_dir), ctx.config, ctx.spec
     if out_dir.exists() and not overwrite:
         raise UserError(f"output folder {out_dir} exists (pass --overwrite to replace it)")
+    check_writable(out_dir)
+    train = ctx.train(settings.max_train)  # the search split is kept apart: never seen here
     work = out_dir.with_name(out_dir.name + ".checkpoints")
-    if not resume and training_processes().is_main_process:
-        shutil.rmtree(work, ignore_errors=True)
+    prepare_checkpoints(work, {"model": str(config.model), "task": config.task, "seed": config.seed,
+                               "max_length": config.max_length, "train": json_digest(list(train["idx"])),
+                               "settings": settings.to_dict()}, resume)
     # A new classifier head is drawn from torch's global RNG, which a process seeds at random: seed it first, or
     # the same run config gives another teacher (and another search space and front) every time.
     set_seed(config.seed)
     model = load_model(config.model, num_labels=spec.num_labels,
                        problem_type="regression" if spec.is_regression else "single_label_classification")
-    train = ctx.tokenized(ctx.train(settings.max_train))  # the search split is kept apart: never seen here
+    train = ctx.tokenized(train)
     args = TrainingArguments(
         output_dir=str(work), num_train_epochs=settings.epochs + settings.score_epochs,
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=2 * settings.batch_size,
-        learning_rate=settings.lr, seed=config.seed, save_strategy="steps", save_steps=settings.save_steps,
-        save_total_limit=1, logging_steps=50, eval_strategy="no", report_to="none", dataloader_num_workers=0,
+        learning_rate=settings.lr, seed=config.seed, save_strategy="no", save_total_limit=1, logging_steps=50, eval_strategy="no", report_to="none", dataloader_num_workers=0,
         use_cpu=cpu_only())
     importance = ImportanceCallback(settings.alpha)
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=ctx.dev,
                       processing_class=ctx.tokenizer, data_collator=DataCollatorWithPadding(ctx.tokenizer),
                       compute_metrics=lambda p: compute_metrics(config.task, p.predictions, p.label_ids),
-                      callbacks=[importance])
+                      callbacks=[importance, CheckpointEveryMinutes(settings.save_minutes)])
     checkpoint = get_last_checkpoint(str(work)) if resume and work.is_dir() else None
     if checkpoint:
         importance.resume_from(checkpoint)

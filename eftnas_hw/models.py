@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForSequenceClassification, PreTrainedTokenizerBase
@@ -55,8 +56,9 @@ def load_config(name: str | os.PathLike | None) -> BertConfig:
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model {name!r}: not a local folder, and the hub did not provide it "
-                        f"({str(e).splitlines()[0]})") from None
+        where = (f"its config.json is not valid" if Path(path).is_dir() else
+                 "not a local folder, and the hub did not provide it")
+        raise UserError(f"cannot load model {name!r}: {where} ({str(e).splitlines()[0]})") from None
     if config.model_type not in SUPPORTED_FAMILIES:
         raise UserError(f"model {name!r} is a {config.model_type!r}; supported families: "
                         f"{', '.join(SUPPORTED_FAMILIES)} (BERT, MiniLM and other BertModel checkpoints)")
@@ -93,13 +95,19 @@ def load_model(name: str | os.PathLike | None = None, num_labels: int | None = N
         hf_logging.disable_progress_bar()
         try:
             return BertForSequenceClassification.from_pretrained(path, config=config, ignore_mismatched_sizes=new_head)
+        except OSError as e:  # no weights file in the folder, or the hub has none
+            raise UserError(f"cannot load the weights of model {name!r} ({str(e).splitlines()[0]})") from None
         finally:
             hf_logging.set_verbosity(verbosity)
             if bars:
                 hf_logging.enable_progress_bar()
     config.eftnas_subnet = None
     model = ElasticBert(BertForSequenceClassification(config)).set_active_subnet(subnet).get_active_subnet()
-    model.load_state_dict(load_file(str(Path(path) / WEIGHTS_NAME)), strict=True)
+    try:
+        weights = load_file(str(Path(path) / WEIGHTS_NAME))
+    except (OSError, SafetensorError) as e:
+        raise UserError(f"cannot load the weights of subnet {name!r} ({e})") from None
+    model.load_state_dict(weights, strict=True)
     return model.eval()
 
 

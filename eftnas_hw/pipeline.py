@@ -3,10 +3,13 @@
 Stages: fine-tune + score -> latency table -> search space -> reorder + super-network -> NSGA-II -> export.
 Each finished stage records a key (a hash of its own settings and of the keys of the stages it reads) in
 `stages.json`; a stage whose key is unchanged is skipped, so a killed run resumes at the stage it stopped in
-(the training stages also resume from their own checkpoints) and a changed later setting reuses earlier stages.
-Inputs from outside the run folder (a given or shipped latency table) are keyed by their content, so a fresh
-clone or a copied run folder is recognised. A stage's record is removed before it runs, so it never claims
-outputs that a failed or killed run left incomplete.
+and a changed later setting reuses earlier stages. Inputs from outside the run folder (a given or shipped latency
+table) are keyed by their content, so a fresh clone or a copied run folder is recognised.
+
+A stage works in `.partial/<stage>-<key>/` (its checkpoints, a half-built table, half-exported models): killed, it
+resumes from there with the same settings; other settings never resume it (other key). Only when the stage is
+complete are its outputs moved into the run folder, replacing the previous ones, and then recorded; a failed or
+killed stage leaves the previous outputs and their record as they were.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from .deploy import export_subnets, load_exports
 from .elastic import ElasticBert
 from .errors import UserError, warn
 from .evolution import select_subnet, spread_along_front
-from .files import json_digest, read_json, write_json_atomic
+from .files import check_writable, json_digest, read_json, write_json_atomic
 from .finetune import finetune
 from .importance import load_scores
 from .latency import (LatencyTable, TableDoesNotFit, anchor_line, anchor_table, build_table, find_shipped_table,
@@ -39,6 +42,8 @@ from .subnet import BertShape
 from .supernet import load_search_space, load_supernet, train_supernet
 
 RECORD_NAME = "stages.json"
+TABLE_NAME = "latency_table.json"
+PARTIAL = ".partial"  # stages at work: .partial/<stage>-<key>/
 
 
 class Run:
@@ -60,64 +65,86 @@ class Run:
             write_json_atomic(out / "config.json", config.to_dict())
 
     def stage(self, name: str, settings: Any, inputs: tuple[str, ...], outputs: tuple[str, ...],
-              work: Callable[[], Any], every_process: bool = False) -> None:
-        """Run `work` unless this stage finished before with the same settings and inputs."""
+              work: Callable[[Path], Any], every_process: bool = False) -> None:
+        """Run `work(staging)` unless this stage finished before with the same settings and inputs. `work` writes
+        the stage's `outputs` (names relative to the run folder) under `staging`, where they wait until complete."""
         key = json_digest([name, settings, [self.keys[i] for i in inputs]])
         self.keys[name] = key
-        paths = [self.out / o for o in outputs]
         main = self.processes.is_main_process
         with contextlib.nullcontext() if self.alone else self.processes.main_process_first():
             if not main and self.record_path.exists():
                 self.done = read_json(self.record_path, "stage record")
-            if self.done.get(name) == key and all(p.exists() for p in paths):
+            if self.done.get(name) == key and all((self.out / o).exists() for o in outputs):
                 print(f"[{name}] up to date, skipped")
                 return
-            if main and name in self.done:  # from here on the record claims nothing of this stage
-                stale = self.done.pop(name) != key
-                write_json_atomic(self.record_path, self.done)
-                for p in paths if stale else ():  # other settings: the old artifacts must not be resumed
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            staging = self.out / PARTIAL / f"{name}-{key}"
+            if main:
+                for other in (self.out / PARTIAL).glob(f"{name}-*"):  # other settings: never to be resumed
+                    if other != staging:
+                        shutil.rmtree(other, ignore_errors=True)
+                staging.mkdir(parents=True, exist_ok=True)
             if main and not every_process:
-                self._work(name, key, work)
+                self._work(name, key, work, staging, outputs)
         if every_process:
-            self._work(name, key, work)
+            self._work(name, key, work, staging, outputs)
 
-    def _work(self, name: str, key: str, work: Callable[[], Any]) -> None:
-        print(f"[{name}] running")
+    def _work(self, name: str, key: str, work: Callable[[Path], Any], staging: Path,
+              outputs: tuple[str, ...]) -> None:
+        print(f"[{name}] running" + (" (resuming)" if any(staging.iterdir()) else ""))
         started = time.time()
-        work()
+        work(staging)
         if self.processes.is_main_process:
+            missing = [o for o in outputs if not (staging / o).exists()]
+            if missing:
+                raise RuntimeError(f"stage {name} finished without writing {missing}")
+            for o in outputs:
+                _replace(staging / o, self.out / o)
             self.done[name] = key
             self.done[f"{name}_seconds"] = round(time.time() - started, 1)
             write_json_atomic(self.record_path, self.done)
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace(source: Path, target: Path) -> None:
+    """Move a finished output over the previous one: a file in one rename; a folder by renaming the old one
+    aside first (a kill in between leaves the new one or the old one aside, and the stage unrecorded)."""
+    if source.is_dir() and target.exists():
+        aside = target.with_name(f".{target.name}.replaced")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(target, aside)
+        os.replace(source, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(source, target)
 
 
 def run_pipeline(config: RunConfig, out: str | os.PathLike, progress: bool = True) -> dict | None:
     """Run (or resume) every stage into `out`; returns the summary also written to out/summary.json (None in the
     other processes of a multi-process launch, which take part in the training stages only)."""
-    out = Path(out)
+    out = check_writable(out)
     ctx = RunContext(config)
     shape = dataclasses.replace(BertShape.from_config(load_config(config.model)), num_labels=ctx.spec.num_labels)
-    table_source = _given_table(ctx, shape)  # inputs are checked before any work is done
+    table_source = _given_table(ctx, shape)  # inputs are checked before any work is done ...
+    _ = ctx.splits, ctx.tokenizer  # ... the data and the tokenizer too, before the run folder exists
     common = _common(config)
     run = Run(out, config)
 
     run.stage("finetune", [common, config.finetune.to_dict()], (), ("teacher",),
-              lambda: finetune(ctx, out / "teacher", config.finetune, overwrite=True), every_process=True)
+              lambda staging: finetune(ctx, staging / "teacher", config.finetune), every_process=True)
     _latency_stage(run, ctx, shape, progress)
     _space_stage(run, ctx, shape)
     run.stage("supernet", [common, config.supernet.to_dict()], ("space",), ("supernet",),
-              lambda: train_supernet(ctx, out / "teacher", load_search_space(out / "search_space.json"),
-                                     out / "supernet", config.supernet, overwrite=True), every_process=True)
+              lambda staging: train_supernet(ctx, out / "teacher", load_search_space(out / "search_space.json"),
+                                             staging / "supernet", config.supernet), every_process=True)
     if not run.processes.is_main_process:
         return None  # training is over: search and export run in the main process
     run.alone = True
     run.stage("search", [common, config.search.to_dict(), config.metric], ("supernet", "latency"), ("search",),
-              lambda: search_supernet(ctx, out / "supernet", out / "search", config.search, progress))
+              lambda staging: search_supernet(ctx, out / "supernet", staging / "search", config.search, progress))
     _export_stage(run, ctx, shape, progress)
     groups = {folder.name: load_exports(folder) for folder in sorted((out / "models").iterdir())
               if (folder / EXPORT_SUMMARY).exists()}
-    summary = run_summary(out, groups, str((out / "latency_table.json").resolve()),
+    summary = run_summary(out, groups, str((out / TABLE_NAME).resolve()),
                           {k[:-8]: v for k, v in run.done.items() if k.endswith("_seconds")},
                           {"table_source": table_source or "built in this run",
                            "precision": ctx.profile.describe_precision(), "anchor": anchor_line(ctx.table)})
@@ -150,10 +177,10 @@ def _latency_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) 
     """The run's own `latency_table.json`, valid on this machine: a given or shipped table re-anchored here
     (built here instead when it does not fit even re-anchored), else a table built here. The machine is part of
     the key, so a run folder carried to another machine re-anchors or rebuilds."""
-    path = run.out / "latency_table.json"
     given, build, anchor = ctx.table, ctx.config.latency.build, ctx.config.latency.anchor
 
-    def make_table() -> None:
+    def make_table(staging: Path) -> None:
+        path = staging / TABLE_NAME
         if given is not None:
             try:
                 anchored = anchor_table(given, anchor, progress=progress)
@@ -166,18 +193,18 @@ def _latency_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) 
         print("\n".join(summary_lines(build_table(shape, ctx.profile, path, build, progress=progress))))
 
     source = [given.digest, anchor.to_dict()] if given is not None else [shape.to_dict(), build.to_dict()]
-    run.stage("latency", [source, hardware_fingerprint(ctx.profile)], (), ("latency_table.json",), make_table)
-    ctx.table = LatencyTable.load(path)
+    run.stage("latency", [source, hardware_fingerprint(ctx.profile)], (), (TABLE_NAME,), make_table)
+    ctx.table = LatencyTable.load(run.out / TABLE_NAME)
 
 
 def _space_stage(run: Run, ctx: RunContext, shape: BertShape) -> None:
     """Algorithm 1, targets relative to the base model's cost under the run's metric."""
     config = ctx.config
 
-    def make_space() -> None:
+    def make_space(staging: Path) -> None:
         cost = cost_model(config.metric, shape, ctx.table, ctx.profile.seq_len)
         result = build_search_space(load_scores(run.out / "teacher"), shape, cost, config.space)
-        result.save(run.out / "search_space.json")
+        result.save(staging / "search_space.json")
         print(result.format_table())
 
     run.stage("space", [config.space.to_dict(), config.metric], ("latency", "finetune"), ("search_space.json",),
@@ -192,17 +219,16 @@ def _export_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) -
     chosen = spread_along_front(front, settings.max_models)
     if settings.budget_ms is not None and front:
         chosen.append(select_subnet(front, budget_ms=settings.budget_ms))
-    common = dict(calibration_size=settings.calibration_size, batch_size=settings.batch_size, overwrite=True,
-                  progress=progress)
+    common = dict(calibration_size=settings.calibration_size, batch_size=settings.batch_size, progress=progress)
     source = {"super-network": str(out / "supernet"), "search": str(out / "search"),
               "selection": f"{len(chosen)} subnets spread along the Pareto front, no further fine-tuning"}
 
-    def export_models() -> None:
+    def export_models(staging: Path) -> None:
         if not chosen:
             raise UserError(f"{out / 'search'} holds no Pareto front to export")
         teacher = ElasticBert(load_model(out / "teacher"))
         supernet, _ = load_supernet(out / "supernet")
-        models = out / "models"
+        models = staging / "models"  # a killed export resumes model by model (same stage key, same settings)
         for int8 in (False, True) if settings.int8 else (False,):
             suffix = "-int8" if int8 else ""
             export_subnets(ctx, teacher, [shape.full_subnet()], models / f"base{suffix}", int8=int8,

@@ -21,15 +21,16 @@ from typing import Callable
 
 from .context import RunContext
 from .cost import gmacs_cost, latency_cost
+from .data import check_trained_task
 from .errors import UserError
 from .evaluate import SubnetEvaluator
 from .evolution import HV_REFERENCE, EvolutionFinder, SearchResult
-from .files import file_digest, json_digest, read_json, write_json_atomic
+from .files import check_writable, file_digest, json_digest, read_json, write_json_atomic
 from .reports import SEARCH_FRONT, SEARCH_SETTINGS, write_search_reports
 from .runtime import compute_device
 from .settings import SearchSettings
 from .subnet import EvaluatedSubnet, SubnetConfig
-from .supernet import load_supernet
+from .supernet import REPORT_FILE, load_supernet
 
 CACHE_NAME = "evaluations.jsonl"
 
@@ -110,6 +111,8 @@ def search_supernet(ctx: RunContext, supernet_dir: str | os.PathLike, out_dir: s
     either budget later.
     """
     supernet_dir, out_dir = Path(supernet_dir), Path(out_dir)
+    check_writable(out_dir)
+    check_trained_task(supernet_dir / REPORT_FILE, ctx.config.task, "super-network")
     supernet, space = load_supernet(supernet_dir)
     supernet.model.to(compute_device())  # a GPU, when there is one, evaluates the subnets
     if supernet.shape.num_labels != ctx.spec.num_labels:

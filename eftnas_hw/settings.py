@@ -153,7 +153,8 @@ class FinetuneSettings(Settings):
     batch_size: int = setting(32, "training batch size", low=1)
     lr: float = setting(5e-5, "peak learning rate", above=0)
     alpha: float = setting(1.0, "scale of the importance score (eq. 3)", above=0)
-    save_steps: int = setting(500, "checkpoint every N optimizer steps", low=1)
+    save_minutes: float = setting(2.0, "checkpoint every N minutes of training (a kill loses at most that)",
+                                  above=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -238,7 +239,8 @@ class SupernetSettings(Settings):
     ce_alpha: float = setting(1.0, "weight of the label loss (eq. 6)", low=0)
     temperature: float = setting(2.0, "distillation temperature T", above=0)
     num_random: int = setting(2, "random subnets per step besides the largest and smallest", low=0)
-    save_steps: int = setting(200, "checkpoint every N optimizer steps", low=1)
+    save_minutes: float = setting(2.0, "checkpoint every N minutes of training (a kill loses at most that)",
+                                  above=0)
     logging_steps: int = setting(50, "log the loss every N optimizer steps", low=1)
     report_random: int = setting(3, "seeded random subnets evaluated in report.json", low=0)
 

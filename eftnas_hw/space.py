@@ -194,6 +194,9 @@ def build_search_space(scores: dict[str, torch.Tensor], shape: BertShape, cost: 
     chosen = []
     for target in np.linspace(low, high, settings.n):
         subnet, achieved, threshold, kept, (below, above) = nearest(target)
+        if achieved <= 0:  # a latency calibration with a negative offset, extrapolated far below its subnets
+            raise UserError(f"the cost model predicts {achieved:.3g} {unit} for the subnet nearest to {target:.4g} "
+                            f"{unit}: it is not valid that low (raise the lowest target)")
         if abs(achieved - target) > tol * abs(target):
             raise UserError(f"no subnet reaches {target:.4g} {unit} within {tol:.0%}: the nearest subnets cost "
                             f"{below:.4g} and {above:.4g} {unit} (coarser granularity, a larger --tol or other "

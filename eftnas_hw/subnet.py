@@ -6,6 +6,8 @@ keeps only its residual path). Costs are counted, not estimated, in multiply-acc
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -83,6 +85,15 @@ def layer_macs(shape: BertShape, heads: int, ffn: int, seq_len: int) -> int:
     return projections + attention + feed_forward
 
 
+def _count(value, what: str) -> int:
+    """A whole, non-negative number (numpy integers and 2.0 pass); 1.5, True or -1 is a user's mistake that
+    int() would silently truncate or accept."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value != int(value) or value < 0:
+        raise UserError(f"a subnet's {what} must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class SubnetConfig:
     """Per-layer attention head counts and FFN widths; a layer's 0 means that sub-block is removed."""
@@ -91,8 +102,8 @@ class SubnetConfig:
     ffn: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
-        object.__setattr__(self, "ffn", tuple(int(f) for f in self.ffn))
+        object.__setattr__(self, "heads", tuple(_count(h, "head count") for h in self.heads))
+        object.__setattr__(self, "ffn", tuple(_count(f, "FFN width") for f in self.ffn))
 
     @property
     def num_layers(self) -> int:

@@ -29,19 +29,20 @@ from transformers.trainer_utils import get_last_checkpoint
 from .context import RunContext
 from .elastic import ElasticBert
 from .errors import UserError
+from .data import check_trained_task
 from .evaluate import evaluate_subnets
-from .files import atomic_output_dir, read_json, write_json_atomic
+from .finetune import METRICS_NAME
+from .files import atomic_output_dir, check_writable, read_json, write_json_atomic
 from .importance import SCORES_NAME, load_scores
 from .models import load_model, save_model
 from .reorder import reorder_model
-from .runtime import cpu_only, training_processes
+from .runtime import CheckpointEveryMinutes, cpu_only, prepare_checkpoints, training_processes
 from .settings import SupernetSettings
 from .subnet import BertShape, SearchSpace, SubnetConfig
 
 SPACE_FILE = "search_space.json"
 ORDERING_FILE = "ordering.json"
 REPORT_FILE = "report.json"
-RUN_FILE = "run.json"
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, is_regression: bool,
@@ -122,12 +123,12 @@ def fit_supernet(supernet: ElasticBert, teacher: nn.Module, space: SearchSpace, 
     args = TrainingArguments(
         output_dir=str(work_dir), per_device_train_batch_size=settings.batch_size, learning_rate=settings.lr,
         weight_decay=settings.weight_decay, num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
-        lr_scheduler_type="cosine", optim="adamw_torch", seed=seed, save_strategy="steps",
-        save_steps=settings.save_steps, save_total_limit=2, logging_steps=settings.logging_steps,
+        lr_scheduler_type="cosine", optim="adamw_torch", seed=seed, save_strategy="no", save_total_limit=2, logging_steps=settings.logging_steps,
         report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False, use_cpu=cpu_only(),
         ddp_find_unused_parameters=True)  # a small subnet leaves most weights without gradient
     trainer = SandwichTrainer(args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
-                              processing_class=tokenizer, callbacks=list(callbacks), supernet=supernet, space=space,
+                              processing_class=tokenizer, supernet=supernet, space=space,
+                              callbacks=[CheckpointEveryMinutes(settings.save_minutes), *callbacks],
                               teacher=teacher, settings=settings, is_regression=is_regression)
     checkpoint = get_last_checkpoint(str(work_dir)) if resume and Path(work_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -165,6 +166,8 @@ def train_supernet(ctx: RunContext, teacher_dir: str | os.PathLike, space: Searc
     out_dir, teacher_dir = Path(out_dir), Path(teacher_dir)
     if out_dir.exists() and not overwrite:
         raise UserError(f"output folder {out_dir} exists (pass --overwrite to replace it)")
+    check_writable(out_dir)
+    check_trained_task(teacher_dir / METRICS_NAME, ctx.config.task, "teacher")
     teacher = load_model(teacher_dir)
     shape = BertShape.from_config(teacher.config)
     space.validate(shape)
@@ -184,7 +187,7 @@ def train_supernet(ctx: RunContext, teacher_dir: str | os.PathLike, space: Searc
     work_dir = out_dir.with_name(out_dir.name + ".partial")
     record = {"teacher": str(teacher_dir.resolve()), "task": ctx.config.task, "seed": ctx.config.seed,
               "max_length": ctx.config.max_length, "space": space.to_dict(), "settings": settings.to_dict()}
-    _prepare_work_dir(work_dir, record, resume)
+    prepare_checkpoints(work_dir, record, resume)
 
     started = time.perf_counter()
     steps = fit_supernet(supernet, teacher, space, train, ctx.tokenizer, work_dir, settings, ctx.config.seed,
@@ -209,19 +212,3 @@ def train_supernet(ctx: RunContext, teacher_dir: str | os.PathLike, space: Searc
         write_json_atomic(tmp / REPORT_FILE, report)
     shutil.rmtree(work_dir, ignore_errors=True)
     return report
-
-
-def _prepare_work_dir(work_dir: Path, record: dict, resume: bool) -> None:
-    """The checkpoint folder of an unfinished run with the same settings is resumed; with other settings it is
-    refused. The main process prepares it, the others (multi-process launch) check it."""
-    processes = training_processes()
-    with processes.main_process_first():
-        if work_dir.is_dir() and (resume or not processes.is_main_process):
-            previous = read_json(work_dir / RUN_FILE, "run record") if (work_dir / RUN_FILE).is_file() else record
-            if previous != record:
-                raise UserError(f"{work_dir} holds an unfinished run with other settings; delete it or use the "
-                                f"same ones")
-        else:
-            shutil.rmtree(work_dir, ignore_errors=True)
-        if processes.is_main_process:
-            write_json_atomic(work_dir / RUN_FILE, record)

@@ -19,7 +19,7 @@ from eftnas_hw.supernet import fit_supernet  # noqa: E402
 out = Path(sys.argv[1])
 teacher = random_bert(TINY_SHAPE, seed=11)
 supernet = ElasticBert(copy.deepcopy(teacher))
-settings = SupernetSettings(max_steps=4, batch_size=4, lr=1e-3, num_random=1, save_steps=100, logging_steps=100)
+settings = SupernetSettings(max_steps=4, batch_size=4, lr=1e-3, num_random=1, logging_steps=100)
 fit_supernet(supernet, teacher, TINY_SPACE, _token_dataset(32), load_tokenizer(None), out / "work", settings,
              seed=3, is_regression=False, resume=False)
 torch.save(supernet.model.state_dict(), out / f"rank{distributed.get_rank()}.pt")

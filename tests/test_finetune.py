@@ -90,7 +90,7 @@ def test_trainer_step_scores_match_manual_gradient(tiny_model_dir, fake_glue, tm
 
 def test_finetune_writes_teacher_scores_and_metrics(tiny_model_dir, fake_glue, tmp_path, tiny_shape):
     out = tmp_path / "teacher"
-    settings = FinetuneSettings(epochs=1, batch_size=8, save_steps=100)
+    settings = FinetuneSettings(epochs=1, batch_size=8)
     metrics = finetune(_context(tiny_model_dir, fake_glue), out, settings)
     assert metrics["optimizer_steps"] == 5 and 0.0 <= metrics["dev"]["metric"] <= 1.0
     written = json.loads((out / "metrics.json").read_text())
@@ -121,8 +121,8 @@ def test_same_seed_same_teacher_even_with_a_new_head(tiny_model_dir, fake_glue, 
 
 def test_interrupted_finetune_resumes_with_its_scores(tiny_model_dir, fake_glue, tmp_path, monkeypatch):
     full = tmp_path / "full"
-    finetune(_context(tiny_model_dir, fake_glue), full, FinetuneSettings(epochs=2, batch_size=8, save_steps=100))
-    every_3 = FinetuneSettings(epochs=2, batch_size=8, save_steps=3)
+    finetune(_context(tiny_model_dir, fake_glue), full, FinetuneSettings(epochs=2, batch_size=8))
+    every_step = FinetuneSettings(epochs=2, batch_size=8, save_minutes=1e-9)
 
     original_on_save = ImportanceCallback.on_save
 
@@ -133,10 +133,10 @@ def test_interrupted_finetune_resumes_with_its_scores(tiny_model_dir, fake_glue,
     monkeypatch.setattr(ImportanceCallback, "on_save", interrupt_after_first_checkpoint)
     resumed = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        finetune(_context(tiny_model_dir, fake_glue), resumed, every_3)
-    assert (tmp_path / "resumed.checkpoints" / "checkpoint-3" / SCORES_NAME).is_file() and not resumed.exists()
+        finetune(_context(tiny_model_dir, fake_glue), resumed, every_step)
+    assert (tmp_path / "resumed.checkpoints" / "checkpoint-1" / SCORES_NAME).is_file() and not resumed.exists()
     monkeypatch.setattr(ImportanceCallback, "on_save", original_on_save)
-    metrics = finetune(_context(tiny_model_dir, fake_glue), resumed, every_3)
+    metrics = finetune(_context(tiny_model_dir, fake_glue), resumed, every_step)
     assert metrics["optimizer_steps"] == 10
     a, b = load_scores(full), load_scores(resumed)
     for name in a:

@@ -154,3 +154,78 @@ def test_a_table_that_does_not_fit_this_machine_is_rebuilt_in_the_run(tiny_run, 
     built = json.loads((tmp_path / "run" / "latency_table.json").read_text())
     assert built["complete"] and "anchor" not in built and ctx.table.validation["n"] == 8
     assert "latency" in json.loads((tmp_path / "run" / "stages.json").read_text())
+
+
+def _write_config(config: RunConfig, path) -> str:
+    import yaml
+
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    return str(path)
+
+
+def test_a_failed_stage_keeps_the_previous_outputs_and_their_record(tiny_run, tmp_path, monkeypatch, capsys):
+    """Issue 12's lost export: a rejected budget and a stage that fails half-way both leave the finished front
+    and its record as they were, so re-running the original command finds it up to date."""
+    import shutil
+
+    from eftnas_hw import pipeline
+
+    out, config, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    run_pipeline(config, run, progress=False)  # other tests changed the shared run: back to this config
+    before = json.loads((run / "stages.json").read_text())
+    fronts = sorted(p.name for p in (run / "models" / "front").iterdir())
+    yaml_config = _write_config(config, tmp_path / "config.yaml")
+    assert main(["run", "--config", yaml_config, "--out", str(run), "--budget-ms", "0.0001"]) == 2
+    assert main(["run", "--config", yaml_config, "--out", str(run), "--budget-ms", "-1"]) == 2
+
+    def fail_half_way(ctx, supernet, subnets, out_dir, **kwargs):
+        (out_dir / "subnet-00").mkdir(parents=True)
+        raise RuntimeError("killed half-way")
+
+    monkeypatch.setattr(pipeline, "export_subnets", fail_half_way)
+    with pytest.raises(RuntimeError, match="half-way"):
+        run_pipeline(config.merged({"export": {"max_models": 1}}), run, progress=False)
+    assert json.loads((run / "stages.json").read_text()) == before
+    assert sorted(p.name for p in (run / "models" / "front").iterdir()) == fronts
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["run", "--config", yaml_config, "--out", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "[export] up to date" in printed and "running" not in printed
+    assert json.loads((run / "summary.json").read_text())["models"][-1]["group"] == "front"
+
+
+def test_a_run_killed_in_the_supernet_stage_resumes_from_its_checkpoint(tiny_run, tmp_path, monkeypatch, capsys):
+    """A kill after the second checkpoint: the re-run trains only the remaining steps, from the checkpoint."""
+    import shutil
+
+    from eftnas_hw.supernet import SandwichTrainer
+
+    out, config, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    config = config.merged({"supernet": {"max_steps": 5, "save_minutes": 1e-9}})  # a checkpoint every step
+    save, step = SandwichTrainer._save_checkpoint, SandwichTrainer.training_step
+    steps_taken = []
+
+    def killed_after_step_2(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt
+
+    def counted(self, *args, **kwargs):
+        steps_taken.append(self.state.global_step)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SandwichTrainer, "_save_checkpoint", killed_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, run, progress=False)
+    monkeypatch.setattr(SandwichTrainer, "_save_checkpoint", save)
+    monkeypatch.setattr(SandwichTrainer, "training_step", counted)
+    run_pipeline(config, run, progress=False)
+    assert "[supernet] running (resuming)" in capsys.readouterr().out
+    assert steps_taken == [2, 3, 4]  # steps 3-5 only: the first two came from the checkpoint
+    assert json.loads((run / "supernet" / "report.json").read_text())["steps"] == 5
+    assert not list((run / ".partial").iterdir())  # finished stages leave no staging behind

@@ -59,11 +59,17 @@ def test_named_shapes():
     (SubnetConfig((5, 4), (128, 128)), "layer 0: 5 heads"),
     (SubnetConfig((4, 4, 4), (128, 128, 128)), "3 layers, the model has 2"),
     (SubnetConfig((4, 4), (128, 129)), "FFN width 129"),
-    (SubnetConfig((4, -1), (128, 128)), "layer 1: -1 heads"),
 ])
 def test_validation_names_the_problem(tiny_shape, cfg, message):
     with pytest.raises(UserError, match=message):
         cfg.validate(tiny_shape)
+
+
+@pytest.mark.parametrize("heads", [(4, -1), (1.5, 2), (True, 2), (float("nan"), 2), ("2", 2)])
+def test_widths_are_whole_non_negative_numbers_never_truncated(heads):
+    with pytest.raises(UserError, match="whole number >= 0"):
+        SubnetConfig(heads, (128, 128))
+    assert SubnetConfig((2.0, 3), (128, 0)).heads == (2, 3)
 
 
 def test_bad_json_is_a_user_error(tmp_path):

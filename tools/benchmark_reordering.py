@@ -85,7 +85,7 @@ def run_task(task: str, args: argparse.Namespace) -> dict:
             started = time.perf_counter()
             settings = SupernetSettings(reorder=strategy, max_train=args.max_train, max_steps=args.max_steps,
                                         batch_size=args.batch_size, num_random=args.num_random,
-                                        save_steps=args.save_steps, report_random=0)
+                                        save_minutes=args.save_minutes, report_random=0)
             train_supernet(ctx, teacher_dir, load_search_space(space_file), out, settings)
             print(f"[{task}/{strategy}] super-network trained in {time.perf_counter() - started:.0f} s", flush=True)
         supernet, space = load_supernet(out)
@@ -138,7 +138,7 @@ def main() -> None:
     p.add_argument("--max-train", type=int, default=None, help="super-network training subset")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-random", type=int, default=2)
-    p.add_argument("--save-steps", type=int, default=20)
+    p.add_argument("--save-minutes", type=float, default=2.0)
     p.add_argument("--max-dev", type=int, default=None, help="evaluate on a seeded dev subset (quick runs)")
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)

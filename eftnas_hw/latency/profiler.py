@@ -34,7 +34,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from ..errors import UserError
-from ..files import read_json, write_json_atomic
+from ..files import check_writable, read_json, write_json_atomic
 from ..models import build_subnet, random_bert
 from ..settings import TableBuildSettings
 from ..subnet import BertShape, SubnetConfig
@@ -151,7 +151,7 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
                 progress: bool = True) -> LatencyTable:
     """Measure, calibrate and validate a table for `shape` under `profile`; written atomically to `out`."""
     started = time.time()
-    out = Path(out)
+    out = check_writable(out)
     grid = ffn_grid(shape, settings.ffn_step)
     recorded = {**settings.to_dict(), "burst": BURST}
     header = {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),

@@ -54,6 +54,9 @@ class LatencyTable:
             self.attention_ms = [float(v) for v in blocks["attention_ms"]]
             grid = np.asarray(blocks["ffn_grid"], dtype=float)
             ffn_ms = np.asarray(blocks["ffn_ms"], dtype=float)
+            measured = np.asarray([self.fixed_ms, *self.attention_ms, *ffn_ms])
+            if not np.all(np.isfinite(measured)) or np.any(measured < 0) or self.fixed_ms <= 0:
+                raise ValueError("block latencies must be finite, non-negative milliseconds (fixed cost positive)")
             if len(self.attention_ms) != self.shape.num_heads + 1 or len(grid) != len(ffn_ms) or len(grid) < 2 \
                     or grid[0] != 0 or grid[-1] != self.shape.intermediate_size or np.any(np.diff(grid) <= 0):
                 raise ValueError("block arrays do not match the shape")
@@ -66,6 +69,11 @@ class LatencyTable:
             self.coef = [float(coef[name]) for name in CALIBRATION_FEATURES]
             anchor = data.get("anchor") or {"scale": 1.0, "offset_ms": 0.0}
             self.anchor_scale, self.anchor_offset_ms = float(anchor["scale"]), float(anchor["offset_ms"])
+            if not np.all(np.isfinite([*self.coef, self.anchor_scale, self.anchor_offset_ms])) \
+                    or self.anchor_scale <= 0:
+                raise ValueError("calibration and anchor coefficients must be finite (anchor scale positive)")
+            if self.predict_ms(self.shape.full_subnet()) <= 0:
+                raise ValueError("the full model is predicted at no time or less")
             self.validation: dict = data.get("validation") or {}
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise UserError(f"not a valid latency table ({type(e).__name__}: {e})") from None
