@@ -33,7 +33,7 @@ unchanged (no fine-tuning after extraction, as in EFTNAS) to an OpenVINO IR thro
 | parameters | {params:,} |
 | precision | {int8} |
 
-Dev metrics: all GLUE dev examples of the task, batched (length-sorted, padded per batch) with dynamic shapes.
+Dev metrics: every example of the task's evaluation split (GLUE dev, or the user's evaluation data), batched (length-sorted, padded per batch) with dynamic shapes.
 
 ## Per-layer widths (0 = sub-block removed, residual path only)
 | layer | attention heads (of {num_heads}) | FFN width (of {intermediate_size}) |
@@ -73,6 +73,8 @@ from optimum.intel import OVModelForSequenceClassification
 from transformers import AutoTokenizer
 model = OVModelForSequenceClassification.from_pretrained("{name}", ov_config={ov_config})
 tokenizer = AutoTokenizer.from_pretrained("{name}")
+inputs = tokenizer("{example}", return_tensors="pt")  # a sentence pair: tokenizer(text, text_pair, ...)
+{predict}
 ```
 """
 
@@ -105,4 +107,8 @@ def model_card(model: "ExportedModel", shape: BertShape) -> str:
         table_fp=("the latency table was measured on the same CPU/OpenVINO" if same_machine else
                   f"the latency table was measured elsewhere: `{table_fp}`"),
         source="\n".join(f"- {k}: `{v}`" for k, v in model.source.items()) or "- (not recorded)",
-        ov_config={k: str(v) for k, v in Profile.from_dict(p).ov_config().items()})
+        ov_config={k: str(v) for k, v in Profile.from_dict(p).ov_config().items()},
+        example="a gripping, beautifully acted film",
+        predict=("print(float(model(**inputs).logits[0, 0]))  # the predicted score" if shape.num_labels == 1 else
+                 "print(model.config.id2label[int(model(**inputs).logits.argmax(-1))])  # one of: "
+                 + ", ".join(model.label_names)))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .files import check_writable
-from .settings import (AnchorSettings, ExportSettings, FinetuneSettings, LatencySettings, RunConfig, SearchSettings,
+from .settings import (AnchorSettings, DataSettings, ExportSettings, FinetuneSettings, LatencySettings, RunConfig, SearchSettings,
                        SpaceSettings, SupernetSettings, TableBuildSettings, add_flags, from_flags, given,
                        parse_assignment)
 
@@ -57,9 +57,17 @@ def _resume_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints of an interrupted run")
 
 
+def _data_args(p: argparse.ArgumentParser) -> None:
+    """Your own dataset instead of a GLUE task (DataSettings)."""
+    add_flags(p.add_argument_group("your own data (instead of a GLUE --task; see README)"), DataSettings)
+
+
 def _run_config(args: argparse.Namespace, **extra) -> RunConfig:
     """The common settings of a single-stage command: flags over the full-budget defaults."""
     overrides = {**given(args, RunConfig), **extra}
+    data = given(args, DataSettings)
+    if data:
+        overrides["data"] = {**data, **overrides.get("data", {})}
     if getattr(args, "profile", None):
         overrides["latency"] = {"profile": args.profile}
     return RunConfig().merged(overrides)
@@ -130,7 +138,7 @@ def _export(args: argparse.Namespace) -> None:
         from .data import calibration_texts
 
         ctx = _context(args)
-        calibration = calibration_texts(ctx.config.task, ctx.splits["train"], settings.calibration_size)
+        calibration = calibration_texts(ctx.spec, ctx.splits["train"], settings.calibration_size)
     out = export_openvino(model, args.out, tokenizer, static_shape=static_shape, calibration_texts=calibration,
                           overwrite=args.overwrite)
     print(f"wrote {out}")
@@ -153,7 +161,8 @@ def _export_front(args: argparse.Namespace) -> None:
     supernet = args.supernet or search.get("supernet")
     # The data the search scored on: its task, seed and truncation, and (unless given) its data folder.
     same_data = {k: v for k, v in search.get("cache_key", {}).items() if k in ("task", "seed", "max_length")}
-    ctx = _context(args, supernet, table, **same_data, data_dir=args.data_dir or search.get("data_dir"))
+    ctx = _context(args, supernet, table, **same_data, data_dir=args.data_dir or search.get("data_dir"),
+                   data={**search.get("data", {}), **given(args, DataSettings)})
     if table is not None and not args.profile:
         ctx.profile = table.profile
     settings = from_flags(args, ExportSettings)
@@ -207,7 +216,7 @@ def _finetune(args: argparse.Namespace) -> None:
 def _train_supernet(args: argparse.Namespace) -> None:
     from .supernet import load_search_space, train_supernet
 
-    ctx = _context(args, model=args.teacher)
+    ctx = _context(args, model=args.teacher, teacher=None)  # its --teacher is a `finetune` output folder
     report = train_supernet(ctx, args.teacher, load_search_space(args.space), args.out,
                             from_flags(args, SupernetSettings), resume=not args.no_resume, overwrite=args.overwrite)
     if report is None:  # not the main process of a multi-process launch
@@ -285,12 +294,14 @@ def _latency(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
+    from .data import task_name
     from .pipeline import run_pipeline
 
     overrides: dict = given(args, RunConfig)
     latency = {k: v for k, v in (("profile", args.profile), ("table", args.table), ("force", args.force or None))
                if v is not None}
-    for section, values in (("latency", latency), ("supernet", {"reorder": args.reorder}),
+    for section, values in (("data", given(args, DataSettings)), ("latency", latency),
+                            ("supernet", {"reorder": args.reorder}),
                             ("export", {"int8": args.int8 or None, "budget_ms": args.budget_ms})):
         values = {k: v for k, v in values.items() if v is not None}
         if values:
@@ -298,7 +309,7 @@ def _run(args: argparse.Namespace) -> None:
     config = RunConfig.load(args.config, overrides)
     for assignment in args.set or ():
         config = config.merged(parse_assignment(assignment), f"--set {assignment}: ")
-    run_pipeline(config, args.out or f"runs/{config.task}-{config.metric}")
+    run_pipeline(config, args.out or f"runs/{task_name(config.task, config.data)}-{config.metric}")
 
 
 def _add_commands(sub) -> None:
@@ -310,6 +321,7 @@ def _add_commands(sub) -> None:
 
     p = sub.add_parser("export", help="export a model or subnet to an OpenVINO IR folder (optimum-intel)")
     _common(p, "model", "task", "data_dir")
+    _data_args(p)
     p.add_argument("--subnet", help="subnet JSON; omitted = the whole model")
     p.add_argument("--out", required=True, help="output IR folder")
     p.add_argument("--num-labels", type=_positive_int, default=None, help="classifier outputs when the model has no head")
@@ -330,7 +342,8 @@ def _add_commands(sub) -> None:
 
     p = sub.add_parser("search", help="NSGA-II over a super-network: search-split metric vs latency (or GMACs)")
     p.add_argument("--supernet", required=True, help="super-network folder (`eftnas-hw train-supernet` output)")
-    _common(p, "task", "data_dir", "seed", "max_length", required=("task",))
+    _common(p, "task", "data_dir", "seed", "max_length")
+    _data_args(p)
     cost = p.add_mutually_exclusive_group(required=True)
     cost.add_argument("--table", help="latency table JSON: objective 2 = predicted latency (ms)")
     cost.add_argument("--gmacs", action="store_true", help="objective 2 = GMACs (the paper's cost)")
@@ -350,7 +363,8 @@ def _add_commands(sub) -> None:
     p.set_defaults(func=_select)
 
     p = sub.add_parser("finetune", help="fine-tune the teacher on a GLUE task and accumulate importance scores")
-    _common(p, "model", "task", "data_dir", "seed", "max_length", required=("task",))
+    _common(p, "model", "teacher", "task", "data_dir", "seed", "max_length")
+    _data_args(p)
     p.add_argument("--out", required=True, help="output folder (teacher, importance.safetensors, metrics.json)")
     add_flags(p, FinetuneSettings)
     _resume_arg(p)
@@ -360,7 +374,8 @@ def _add_commands(sub) -> None:
     p = sub.add_parser("train-supernet", help="reorder the teacher and train the weight-sharing super-network")
     p.add_argument("--teacher", required=True, help="`finetune` output folder (teacher + importance.safetensors)")
     p.add_argument("--space", required=True, help="search_space.json (`space` output)")
-    _common(p, "task", "data_dir", "seed", "max_length", required=("task",))
+    _common(p, "task", "data_dir", "seed", "max_length")
+    _data_args(p)
     p.add_argument("--profile", help="profile whose sequence length the report counts GMACs at")
     p.add_argument("--out", required=True, help="super-network folder; checkpoints go to <out>.partial")
     add_flags(p, SupernetSettings)
@@ -414,7 +429,8 @@ def _add_table_commands(sub) -> None:
                                    "search -> IR export (resumes stage by stage)")
     p.add_argument("--config", help="run config YAML over the quick default budget (keys: settings.RunConfig)")
     p.add_argument("--out", help="run folder (default: runs/<task>-<metric>)")
-    _common(p, "model", "task", "data_dir", "seed", "max_length", "metric")
+    _common(p, "model", "teacher", "task", "data_dir", "seed", "max_length", "metric")
+    _data_args(p)
     latency = LatencySettings()
     p.add_argument("--profile", help=f"deployment profile name or YAML (default {latency.profile})")
     p.add_argument("--table", help="latency table JSON (default: auto = shipped if it matches this machine)")

@@ -16,7 +16,7 @@ from .settings import RunConfig
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
-    from .data import TaskSpec
+    from .data import DataSource, TaskSpec
     from .latency import LatencyTable, Profile
 
 
@@ -27,21 +27,48 @@ class RunContext:
     def __init__(self, config: RunConfig, tokenizer_source: str | os.PathLike | None = None,
                  table: "LatencyTable | None" = None):
         self.config = config
-        self.tokenizer_source = tokenizer_source if tokenizer_source is not None else config.model
+        self.tokenizer_source = tokenizer_source if tokenizer_source is not None else config.base_model
         self.table = table  # the one loaded latency table (None: no table, costs are GMACs)
 
     @cached_property
     def spec(self) -> "TaskSpec":
-        from .data import task_spec
+        """The task: its inputs, classes and metric (read from the data only where the settings do not fix them)."""
+        from .data import known_spec
 
-        return task_spec(self.config.task)
+        return known_spec(self.source) or self._loaded[1]
+
+    @cached_property
+    def source(self) -> "DataSource":
+        """Where the data comes from: the user's files or hub dataset, or a GLUE task's (data.py)."""
+        from .data import data_source
+
+        config = self.config
+        return data_source(config.task, config.data_dir, config.data, self.label_names)
 
     @cached_property
     def splits(self) -> "DatasetDict":
         """train (all of it), search (carved from train with the run's seed) and validation."""
-        from .data import load_task
+        return self._loaded[0]
 
-        return load_task(self.config.task, self.config.data_dir, seed=self.config.seed)
+    @cached_property
+    def _loaded(self) -> "tuple[DatasetDict, TaskSpec]":
+        from .data import load_data
+
+        return load_data(self.source, seed=self.config.seed)
+
+    @property
+    def task(self) -> str:
+        """The run's task name, known without reading the data (the spec's name once it is read)."""
+        from .data import task_name
+
+        return task_name(self.config.task, self.config.data)
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """A fine-tuned teacher's class names, in its id order: the data's labels must be these."""
+        from .models import teacher_labels
+
+        return teacher_labels(self.config.teacher) if self.config.teacher else ()
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -70,7 +97,7 @@ class RunContext:
     def tokenized(self, dataset: "Dataset") -> "Dataset":
         from .data import tokenize
 
-        return tokenize(dataset, self.tokenizer, self.config.task, self.config.max_length)
+        return tokenize(dataset, self.tokenizer, self.spec, self.config.max_length)
 
     @cached_property
     def dev(self) -> "Dataset":

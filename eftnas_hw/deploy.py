@@ -62,14 +62,16 @@ class ExportedModel:
     source: dict
     calibration_size: int
     table_anchor: str | None = None
+    label_names: tuple[str, ...] = ()  # the IR config's id2label, in id order (what its predictions read as)
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "subnet": self.subnet.to_dict()}
+        return {**dataclasses.asdict(self), "subnet": self.subnet.to_dict(), "label_names": list(self.label_names)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ExportedModel":
         try:
-            return cls(**{**d, "subnet": EvaluatedSubnet.from_dict(d["subnet"])})
+            return cls(**{**d, "subnet": EvaluatedSubnet.from_dict(d["subnet"]),
+                          "label_names": tuple(d.get("label_names", ()))})
         except (KeyError, TypeError) as e:
             raise UserError(f"not an export record ({type(e).__name__}: {e})") from None
 
@@ -107,7 +109,7 @@ def export_subnets(ctx: RunContext, supernet: ElasticBert, subnets: Sequence[Eva
     README.md (model card) and eftnas_export.json. Writes out_dir/summary.{json,csv}; returns the records.
     """
     if supernet.shape.num_labels != ctx.spec.num_labels:
-        raise UserError(f"the super-network has {supernet.shape.num_labels} outputs, task {ctx.config.task} needs "
+        raise UserError(f"the super-network has {supernet.shape.num_labels} outputs, task {ctx.spec.name} needs "
                         f"{ctx.spec.num_labels}")
     profile = ctx.profile
     if ctx.table is not None:
@@ -121,11 +123,11 @@ def export_subnets(ctx: RunContext, supernet: ElasticBert, subnets: Sequence[Eva
         int8, profile = True, replace(profile, precision="int8")
     out_dir = Path(out_dir)
     source = source or {}
-    _prepare_out_dir(out_dir, {"task": ctx.config.task, "int8": int8, "calibration_size": calibration_size,
+    _prepare_out_dir(out_dir, {"task": ctx.spec.name, "int8": int8, "calibration_size": calibration_size,
                                "max_length": ctx.config.max_length, "profile": profile.to_dict(), "source": source,
                                "subnets": [r.config.to_dict() for r in records]}, overwrite)
-    calibration = calibration_texts(ctx.config.task, ctx.splits["train"], calibration_size) if int8 else None
-    evaluator = SubnetEvaluator(supernet, ctx.dev, ctx.config.task, batch_size)  # dev batches: once for all models
+    calibration = calibration_texts(ctx.spec, ctx.splits["train"], calibration_size) if int8 else None
+    evaluator = SubnetEvaluator(supernet, ctx.dev, ctx.spec, batch_size)  # dev batches: once for all models
     fingerprint = hardware_fingerprint(profile)
     done = []
     for i, record in enumerate(tqdm(records, desc="export", unit="model", disable=not progress)):
@@ -142,12 +144,12 @@ def _export_one(ctx: RunContext, evaluator: SubnetEvaluator, record: EvaluatedSu
                 profile: Profile, calibration: list | None, source: dict, fingerprint: dict) -> ExportedModel:
     """Extract, export, measure and evaluate one subnet; its card and record are written last (the marker of a
     finished model for a resumed export)."""
-    cfg, table, task, supernet = record.config, ctx.table, ctx.config.task, evaluator.supernet
+    cfg, table, task, supernet = record.config, ctx.table, ctx.spec.name, evaluator.supernet
     model = supernet.set_active_subnet(cfg).get_active_subnet().eval()
     export_openvino(model, folder, ctx.tokenizer, static_shape=None, calibration_texts=calibration, overwrite=True)
     measured = measure_ir_ms(folder, profile)
     ir = ir_logits(folder, evaluator.batches, evaluator.num_examples, runtime_config(profile))
-    ir_metrics = compute_metrics(task, ir, evaluator.labels)
+    ir_metrics = compute_metrics(ctx.spec, ir, evaluator.labels)
     torch_metrics = evaluator(cfg)
     predicted = table.predict_ms(cfg) if table is not None else record.latency_ms
     result = ExportedModel(
@@ -160,7 +162,8 @@ def _export_one(ctx: RunContext, evaluator: SubnetEvaluator, record: EvaluatedSu
         table_fingerprint=table.machine if table is not None else None,
         table_precision=table.profile.precision if table is not None else None, source=source,
         calibration_size=len(calibration) if calibration else 0,
-        table_anchor=anchor_line(table) if table is not None else None)
+        table_anchor=anchor_line(table) if table is not None else None,
+        label_names=tuple(str(model.config.id2label[i]) for i in range(model.config.num_labels)))
     write_text_atomic(folder / "README.md", model_card(result, supernet.shape))
     write_json_atomic(folder / RECORD_NAME, result.to_dict())
     return result
@@ -187,7 +190,7 @@ def export_from_search(ctx: RunContext, search_dir: str | os.PathLike, out_dir: 
     supernet_dir = supernet_dir or settings.get("supernet")
     if not supernet_dir:
         raise UserError(f"{search_dir} does not record its super-network: pass --supernet")
-    check_trained_task(Path(supernet_dir) / REPORT_FILE, ctx.config.task, "super-network")
+    check_trained_task(Path(supernet_dir) / REPORT_FILE, ctx.spec.name, "super-network")
     supernet, _ = load_supernet(supernet_dir)
     source = {"super-network": str(Path(supernet_dir).resolve()), "search": str(Path(search_dir).resolve()),
               "search objective": f"metric on {settings.get('search_examples')} search-split examples vs "

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from .data import compute_metrics
+from .data import TaskSpec, compute_metrics
 from .elastic import ElasticBert
 from .latency import Profile, compile_ir
 from .subnet import SubnetConfig
@@ -40,8 +40,8 @@ class SubnetEvaluator:
     tokenized split. The length-sorted batches and the labels are built once, for every subnet evaluated (a
     search evaluates hundreds on the same split); an IR can be scored on the same batches (`ir_logits`)."""
 
-    def __init__(self, supernet: ElasticBert, dataset: Dataset, task: str, batch_size: int = 64):
-        self.supernet, self.task, self.num_examples = supernet, task, len(dataset)
+    def __init__(self, supernet: ElasticBert, dataset: Dataset, spec: TaskSpec, batch_size: int = 64):
+        self.supernet, self.spec, self.num_examples = supernet, spec, len(dataset)
         self.batches = length_batches(dataset, batch_size, supernet.config.pad_token_id or 0)
         self.labels = np.asarray(dataset.select_columns(["label"]).to_dict()["label"])
 
@@ -56,13 +56,13 @@ class SubnetEvaluator:
             for index, batch in self.batches:
                 logits[index] = supernet(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
         supernet.set_active_subnet(active)
-        return compute_metrics(self.task, logits, self.labels)
+        return compute_metrics(self.spec, logits, self.labels)
 
 
-def evaluate_subnets(supernet: ElasticBert, configs: Sequence[SubnetConfig], dataset: Dataset, task: str,
+def evaluate_subnets(supernet: ElasticBert, configs: Sequence[SubnetConfig], dataset: Dataset, spec: TaskSpec,
                      batch_size: int = 64) -> list[dict[str, float]]:
     """Task metrics of each subnet on a tokenized split (see SubnetEvaluator)."""
-    evaluator = SubnetEvaluator(supernet, dataset, task, batch_size)
+    evaluator = SubnetEvaluator(supernet, dataset, spec, batch_size)
     return [evaluator(cfg) for cfg in configs]
 
 

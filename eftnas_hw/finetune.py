@@ -18,7 +18,7 @@ from .data import compute_metrics
 from .errors import UserError
 from .files import atomic_output_dir, check_writable, json_digest, write_json_atomic
 from .importance import SCORES_NAME, ImportanceCallback, save_scores
-from .models import load_model, save_model
+from .models import load_config, load_model, save_model
 from .runtime import CheckpointEveryMinutes, cpu_only, prepare_checkpoints
 from .settings import FinetuneSettings
 
@@ -31,34 +31,41 @@ def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSett
     metrics (None in the other processes of a multi-process launch: the main one writes the outputs).
 
     The run lasts `epochs + score_epochs` epochs under one learning-rate schedule and the scores cover every
-    optimizer step (`score_epochs` are the paper's extra scoring epochs after convergence). `out_dir` receives
-    everything at once at the end. Checkpoints go to `<out_dir>.checkpoints`; with `resume`, an interrupted run
-    continues from the last one.
+    optimizer step (`score_epochs` are the paper's extra scoring epochs after convergence). With an already
+    fine-tuned teacher (`ctx.config.teacher`) the same run is a scoring pass: `scoring_epochs` at learning rate 0,
+    so the gradients are read and the weights stay the teacher's. `out_dir` receives everything at once at the
+    end. Checkpoints go to `<out_dir>.checkpoints`; with `resume`, an interrupted run continues from the last one.
     """
     out_dir, config, spec = Path(out_dir), ctx.config, ctx.spec
+    scoring_only = config.teacher is not None
     if out_dir.exists() and not overwrite:
         raise UserError(f"output folder {out_dir} exists (pass --overwrite to replace it)")
     check_writable(out_dir)
     train = ctx.train(settings.max_train)  # the search split is kept apart: never seen here
     work = out_dir.with_name(out_dir.name + ".checkpoints")
-    prepare_checkpoints(work, {"model": str(config.model), "task": config.task, "seed": config.seed,
+    prepare_checkpoints(work, {"model": str(config.base_model), "task": spec.name, "seed": config.seed,
                                "max_length": config.max_length, "train": json_digest(list(train["idx"])),
                                "settings": settings.to_dict()}, resume)
     # A new classifier head is drawn from torch's global RNG, which a process seeds at random: seed it first, or
     # the same run config gives another teacher (and another search space and front) every time.
     set_seed(config.seed)
-    model = load_model(config.model, num_labels=spec.num_labels,
+    if scoring_only and load_config(config.teacher).num_labels != spec.num_labels:
+        raise UserError(f"teacher {config.teacher} has {load_config(config.teacher).num_labels} outputs, the data of "
+                        f"{spec.name} needs {spec.num_labels}")
+    model = load_model(config.base_model, num_labels=spec.num_labels, label_names=spec.label_names,
                        problem_type="regression" if spec.is_regression else "single_label_classification")
     train = ctx.tokenized(train)
     args = TrainingArguments(
-        output_dir=str(work), num_train_epochs=settings.epochs + settings.score_epochs,
-        per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=2 * settings.batch_size,
-        learning_rate=settings.lr, seed=config.seed, save_strategy="no", save_total_limit=1, logging_steps=50, eval_strategy="no", report_to="none", dataloader_num_workers=0,
+        output_dir=str(work), per_device_train_batch_size=settings.batch_size,
+        num_train_epochs=settings.scoring_epochs if scoring_only else settings.epochs + settings.score_epochs,
+        learning_rate=0.0 if scoring_only else settings.lr, weight_decay=0.0,
+        per_device_eval_batch_size=2 * settings.batch_size, seed=config.seed, save_strategy="no",
+        save_total_limit=1, logging_steps=50, eval_strategy="no", report_to="none", dataloader_num_workers=0,
         use_cpu=cpu_only())
     importance = ImportanceCallback(settings.alpha)
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=ctx.dev,
                       processing_class=ctx.tokenizer, data_collator=DataCollatorWithPadding(ctx.tokenizer),
-                      compute_metrics=lambda p: compute_metrics(config.task, p.predictions, p.label_ids),
+                      compute_metrics=lambda p: compute_metrics(spec, p.predictions, p.label_ids),
                       callbacks=[importance, CheckpointEveryMinutes(settings.save_minutes)])
     checkpoint = get_last_checkpoint(str(work)) if resume and work.is_dir() else None
     if checkpoint:
@@ -66,7 +73,8 @@ def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSett
         print(f"resuming from {checkpoint}")
     train_metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
     dev = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
-    metrics = {"task": config.task, "model": str(config.model or "minilm-l6"), "main_metric": spec.main_metric,
+    metrics = {"task": spec.name, "model": str(config.base_model or "minilm-l6"), "main_metric": spec.main_metric,
+               "fine_tuned_here": not scoring_only, "label_names": list(spec.label_names),
                "dev": dev, "train_examples": len(train), "settings": settings.to_dict(), "seed": config.seed,
                "optimizer_steps": trainer.state.global_step, "processes": args.world_size,
                "train_runtime_s": train_metrics.get("train_runtime")}

@@ -65,6 +65,17 @@ def load_config(name: str | os.PathLike | None) -> BertConfig:
     return config
 
 
+def teacher_labels(name: str | os.PathLike) -> tuple[str, ...]:
+    """The class names of a fine-tuned classifier checkpoint in its id order; () when they are the generic
+    LABEL_0.. (then only their number must fit the data). A checkpoint without a classification head is refused."""
+    config = load_config(name)
+    if not any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):
+        raise UserError(f"teacher {name} is not a fine-tuned sequence classifier (its architectures: "
+                        f"{', '.join(config.architectures or ['none'])}); fine-tune it here with --model instead")
+    names = tuple(str(config.id2label[i]) for i in range(config.num_labels))
+    return () if names == tuple(f"LABEL_{i}" for i in range(config.num_labels)) else names
+
+
 def subnet_of(config: BertConfig) -> SubnetConfig | None:
     """The per-layer widths a saved subnet recorded in its config.json (None for a full-width model)."""
     record = getattr(config, "eftnas_subnet", None)
@@ -72,7 +83,7 @@ def subnet_of(config: BertConfig) -> SubnetConfig | None:
 
 
 def load_model(name: str | os.PathLike | None = None, num_labels: int | None = None,
-               problem_type: str | None = None) -> BertForSequenceClassification:
+               problem_type: str | None = None, label_names: tuple[str, ...] = ()) -> BertForSequenceClassification:
     """A BERT classifier from a folder, hub id or the packaged MiniLM; subnet folders come back narrowed."""
     config = load_config(name)
     path = resolve_model(name)
@@ -86,7 +97,8 @@ def load_model(name: str | os.PathLike | None = None, num_labels: int | None = N
     overrides = {k: v for k, v in (("num_labels", num_labels), ("problem_type", problem_type)) if v is not None}
     config.update(overrides)
     if num_labels is not None:  # labels must match the new head, whatever the checkpoint was trained for
-        config.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+        names = label_names if len(label_names) == num_labels else [f"LABEL_{i}" for i in range(num_labels)]
+        config.id2label = dict(enumerate(names))  # the user's class names reach the exported model's config
         config.label2id = {v: k for k, v in config.id2label.items()}
     subnet = subnet_of(config)
     if subnet is None:

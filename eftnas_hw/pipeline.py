@@ -123,7 +123,8 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike, progress: bool = Tru
     other processes of a multi-process launch, which take part in the training stages only)."""
     out = check_writable(out)
     ctx = RunContext(config)
-    shape = dataclasses.replace(BertShape.from_config(load_config(config.model)), num_labels=ctx.spec.num_labels)
+    shape = dataclasses.replace(BertShape.from_config(load_config(config.base_model)),
+                                num_labels=ctx.spec.num_labels)
     table_source = _given_table(ctx, shape)  # inputs are checked before any work is done ...
     _ = ctx.splits, ctx.tokenizer  # ... the data and the tokenizer too, before the run folder exists
     common = _common(config)
@@ -155,7 +156,8 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike, progress: bool = Tru
 
 def _common(config: RunConfig) -> dict:
     """The settings every training, search and export stage depends on."""
-    return {k: getattr(config, k) for k in ("model", "task", "data_dir", "seed", "max_length")}
+    return {**{k: getattr(config, k) for k in ("model", "teacher", "task", "data_dir", "seed", "max_length")},
+            "data": config.data.to_dict()}
 
 
 def _given_table(ctx: RunContext, shape: BertShape) -> str | None:

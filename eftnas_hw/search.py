@@ -112,11 +112,11 @@ def search_supernet(ctx: RunContext, supernet_dir: str | os.PathLike, out_dir: s
     """
     supernet_dir, out_dir = Path(supernet_dir), Path(out_dir)
     check_writable(out_dir)
-    check_trained_task(supernet_dir / REPORT_FILE, ctx.config.task, "super-network")
+    check_trained_task(supernet_dir / REPORT_FILE, ctx.spec.name, "super-network")
     supernet, space = load_supernet(supernet_dir)
     supernet.model.to(compute_device())  # a GPU, when there is one, evaluates the subnets
     if supernet.shape.num_labels != ctx.spec.num_labels:
-        raise UserError(f"the super-network has {supernet.shape.num_labels} outputs, task {ctx.config.task} needs "
+        raise UserError(f"the super-network has {supernet.shape.num_labels} outputs, task {ctx.spec.name} needs "
                         f"{ctx.spec.num_labels}")
     table = ctx.table
     if table is not None:
@@ -130,7 +130,7 @@ def search_supernet(ctx: RunContext, supernet_dir: str | os.PathLike, out_dir: s
 
     split = ctx.search_split(settings.max_search)
     tokenized = ctx.tokenized(split)
-    cache_key = {"weights": file_digest(supernet_dir / "model.safetensors"), "task": ctx.config.task,
+    cache_key = {"weights": file_digest(supernet_dir / "model.safetensors"), "task": ctx.spec.name,
                  "seed": ctx.config.seed, "max_length": ctx.config.max_length,
                  "search_split": json_digest(list(split["idx"]))}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +138,7 @@ def search_supernet(ctx: RunContext, supernet_dir: str | os.PathLike, out_dir: s
     # Where the inputs live (defaults for `export --front`); not part of the cache identity, so folders may move.
     record = {"cache_key": cache_key, **settings.to_dict(), "cost_name": efficiency.name,
               "supernet": str(supernet_dir.resolve()), "data_dir": ctx.config.data_dir,
+              "data": ctx.config.data.to_dict(),
               "table_path": str(table.path.resolve()) if table is not None and table.path else None,
               "table_digest": table.digest if table is not None else None,
               "profile": (table.profile if table is not None else ctx.profile).to_dict(), "gmacs_seq_len": seq_len,
@@ -145,7 +146,7 @@ def search_supernet(ctx: RunContext, supernet_dir: str | os.PathLike, out_dir: s
               "hv_reference": {"metric": HV_REFERENCE[0], "cost_over_base_cost": HV_REFERENCE[1]}}
     write_json_atomic(out_dir / SEARCH_SETTINGS, record)
 
-    evaluator = SubnetEvaluator(supernet, tokenized, ctx.config.task, settings.batch_size)
+    evaluator = SubnetEvaluator(supernet, tokenized, ctx.spec, settings.batch_size)
     cache = EvaluationCache(out_dir / CACHE_NAME)
     start = time.perf_counter()
     try:

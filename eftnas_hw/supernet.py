@@ -167,12 +167,12 @@ def train_supernet(ctx: RunContext, teacher_dir: str | os.PathLike, space: Searc
     if out_dir.exists() and not overwrite:
         raise UserError(f"output folder {out_dir} exists (pass --overwrite to replace it)")
     check_writable(out_dir)
-    check_trained_task(teacher_dir / METRICS_NAME, ctx.config.task, "teacher")
+    check_trained_task(teacher_dir / METRICS_NAME, ctx.spec.name, "teacher")
     teacher = load_model(teacher_dir)
     shape = BertShape.from_config(teacher.config)
     space.validate(shape)
     if shape.num_labels != ctx.spec.num_labels:
-        raise UserError(f"teacher {teacher_dir} has {shape.num_labels} outputs, task {ctx.config.task} needs "
+        raise UserError(f"teacher {teacher_dir} has {shape.num_labels} outputs, task {ctx.spec.name} needs "
                         f"{ctx.spec.num_labels}")
     scores = None  # inputs are all checked before any work is done
     if settings.reorder == "first-order":
@@ -185,7 +185,7 @@ def train_supernet(ctx: RunContext, teacher_dir: str | os.PathLike, space: Searc
     supernet = ElasticBert(student)
     train = ctx.tokenized(ctx.train(settings.max_train))
     work_dir = out_dir.with_name(out_dir.name + ".partial")
-    record = {"teacher": str(teacher_dir.resolve()), "task": ctx.config.task, "seed": ctx.config.seed,
+    record = {"teacher": str(teacher_dir.resolve()), "task": ctx.spec.name, "seed": ctx.config.seed,
               "max_length": ctx.config.max_length, "space": space.to_dict(), "settings": settings.to_dict()}
     prepare_checkpoints(work_dir, record, resume)
 
@@ -197,9 +197,9 @@ def train_supernet(ctx: RunContext, teacher_dir: str | os.PathLike, space: Searc
         return None  # the main process evaluates, writes and reports
 
     named = fixed_subnets(space, settings.report_random, ctx.config.seed)
-    metrics = evaluate_subnets(supernet, list(named.values()), ctx.dev, ctx.config.task)
+    metrics = evaluate_subnets(supernet, list(named.values()), ctx.dev, ctx.spec)
     seq_len = ctx.profile.seq_len
-    report = {"task": ctx.config.task, "train_examples": len(train), "steps": steps,
+    report = {"task": ctx.spec.name, "train_examples": len(train), "steps": steps,
               "train_seconds_this_run": round(train_seconds, 1), "processes": training_processes().num_processes,
               "settings": settings.to_dict(), "seed": ctx.config.seed, "split": "validation", "gmacs_seq_len": seq_len,
               "subnets": [{"name": n, "subnet": c.to_dict(), "gmacs": round(c.gmacs(shape, seq_len), 4),

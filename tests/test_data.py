@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from eftnas_hw.context import RunContext
-from eftnas_hw.data import TASKS, calibration_texts, compute_metrics, load_task, tokenize
+from eftnas_hw.data import calibration_texts, compute_metrics, glue_spec, load_task, tokenize
 from eftnas_hw.errors import UserError
 from eftnas_hw.models import load_tokenizer
 from eftnas_hw.settings import RunConfig
@@ -27,10 +27,10 @@ def test_stsb_is_regression_and_quotes_survive(glue_dir):
     """Default CSV quoting merges STS-B/MRPC rows at unmatched quotes (5,711 instead of 5,749 rows)."""
     stsb = load_task("stsb", glue_dir)
     assert len(stsb["train"]) + len(stsb["search"]) == 5749
-    assert TASKS["stsb"].is_regression and stsb["train"].features["label"].dtype == "float32"
+    assert glue_spec("stsb").is_regression and stsb["train"].features["label"].dtype == "float32"
     assert abs(np.mean(stsb["validation"]["label"]) - 2.3639) < 1e-3
     mrpc = load_task("mrpc", glue_dir)
-    texts = list(mrpc["train"]["sentence1"]) + list(mrpc["search"]["sentence1"])
+    texts = list(mrpc["train"]["text"]) + list(mrpc["search"]["text"])
     assert sum(t.startswith('"') for t in texts) > 0 and all("\t" not in t and "\n" not in t for t in texts)
 
 
@@ -38,8 +38,8 @@ def test_search_split_is_disjoint_stratified_and_seeded(glue_dir):
     data = load_task("rte", glue_dir, search_fraction=0.2, seed=3)
     train, search = set(data["train"]["idx"]), set(data["search"]["idx"])
     assert not train & search and len(train | search) == 2490
-    dev_pairs = set(zip(data["validation"]["sentence1"], data["validation"]["sentence2"]))
-    assert not dev_pairs & set(zip(data["search"]["sentence1"], data["search"]["sentence2"]))
+    dev_pairs = set(zip(data["validation"]["text"], data["validation"]["text_pair"]))
+    assert not dev_pairs & set(zip(data["search"]["text"], data["search"]["text_pair"]))
     full, part = np.mean(data["train"]["label"]), np.mean(data["search"]["label"])
     assert abs(full - part) < 0.01  # stratified: same class balance
     again = load_task("rte", glue_dir, search_fraction=0.2, seed=3, max_train=100)
@@ -50,7 +50,7 @@ def test_search_split_is_disjoint_stratified_and_seeded(glue_dir):
 
 def test_tokenize_keeps_only_model_inputs(glue_dir):
     data = load_task("mrpc", glue_dir, max_train=8)
-    tokens = tokenize(data["train"], load_tokenizer(None), "mrpc", max_length=48)
+    tokens = tokenize(data["train"], load_tokenizer(None), glue_spec("mrpc"), max_length=48)
     assert set(tokens.column_names) == {"input_ids", "token_type_ids", "attention_mask", "label"}
     lengths = [len(ids) for ids in tokens["input_ids"]]
     assert max(lengths) == 48 and len(set(lengths)) > 1  # truncated, not padded
@@ -59,11 +59,11 @@ def test_tokenize_keeps_only_model_inputs(glue_dir):
 
 def test_calibration_texts_pairs_and_singles(glue_dir):
     rte_train = load_task("rte", glue_dir)["train"]
-    pairs = calibration_texts("rte", rte_train, 5)
+    pairs = calibration_texts(glue_spec("rte"), rte_train, 5)
     assert len(pairs) == 5 and all(isinstance(p, tuple) and len(p) == 2 for p in pairs)
-    assert calibration_texts("rte", rte_train, 5) == pairs
-    assert set(pairs) <= set(zip(rte_train["sentence1"], rte_train["sentence2"]))  # drawn from the train split
-    singles = calibration_texts("cola", load_task("cola", glue_dir)["train"], 3)
+    assert calibration_texts(glue_spec("rte"), rte_train, 5) == pairs
+    assert set(pairs) <= set(zip(rte_train["text"], rte_train["text_pair"]))  # drawn from the train split
+    singles = calibration_texts(glue_spec("cola"), load_task("cola", glue_dir)["train"], 3)
     assert len(singles) == 3 and all(isinstance(s, str) for s in singles)
 
 
@@ -99,13 +99,13 @@ def test_missing_sources_are_user_errors(tmp_path, monkeypatch):
 
 
 def test_metrics():
-    m = compute_metrics("mrpc", np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]), np.array([1, 0, 0, 0]))
+    m = compute_metrics(glue_spec("mrpc"), np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]), np.array([1, 0, 0, 0]))
     assert m["accuracy"] == 0.75 and m["f1"] == pytest.approx(2 / 3) and m["metric"] == m["accuracy"]
-    assert compute_metrics("cola", np.array([1, 0, 1, 0]), np.array([1, 0, 1, 0]))["metric"] == 1.0
-    s = compute_metrics("stsb", np.array([[1.0], [2.0], [3.0]]), np.array([1.5, 2.0, 4.0]))
+    assert compute_metrics(glue_spec("cola"), np.array([1, 0, 1, 0]), np.array([1, 0, 1, 0]))["metric"] == 1.0
+    s = compute_metrics(glue_spec("stsb"), np.array([[1.0], [2.0], [3.0]]), np.array([1.5, 2.0, 4.0]))
     assert s["spearman"] == pytest.approx(1.0) and s["pearson"] < 1.0
     # a subnet that collapsed to a constant output must rank last in the search, not poison it with NaN
-    flat = compute_metrics("stsb", np.array([[0.5], [0.5], [0.5]]), np.array([1.5, 2.0, 4.0]))
+    flat = compute_metrics(glue_spec("stsb"), np.array([[0.5], [0.5], [0.5]]), np.array([1.5, 2.0, 4.0]))
     assert flat["spearman"] == 0.0 and flat["pearson"] == 0.0 and flat["metric"] == 0.0
 
 
@@ -113,7 +113,7 @@ def test_malformed_local_file_is_a_user_error(tmp_path):
     (tmp_path / "SST-2").mkdir()
     (tmp_path / "SST-2" / "train.tsv").write_text("sentence\tlabel\ngood film\tpositive\n")
     (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabel\ngood film\t1\n")
-    with pytest.raises(UserError, match="not a number"):
+    with pytest.raises(UserError, match="mixed label types"):
         load_task("sst2", tmp_path)
     (tmp_path / "SST-2" / "train.tsv").write_text("text\tlabel\ngood film\t1\n")
     with pytest.raises(UserError, match="lacks column"):

@@ -11,7 +11,7 @@ import torch
 
 from eftnas_hw import deploy
 from eftnas_hw.context import RunContext
-from eftnas_hw.data import load_task, tokenize
+from eftnas_hw.data import glue_spec, load_task, tokenize
 from eftnas_hw.deploy import ExportedModel, export_subnets, load_exports
 from eftnas_hw.elastic import ElasticBert
 from eftnas_hw.errors import UserError
@@ -73,7 +73,7 @@ def exported(supernet, tiny_model_dir, sst2_dir, tiny_shape, tmp_path_factory):
 
 def test_exported_ir_reproduces_the_supernet_subnet(exported, supernet, tokenizer, sst2_dir):
     out, records = exported
-    dev = tokenize(load_task("sst2", sst2_dir)["validation"], tokenizer, "sst2", 16)
+    dev = tokenize(load_task("sst2", sst2_dir)["validation"], tokenizer, glue_spec("sst2"), 16)
     batches = length_batches(dev, 8, tokenizer.pad_token_id)
     for cfg, record in zip(SUBNETS, records):
         assert isinstance(record, ExportedModel)

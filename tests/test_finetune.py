@@ -8,7 +8,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from eftnas_hw.context import RunContext
-from eftnas_hw.data import load_task, tokenize
+from eftnas_hw.data import glue_spec, load_task, tokenize
 from eftnas_hw.errors import UserError
 from eftnas_hw.finetune import finetune
 from eftnas_hw.importance import (SCORES_NAME, ImportanceCallback, channel_importance, elastic_weight_names,
@@ -65,7 +65,7 @@ def test_trainer_step_scores_match_manual_gradient(tiny_model_dir, fake_glue, tm
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    train = tokenize(load_task("sst2", fake_glue, max_train=8)["train"], tokenizer, "sst2")
+    train = tokenize(load_task("sst2", fake_glue, max_train=8)["train"], tokenizer, glue_spec("sst2"))
     collator = DataCollatorWithPadding(tokenizer)
     batch = collator([train[i] for i in range(8)])
     reference = load_model(tiny_model_dir, num_labels=2)

@@ -162,7 +162,7 @@ def test_search_supernet_refuses_the_cache_of_another_supernet(tiny_model_dir, t
     shutil.copytree(tiny_model_dir, supernet)
     (supernet / "search_space.json").write_text(json.dumps(SPACE.to_dict()))
     words = ["good", "bad", "fine", "awful", "great", "dull", "superb", "boring"]
-    split = Dataset.from_dict({"sentence": [f"a {w} film, {v} times" for v in range(4) for w in words],
+    split = Dataset.from_dict({"text": [f"a {w} film, {v} times" for v in range(4) for w in words],
                                "label": [i % 2 for i in range(32)], "idx": list(range(32))})
 
     def context() -> RunContext:

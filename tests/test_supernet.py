@@ -13,7 +13,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from eftnas_hw.context import RunContext
-from eftnas_hw.data import compute_metrics
+from eftnas_hw.data import compute_metrics, glue_spec
 from eftnas_hw.elastic import ElasticBert
 from eftnas_hw.errors import UserError
 from eftnas_hw.evaluate import evaluate_subnets
@@ -129,13 +129,13 @@ def test_evaluate_subnets_matches_one_by_one_predictions(tiny_shape):
     dataset = _token_dataset(n=13, seed=5)
     supernet = ElasticBert(random_bert(tiny_shape, seed=2))
     cfgs = [TINY_SPACE.largest(), SubnetConfig((2, 1), (0, 32))]
-    results = evaluate_subnets(supernet, cfgs, dataset, "sst2", batch_size=4)
+    results = evaluate_subnets(supernet, cfgs, dataset, glue_spec("sst2"), batch_size=4)
     assert supernet.active == tiny_shape.full_subnet()  # the active subnet is restored
     for cfg, result in zip(cfgs, results):
         standalone = supernet.set_active_subnet(cfg).get_active_subnet().eval()
         with torch.no_grad():
             preds = [int(standalone(input_ids=torch.tensor([ids])).logits.argmax()) for ids in dataset["input_ids"]]
-        assert result == compute_metrics("sst2", np.array(preds), np.array(dataset["label"]))
+        assert result == compute_metrics(glue_spec("sst2"), np.array(preds), np.array(dataset["label"]))
 
 
 def test_train_supernet_writes_a_loadable_supernet(tiny_model_dir, glue_dir, tmp_path):

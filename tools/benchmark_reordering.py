@@ -20,7 +20,7 @@ import numpy as np
 
 from eftnas_hw.context import RunContext
 from eftnas_hw.cost import gmacs_cost
-from eftnas_hw.data import task_spec
+from eftnas_hw.data import TaskSpec, glue_spec
 from eftnas_hw.elastic import ElasticBert
 from eftnas_hw.evaluate import evaluate_subnets
 from eftnas_hw.files import read_json, write_json_atomic
@@ -54,8 +54,8 @@ def teacher_and_space(ctx: RunContext, teacher: Path, work: Path, args: argparse
     return space_file
 
 
-def evaluate_named(supernet: ElasticBert, named: dict, dev, task: str, batch_size: int) -> dict[str, float]:
-    metrics = evaluate_subnets(supernet, list(named.values()), dev, task, batch_size)
+def evaluate_named(supernet: ElasticBert, named: dict, dev, spec: TaskSpec, batch_size: int) -> dict[str, float]:
+    metrics = evaluate_subnets(supernet, list(named.values()), dev, spec, batch_size)
     return {name: m["metric"] for name, m in zip(named, metrics)}
 
 
@@ -95,8 +95,8 @@ def run_task(task: str, args: argparse.Namespace) -> dict:
         record = {"dev_examples": len(dev), "subnets": {n: c.to_dict() for n, c in named.items()},
                   "gmacs_seq_len": ctx.profile.seq_len,
                   "gmacs": {n: round(c.gmacs(supernet.shape, ctx.profile.seq_len), 4) for n, c in named.items()},
-                  "reordered_only": evaluate_named(untrained.eval(), named, dev, task, args.eval_batch_size),
-                  "trained": evaluate_named(supernet, named, dev, task, args.eval_batch_size),
+                  "reordered_only": evaluate_named(untrained.eval(), named, dev, ctx.spec, args.eval_batch_size),
+                  "trained": evaluate_named(supernet, named, dev, ctx.spec, args.eval_batch_size),
                   "report": read_json(out / "report.json", "report")}
         write_json_atomic(record_file, record)
         results["strategies"][strategy] = record
@@ -144,7 +144,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     for task in args.tasks:
-        task_spec(task)
+        glue_spec(task)
     results = []
     for task in args.tasks:
         results.append(run_task(task, args))

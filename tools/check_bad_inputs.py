@@ -61,6 +61,7 @@ SN = "train-supernet --teacher {teacher} --space {space} --task sst2 --data-dir 
 SE = "search --supernet {supernet} --task sst2 --data-dir {glue} --gmacs --pop-size 4 --n-evals 8 --max-search 16"
 SP = "space --scores {teacher} --gmacs --n 2"
 RUN = f"run {TINY} --out {{out}}"
+OWN = "finetune --model {model} --train-file {bad}/own.csv --text-columns review --label-column sentiment"
 
 CASES: tuple[Case, ...] = (
     # -- output locations: not a folder, not writable, already there
@@ -92,6 +93,25 @@ CASES: tuple[Case, ...] = (
     _c("one class only in train", "data", f"{FT} --data-dir {{bad}}/oneclass --out {{out}}"),
     _c("dev file missing", "data", f"{FT} --data-dir {{bad}}/nodev --out {{out}}"),
     _c("unknown task", "data", f"finetune --task sst5 {TINY} --out {{out}}"),
+    _c("own data: missing text column", "data", f"{OWN} --text-columns text --out {{out}}"),
+    _c("own data: three text columns", "data", f"{OWN} --text-columns review,review,review --out {{out}}"),
+    _c("own data: one class only", "data", f"{OWN} --train-file {{bad}}/own_oneclass.csv --out {{out}}"),
+    _c("own data: evaluation labels unseen in training", "data",
+       f"{OWN} --eval-file {{bad}}/own_unseen.csv --out {{out}}"),
+    _c("own data: mixed label types", "data", f"{OWN} --train-file {{bad}}/own_mixed.jsonl --out {{out}}"),
+    _c("own data: an empty label", "data", f"{OWN} --train-file {{bad}}/own_nolabel.csv --out {{out}}"),
+    _c("own data: unknown file format", "data", f"{OWN} --train-file {{file}} --out {{out}}"),
+    _c("own data: metric does not fit the label", "data", f"{OWN} --eval-metric pearson --out {{out}}"),
+    _c("own data: files and a hub dataset", "data", f"{OWN} --dataset imdb --out {{out}}"),
+    _c("own data: --eval-file alone", "data", f"{FT} --eval-file {{bad}}/own.csv --out {{out}}"),
+    _c("teacher: classes differ from the data's", "consistency",
+       f"finetune --teacher {{teacher}} --train-file {{bad}}/own.csv --text-columns review "
+       f"--label-column sentiment --out {{out}}"),
+    _c("teacher and model both", "consistency", f"{OWN.replace('--model', '--teacher {teacher} --model')} "
+                                                f"--out {{out}}"),
+    _c("teacher without a classification head", "consistency",
+       f"run --teacher minilm-l6 --train-file {{bad}}/own.csv --text-columns review --label-column sentiment "
+       f"--out {{out}}"),
     # -- numbers out of range or of the wrong kind
     _c("--max-train 0", "number", f"{FT} --max-train 0 --out {{out}}"),
     _c("--batch-size 0", "number", f"{FT} --batch-size 0 --out {{out}}"),
@@ -268,6 +288,14 @@ def build_fixtures(work: Path, quiet: bool = True) -> dict[str, str]:
     _write(bad / "profile_broken.yaml", "batch: [1\nseq_len: 128\n")
     _write(bad / "profile_fp8.yaml", "device: CPU\nthreads: 1\nstreams: 1\nbatch: 1\nseq_len: 128\n"
                                      "precision: fp8\n")
+    own = "review,sentiment\n" + "".join(f"film {i} was {'good' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'}\n"
+                                         for i in range(40))
+    _write(bad / "own.csv", own)
+    _write(bad / "own_oneclass.csv", own.replace(",neg", ",pos"))
+    _write(bad / "own_unseen.csv", own.replace("film 3 was good,pos", "film 3 was good,meh"))
+    _write(bad / "own_nolabel.csv", own.replace("film 3 was good,pos", "film 3 was good,"))
+    _write(bad / "own_mixed.jsonl", "".join(json.dumps({"review": f"film {i}", "sentiment": "pos" if i % 2 else 0})
+                                            + "\n" for i in range(40)))
     _write(bad / "run_scalar.yaml", "finetune: 3\n")
     _write(bad / "run_word.yaml", "finetune:\n  epochs: three\n")
     _write(bad / "run_typo.yaml", "latency:\n  build:\n    ffn_stpe: 64\n")
