@@ -35,7 +35,7 @@ GLUE_DIR_ENV = "EFTNAS_GLUE_DIR"
 CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "matthews")
 REGRESSION_METRICS = ("pearson", "spearman")
 METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
 
 
 @dataclass(frozen=True)
@@ -227,13 +227,12 @@ def _read_hub(source: DataSource) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str
 
 def _label_values(values: pd.Series, where: str) -> tuple[str, pd.Series]:
     """('int' | 'float' | 'str', values) for a label column; mixed kinds and empty labels are refused."""
-    if values.map(lambda v: v is None or (isinstance(v, float) and np.isnan(v)) or v == "").any():
-        row = int(np.flatnonzero(values.map(lambda v: v is None or v == "" or v != v))[0])
-        raise UserError(f"{where}: row {row} has no label")
+    missing = values.map(lambda v: v is None or v != v or (isinstance(v, str) and not v.strip()))  # v != v: NaN
+    if missing.any():
+        raise UserError(f"{where}: row {int(np.flatnonzero(missing)[0])} has no label")
     if values.map(lambda v: isinstance(v, bool)).any():
         return "str", values.astype(str)
-    text = values.map(lambda v: isinstance(v, str))
-    numbers = pd.to_numeric(values.where(~text, values[text].str.strip()), errors="coerce")
+    numbers = pd.to_numeric(values.map(lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
     parsed = numbers.notna()
     if not parsed.any():
         return "str", values.astype(str)
@@ -321,6 +320,9 @@ def load_data(source: DataSource, search_fraction: float = 0.1, seed: int = 0) -
     if regression and "str" in kinds.values():
         raise UserError(f"{source.name}: metric {source.metric} needs a numeric label; "
                         f"{source.label_column!r} holds class names")
+    if regression and names:
+        raise UserError(f"{source.name}: classes are named ({', '.join(names)}) but {source.label_column!r} is a "
+                        "score (regression)")
     if regression:
         for frame in frames.values():
             frame["label"] = frame["label"].astype(np.float32)

@@ -99,6 +99,7 @@ def test_metrics_against_hand_computed_values(tmp_path):
     (dict(eval_metric="f1", label_column="stars"), "binary"),
     (dict(labels="pos,pos"), "each class once"),
     (dict(labels="good,bad"), "not one of the classes"),
+    (dict(labels="low,high", label_column="score"), "is a score"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, change, message):
     settings = {"text_columns": "review", "label_column": "sentiment", **change}
@@ -168,3 +169,29 @@ def test_a_fine_tuned_teacher_is_scored_not_trained_and_its_labels_rule(tiny_mod
         RunContext(RunConfig(teacher=str(packaged_minilm_path()), data=DataSettings(**data))).spec
     with pytest.raises(UserError, match="not both"):
         RunConfig(teacher=str(tmp_path / "tuned"), model=str(tiny_model_dir))
+
+
+def test_a_hub_dataset_keeps_its_class_names_and_needs_its_evaluation_split(tmp_path, monkeypatch):
+    """--dataset goes through datasets.load_dataset (faked here: no hub on this machine); a ClassLabel's names
+    become the classes, and a missing evaluation split is named with the ones there are."""
+    import datasets
+
+    names = datasets.ClassLabel(names=["neg", "pos"])
+    split = datasets.Dataset.from_dict({"content": [f"{w} film {i}" for i, w in enumerate(WORDS * 4)],
+                                        "polarity": [i % 2 for i in range(40)]},
+                                       features=datasets.Features({"content": datasets.Value("string"),
+                                                                   "polarity": names}))
+    calls = []
+
+    def fake_load_dataset(name, config=None):
+        calls.append((name, config))
+        return datasets.DatasetDict(train=split, test=split)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    settings = DataSettings(dataset="someone/reviews", dataset_config="en", eval_split="test",
+                            text_columns="content", label_column="polarity")
+    splits, spec = load_data(data_source(None, None, settings))
+    assert calls == [("someone/reviews", "en")] and spec.name == "reviews"
+    assert spec.label_names == ("neg", "pos") and len(splits["validation"]) == 40
+    with pytest.raises(UserError, match="no 'validation' split \\(it has train, test\\)"):
+        load_data(data_source(None, None, DataSettings(**{**settings.to_dict(), "eval_split": "validation"})))
