@@ -73,7 +73,7 @@ from optimum.intel import OVModelForSequenceClassification
 from transformers import AutoTokenizer
 model = OVModelForSequenceClassification.from_pretrained("{name}", ov_config={ov_config})
 tokenizer = AutoTokenizer.from_pretrained("{name}")
-inputs = tokenizer("{example}", return_tensors="pt")  # a sentence pair: tokenizer(text, text_pair, ...)
+inputs = tokenizer("a gripping, beautifully acted film", return_tensors="pt")  # a sentence pair: tokenizer(text, text_pair, ...)
 {predict}
 ```
 """
@@ -108,7 +108,6 @@ def model_card(model: "ExportedModel", shape: BertShape) -> str:
                   f"the latency table was measured elsewhere: `{table_fp}`"),
         source="\n".join(f"- {k}: `{v}`" for k, v in model.source.items()) or "- (not recorded)",
         ov_config={k: str(v) for k, v in Profile.from_dict(p).ov_config().items()},
-        example="a gripping, beautifully acted film",
         predict=("print(float(model(**inputs).logits[0, 0]))  # the predicted score" if shape.num_labels == 1 else
                  "print(model.config.id2label[int(model(**inputs).logits.argmax(-1))])  # one of: "
                  + ", ".join(model.label_names)))

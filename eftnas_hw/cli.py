@@ -67,7 +67,7 @@ def _run_config(args: argparse.Namespace, **extra) -> RunConfig:
     overrides = {**given(args, RunConfig), **extra}
     data = given(args, DataSettings)
     if data:
-        overrides["data"] = {**data, **overrides.get("data", {})}
+        overrides["data"] = {**overrides.get("data", {}), **data}  # flags over a recorded section
     if getattr(args, "profile", None):
         overrides["latency"] = {"profile": args.profile}
     return RunConfig().merged(overrides)
@@ -162,7 +162,7 @@ def _export_front(args: argparse.Namespace) -> None:
     # The data the search scored on: its task, seed and truncation, and (unless given) its data folder.
     same_data = {k: v for k, v in search.get("cache_key", {}).items() if k in ("task", "seed", "max_length")}
     ctx = _context(args, supernet, table, **same_data, data_dir=args.data_dir or search.get("data_dir"),
-                   data={**search.get("data", {}), **given(args, DataSettings)})
+                   data=search.get("data", {}))
     if table is not None and not args.profile:
         ctx.profile = table.profile
     settings = from_flags(args, ExportSettings)

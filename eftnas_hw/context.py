@@ -57,13 +57,6 @@ class RunContext:
         return load_data(self.source, seed=self.config.seed)
 
     @property
-    def task(self) -> str:
-        """The run's task name, known without reading the data (the spec's name once it is read)."""
-        from .data import task_name
-
-        return task_name(self.config.task, self.config.data)
-
-    @property
     def label_names(self) -> tuple[str, ...]:
         """A fine-tuned teacher's class names, in its id order: the data's labels must be these."""
         from .models import teacher_labels

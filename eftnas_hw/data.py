@@ -30,11 +30,9 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from .errors import UserError
 from .files import read_json
+from .settings import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
 GLUE_DIR_ENV = "EFTNAS_GLUE_DIR"
-CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "matthews")
-REGRESSION_METRICS = ("pearson", "spearman")
-METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
 
 
@@ -147,10 +145,11 @@ def data_source(task: str | None, data_dir: str | os.PathLike | None, data,
     """The run's DataSource: the user's own data when `data` (DataSettings) names files or a hub dataset, else the
     GLUE task `task` (default sst2). A fine-tuned teacher's class names (`teacher_labels`, in its id order) fix
     the class ids: the data's string labels must be among them."""
-    source = _own_source(task, data) if data.train_file or data.dataset else None
-    if source is None:
-        if data.eval_file:
-            raise UserError("--eval-file needs --train-file")
+    if data.train_file or data.dataset:
+        source = _own_source(task, data)
+    elif data.eval_file:
+        raise UserError("--eval-file needs --train-file")
+    else:
         source = glue_source(task or DEFAULT_TASK, data_dir)
         source = dataclasses.replace(source, metric=data.eval_metric or source.metric)
     if teacher_labels:
@@ -328,8 +327,7 @@ def load_data(source: DataSource, search_fraction: float = 0.1, seed: int = 0) -
             frame["label"] = frame["label"].astype(np.float32)
     else:
         names = _class_ids(frames, kinds["train"], names, source.name)
-    spec = TaskSpec(source.name, len(source.text_columns) == 2, 1 if regression else len(names),
-                    () if regression else names, _main_metric(source.metric, regression, len(names)))
+    spec = _spec(source, names, regression)
     data = {split: _dataset(frame, spec) for split, frame in frames.items()}
     if "eval" not in data:
         data["train"], data["eval"] = _carve(data["train"], source.eval_fraction, seed, spec, "evaluation")
@@ -380,9 +378,12 @@ def known_spec(source: DataSource) -> TaskSpec | None:
     for every GLUE task: checks can then run before any data is read. `load_data` derives the same one."""
     if not source.labels and source.metric not in REGRESSION_METRICS:
         return None
-    regression = not source.labels
-    return TaskSpec(source.name, len(source.text_columns) == 2, 1 if regression else len(source.labels),
-                    source.labels, _main_metric(source.metric, regression, len(source.labels)))
+    return _spec(source, source.labels, regression=not source.labels)
+
+
+def _spec(source: DataSource, names: tuple[str, ...], regression: bool) -> TaskSpec:
+    return TaskSpec(source.name, len(source.text_columns) == 2, 1 if regression else len(names),
+                    () if regression else names, _main_metric(source.metric, regression, len(names)))
 
 
 def glue_spec(task: str) -> TaskSpec:

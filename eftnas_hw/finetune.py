@@ -49,9 +49,10 @@ def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSett
     # A new classifier head is drawn from torch's global RNG, which a process seeds at random: seed it first, or
     # the same run config gives another teacher (and another search space and front) every time.
     set_seed(config.seed)
-    if scoring_only and load_config(config.teacher).num_labels != spec.num_labels:
-        raise UserError(f"teacher {config.teacher} has {load_config(config.teacher).num_labels} outputs, the data of "
-                        f"{spec.name} needs {spec.num_labels}")
+    outputs = load_config(config.teacher).num_labels if scoring_only else spec.num_labels
+    if outputs != spec.num_labels:
+        raise UserError(f"teacher {config.teacher} has {outputs} outputs, the data of {spec.name} needs "
+                        f"{spec.num_labels}")
     model = load_model(config.base_model, num_labels=spec.num_labels, label_names=spec.label_names,
                        problem_type="regression" if spec.is_regression else "single_label_classification")
     train = ctx.tokenized(train)

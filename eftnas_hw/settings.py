@@ -276,7 +276,8 @@ class ExportSettings(Settings):
 
 
 COST_METRICS = ("latency", "gmacs")
-TASK_METRICS = ("accuracy", "f1", "macro_f1", "matthews", "pearson", "spearman")  # data.METRICS
+CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "matthews")  # data.compute_metrics
+REGRESSION_METRICS = ("pearson", "spearman")
 
 
 @dataclass(frozen=True)
@@ -295,7 +296,7 @@ class DataSettings(Settings):
     labels: str | None = setting(None, "class names in id order, comma-separated (default: sorted names; "
                                        "integer labels are ids)")
     eval_metric: str | None = setting(None, "main metric (default: accuracy for 2 classes, macro_f1 for more, "
-                                            "spearman for a float label)", choices=TASK_METRICS)
+                                            "spearman for a float label)", choices=CLASSIFICATION_METRICS + REGRESSION_METRICS)
     eval_fraction: float = setting(0.1, "share of a single training file held out for evaluation", above=0,
                                    high=0.5)
 
