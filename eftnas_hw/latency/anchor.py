@@ -48,9 +48,13 @@ def anchor_table(table: LatencyTable, settings: AnchorSettings = AnchorSettings(
     measured = np.array([s["ms"] for s in stats])
     before = np.array([table.calibrated_ms(s) for s in subnets])
     fits = {name: _fit(before, measured, with_offset) for name, with_offset in ANCHOR_MODELS.items()}
-    # the offset must earn its place: a clearly lower leave-one-out error, not noise-level gains
-    model = "scale + offset" if fits["scale + offset"][2]["mape_pct"] < OFFSET_GAIN * fits["scale"][2]["mape_pct"] \
-        else "scale"
+    # a line that falls as the table's prediction grows (noise on a handful of tiny models can fit one) is no
+    # candidate; the offset must earn its place: a clearly lower leave-one-out error, not noise-level gains
+    rising = [name for name, fit in fits.items() if fit[0] > 0]
+    if not rising:
+        raise TableDoesNotFit(f"latency table does not fit this machine: measured on {n} subnets here, their latency "
+                              "does not grow with the table's predictions; build one here with `eftnas-hw profile`")
+    model = min(rising, key=lambda name: fits[name][2]["mape_pct"] * (1 if name == "scale + offset" else OFFSET_GAIN))
     scale, offset, residual = fits[model]
     anchor = {
         "fingerprint": hardware_fingerprint(profile), "scale": scale, "offset_ms": offset, "model": model,
