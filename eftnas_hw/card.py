@@ -33,7 +33,7 @@ unchanged (no fine-tuning after extraction, as in EFTNAS) to an OpenVINO IR thro
 | parameters | {params:,} |
 | precision | {int8} |
 
-Dev metrics: every example of the task's evaluation split (GLUE dev, or the user's evaluation data), batched (length-sorted, padded per batch) with dynamic shapes.
+Dev metrics: every example of the task's evaluation split (GLUE dev, or the user's evaluation data), batched (length-sorted, padded per batch) with dynamic shapes{qa_note}.
 
 ## Per-layer widths (0 = sub-block removed, residual path only)
 | layer | attention heads (of {num_heads}) | FFN width (of {intermediate_size}) |
@@ -62,18 +62,17 @@ after loading (`model.reshape({batch}, {seq})` in optimum-intel, `ov.Model.resha
 ## How it was made
 {source}
 - extraction: `ElasticBert.set_active_subnet(cfg).get_active_subnet()` (physically smaller layers)
-- export: `optimum.exporters.openvino.export_from_model` (text-classification), {int8}
+- export: `optimum.exporters.openvino.export_from_model` ({head}), {int8}
 
 ## Use
 The settings below are the ones measured above. Without them OpenVINO picks its own threads and, on CPUs with
 AMX or AVX512-BF16, runs an f32 IR in bf16 (faster, slightly different logits).
 
 ```python
-from optimum.intel import OVModelForSequenceClassification
+from optimum.intel import {ov_class}
 from transformers import AutoTokenizer
-model = OVModelForSequenceClassification.from_pretrained("{name}", ov_config={ov_config})
+model = {ov_class}.from_pretrained("{name}", ov_config={ov_config})
 tokenizer = AutoTokenizer.from_pretrained("{name}")
-inputs = tokenizer("a gripping, beautifully acted film", return_tensors="pt")  # a sentence pair: tokenizer(text, text_pair, ...)
 {predict}
 ```
 """
@@ -108,6 +107,25 @@ def model_card(model: "ExportedModel", shape: BertShape) -> str:
                   f"the latency table was measured elsewhere: `{table_fp}`"),
         source="\n".join(f"- {k}: `{v}`" for k, v in model.source.items()) or "- (not recorded)",
         ov_config={k: str(v) for k, v in Profile.from_dict(p).ov_config().items()},
-        predict=("print(float(model(**inputs).logits[0, 0]))  # the predicted score" if shape.num_labels == 1 else
-                 "print(model.config.id2label[int(model(**inputs).logits.argmax(-1))])  # one of: "
-                 + ", ".join(model.label_names)))
+        head=model.head, qa_note=("; QA: each context in windows, the best span over them (n-best start/end "
+                                  "logits), SQuAD v1.1 EM/F1" if model.head == "question-answering" else ""), ov_class=OV_CLASSES[model.head], predict=_predict_code(model, shape))
+
+
+OV_CLASSES = {"text-classification": "OVModelForSequenceClassification",
+              "question-answering": "OVModelForQuestionAnswering"}
+CLASSIFY = 'inputs = tokenizer("a gripping, beautifully acted film", return_tensors="pt")  # a pair: tokenizer(a, b, ...)'
+ANSWER = """question, context = "Who wrote Hamlet?", "Hamlet is a tragedy written by William Shakespeare."
+inputs = tokenizer(question, context, truncation="only_second", max_length={seq}, return_tensors="pt")
+out = model(**inputs)
+start, end = int(out.start_logits.argmax()), int(out.end_logits.argmax())  # (long contexts: windows, see eftnas_hw.qa)
+print(tokenizer.decode(inputs["input_ids"][0, start:end + 1]))  # the answer span"""
+
+
+def _predict_code(model: "ExportedModel", shape: BertShape) -> str:
+    """The card's lines that run the IR once and print what it predicts, as the user's labels."""
+    if model.head == "question-answering":
+        return ANSWER.format(seq=model.profile["seq_len"])
+    if shape.num_labels == 1:
+        return CLASSIFY + "\nprint(float(model(**inputs).logits[0, 0]))  # the predicted score"
+    return (CLASSIFY + "\nprint(model.config.id2label[int(model(**inputs).logits.argmax(-1))])  # one of: "
+            + ", ".join(model.label_names))

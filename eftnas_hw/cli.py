@@ -59,7 +59,7 @@ def _resume_arg(p: argparse.ArgumentParser) -> None:
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     """Your own dataset instead of a GLUE task (DataSettings)."""
-    add_flags(p.add_argument_group("your own data (instead of a GLUE --task; see README)"), DataSettings)
+    add_flags(p.add_argument_group("your own data (instead of a GLUE --task or squad; see README)"), DataSettings)
 
 
 def _run_config(args: argparse.Namespace, **extra) -> RunConfig:
@@ -362,7 +362,8 @@ def _add_commands(sub) -> None:
     _overwrite_arg(p)
     p.set_defaults(func=_select)
 
-    p = sub.add_parser("finetune", help="fine-tune the teacher on a GLUE task and accumulate importance scores")
+    p = sub.add_parser("finetune", help="fine-tune the teacher (GLUE, SQuAD or your data) and accumulate "
+                                        "importance scores")
     _common(p, "model", "teacher", "task", "data_dir", "seed", "max_length")
     _data_args(p)
     p.add_argument("--out", required=True, help="output folder (teacher, importance.safetensors, metrics.json)")

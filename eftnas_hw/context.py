@@ -87,12 +87,13 @@ class RunContext:
 
         return subsample(self.splits["search"], max_search, self.config.seed)
 
-    def tokenized(self, dataset: "Dataset") -> "Dataset":
+    def tokenized(self, dataset: "Dataset", training: bool = True) -> "Dataset":
+        """Model inputs of `dataset`: to train on, or (training=False) to score (QA windows differ)."""
         from .data import tokenize
 
-        return tokenize(dataset, self.tokenizer, self.spec, self.config.max_length)
+        return tokenize(dataset, self.tokenizer, self.spec, self.config.max_length, training)
 
     @cached_property
     def dev(self) -> "Dataset":
         """The tokenized evaluation split (GLUE dev), shared by every stage that reports a dev metric."""
-        return self.tokenized(self.splits["validation"])
+        return self.tokenized(self.splits["validation"], training=False)

@@ -12,6 +12,10 @@ and official metric. `load_data` reads any source into the same splits and a `Ta
   `search` is carved, seeded and stratified, from the training data, never from the evaluation split: the
   architecture search must not select on the data results are reported on. `train` is the rest.
 
+Extractive QA (`qa.py`) goes through the same mechanism: a SQuAD-format JSON file, rows with question, context
+and answers columns (the `squad` hub dataset's layout, also as JSON lines or Parquet), or the `squad` preset. Its
+held-out splits are carved by article, and its TaskSpec carries the window stride and the answer settings.
+
 Local TSV files of GLUE are read with `csv.QUOTE_NONE`, as the GLUE/HF loaders do: several hold unmatched quotes
 that default CSV quoting would silently merge into neighbouring rows.
 """
@@ -28,9 +32,10 @@ import numpy as np
 import pandas as pd
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
+from . import qa
 from .errors import UserError
 from .files import read_json
-from .settings import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from .settings import CLASSIFICATION_METRICS, QA_METRICS, REGRESSION_METRICS
 
 GLUE_DIR_ENV = "EFTNAS_GLUE_DIR"
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -52,6 +57,18 @@ class DataSource:
     metric: str | None = None  # main metric; None = accuracy (2 classes), macro_f1 (more), spearman (regression)
     eval_fraction: float = 0.1
     read_options: dict[str, Any] = field(default_factory=dict)  # pandas options (GLUE: QUOTE_NONE, no header)
+    qa: "QAOptions | None" = None  # the QA settings (used when the rows turn out to be QA examples)
+
+
+@dataclass(frozen=True)
+class QAOptions:
+    """Extractive QA: window length, tokens shared by consecutive windows, longest answer, candidates per window
+    (`qa.py`)."""
+
+    window: int = 384
+    doc_stride: int = 128
+    max_answer_length: int = 30
+    n_best: int = 20
 
 
 @dataclass(frozen=True)
@@ -60,16 +77,19 @@ class TaskSpec:
 
     name: str
     pair: bool  # two text inputs (sentence pairs) or one
-    num_labels: int  # 1 = regression
-    label_names: tuple[str, ...]  # class names in id order (empty for regression)
+    num_labels: int  # 1 = regression; 2 for QA (start and end logits per token)
+    label_names: tuple[str, ...]  # class names in id order (empty for regression and QA)
     main_metric: str
+    qa: QAOptions | None = None  # set: extractive QA (question, context -> answer span)
 
     @property
     def is_regression(self) -> bool:
-        return self.num_labels == 1
+        return self.num_labels == 1 and self.qa is None
 
     @property
     def text_keys(self) -> tuple[str, ...]:
+        if self.qa is not None:
+            return ("question", "context")
         return ("text", "text_pair") if self.pair else ("text",)
 
 
@@ -104,6 +124,7 @@ GLUE: dict[str, _Glue] = {
                  ("not_duplicate", "duplicate")),
 }
 DEFAULT_TASK = "sst2"
+SQUAD = "squad"  # the SQuAD v1.1 preset: train-v1.1.json and dev-v1.1.json of --data-dir, else the hub's
 
 
 def glue_source(task: str, data_dir: str | os.PathLike | None = None) -> DataSource:
@@ -149,6 +170,8 @@ def data_source(task: str | None, data_dir: str | os.PathLike | None, data,
         source = _own_source(task, data)
     elif data.eval_file:
         raise UserError("--eval-file needs --train-file")
+    elif task == SQUAD:
+        source = _squad_source(data_dir, data)
     else:
         source = glue_source(task or DEFAULT_TASK, data_dir)
         source = dataclasses.replace(source, metric=data.eval_metric or source.metric)
@@ -173,17 +196,36 @@ def _own_source(task: str | None, data) -> DataSource:
     return DataSource(name=task_name(task, data), text_columns=columns, label_column=data.label_column,
                       train_file=data.train_file, eval_file=data.eval_file, hub=data.dataset,
                       hub_config=data.dataset_config, hub_eval_split=data.eval_split, labels=labels,
-                      metric=data.eval_metric, eval_fraction=data.eval_fraction)
+                      metric=data.eval_metric, eval_fraction=data.eval_fraction, qa=_qa_options(data))
+
+
+def _qa_options(data) -> QAOptions:
+    return QAOptions(data.window, data.doc_stride, data.max_answer_length, data.n_best)
+
+
+def _squad_source(data_dir: str | os.PathLike | None, data) -> DataSource:
+    """SQuAD v1.1: train-v1.1.json and dev-v1.1.json in `data_dir`, else the hub's `rajpurkar/squad`."""
+    common = dict(name=SQUAD, text_columns=("question", "context"), label_column="answers",
+                  metric=data.eval_metric, qa=_qa_options(data))
+    if not data_dir:
+        return DataSource(hub="rajpurkar/squad", **common)
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise UserError(f"SQuAD data folder not found: {folder}")
+    return DataSource(train_file=str(folder / "train-v1.1.json"), eval_file=str(folder / "dev-v1.1.json"), **common)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reading
 
 def _read_file(path: str, options: dict[str, Any]) -> pd.DataFrame:
-    """One local file as a DataFrame (CSV/TSV cells as strings: labels are typed later, texts stay texts)."""
+    """One local file as a DataFrame (CSV/TSV cells as strings: labels are typed later, texts stay texts); a
+    SQuAD-format JSON file as its flattened questions."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"data file not found: {path}")
+    if qa.is_squad_file(p):
+        return qa.read_squad(p)
     kind = FORMATS.get(p.suffix.lower())
     if kind is None:
         raise UserError(f"{path}: unknown data format {p.suffix!r} (CSV, TSV, JSON, JSONL or Parquet)")
@@ -308,6 +350,8 @@ def load_data(source: DataSource, search_fraction: float = 0.1, seed: int = 0) -
         train = _read_file(source.train_file, source.read_options)
         evaluation = _read_file(source.eval_file, source.read_options) if source.eval_file else None
         where = {"train": source.train_file, "eval": source.eval_file}
+    if source.qa is not None and all(c in train.columns for c in qa.QA_COLUMNS):
+        return _load_qa(source, train, evaluation, where, search_fraction, seed)
     frames, kinds = {}, {}
     for split, df in (("train", train), ("eval", evaluation)):
         if df is not None:
@@ -337,11 +381,36 @@ def load_data(source: DataSource, search_fraction: float = 0.1, seed: int = 0) -
     return DatasetDict(train=train, search=search, validation=data["eval"]), spec
 
 
+_QA_FEATURES = Features({"id": Value("string"), "title": Value("string"), "context": Value("string"),
+                         "question": Value("string"), "idx": Value("int64"),
+                         "answers": {"text": [Value("string")], "answer_start": [Value("int32")]}})
+
+
+def _load_qa(source: DataSource, train: pd.DataFrame, evaluation: pd.DataFrame | None, where: dict,
+             search_fraction: float, seed: int) -> tuple[DatasetDict, TaskSpec]:
+    """QA splits: the evaluation and search splits are whole articles (qa.split_by_article)."""
+    metric = source.metric or "f1"
+    if metric not in QA_METRICS:
+        raise UserError(f"metric {metric} does not fit extractive QA (choose {', '.join(QA_METRICS)})")
+    if evaluation is not None and not all(c in evaluation.columns for c in qa.QA_COLUMNS):
+        raise UserError(f"{where['eval']} holds no QA examples (question, context, answers) while the training "
+                        "data does")
+    train = qa.check_examples(train, where["train"])
+    if evaluation is None:
+        train, evaluation = qa.split_by_article(train, source.eval_fraction, seed)
+    else:
+        evaluation = qa.check_examples(evaluation, where["eval"])
+    train, search = qa.split_by_article(train, search_fraction, seed)
+    splits = {name: Dataset.from_pandas(frame, features=_QA_FEATURES, preserve_index=False)
+              for name, frame in (("train", train), ("search", search), ("validation", evaluation))}
+    return DatasetDict(splits), TaskSpec(source.name, True, 2, (), metric, source.qa)
+
+
 def _main_metric(metric: str | None, regression: bool, num_classes: int) -> str:
     if metric is None:
         return "spearman" if regression else "accuracy" if num_classes <= 2 else "macro_f1"
     allowed = REGRESSION_METRICS if regression else CLASSIFICATION_METRICS
-    if metric not in allowed:
+    if metric not in allowed:  # (exact_match: a QA metric, and these rows are no QA examples)
         raise UserError(f"metric {metric} does not fit a {'regression' if regression else 'classification'} "
                         f"label (choose {', '.join(allowed)})")
     if metric == "f1" and num_classes != 2:
@@ -411,8 +480,12 @@ def subsample(dataset: Dataset, n: int | None, seed: int) -> Dataset:
     return dataset.shuffle(seed=seed).select(range(n))
 
 
-def tokenize(dataset: Dataset, tokenizer, spec: TaskSpec, max_length: int = 128) -> Dataset:
-    """Token ids and `label`, without padding (batches are padded to their own longest sequence)."""
+def tokenize(dataset: Dataset, tokenizer, spec: TaskSpec, max_length: int = 128, training: bool = True) -> Dataset:
+    """Token ids and `label`, without padding (batches are padded to their own longest sequence). QA: windows of
+    the contexts (`qa.py`), with answer positions for training, else with what scoring needs (each window's
+    example `idx`, token offsets, the context and the gold answer texts)."""
+    if spec.qa is not None:
+        return _qa_tokenize(dataset, tokenizer, spec.qa, training)
     keys = spec.text_keys
 
     def encode(batch: dict) -> dict:
@@ -420,6 +493,21 @@ def tokenize(dataset: Dataset, tokenizer, spec: TaskSpec, max_length: int = 128)
 
     return dataset.map(encode, batched=True, remove_columns=[c for c in dataset.column_names if c != "label"],
                        desc="tokenize")
+
+
+def _qa_tokenize(dataset: Dataset, tokenizer, options: QAOptions, training: bool) -> Dataset:
+    def encode(batch: dict) -> dict:
+        if training:
+            return qa.train_features(batch, tokenizer, options.window, options.doc_stride)
+        enc = qa.eval_features(batch, tokenizer, options.window, options.doc_stride)
+        rows = enc.pop("example")
+        enc["example"] = [batch["idx"][j] for j in rows]
+        enc["context"] = [batch["context"][j] for j in rows]
+        enc["gold"] = [batch["answers"][j]["text"] for j in rows]
+        return enc
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names,
+                       desc="QA windows" + (" (training)" if training else ""))
 
 
 def compute_metrics(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:

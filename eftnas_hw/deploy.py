@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 
 from .card import model_card
 from .context import RunContext
-from .data import calibration_texts, check_trained_task, compute_metrics
+from .data import calibration_texts, check_trained_task
 from .elastic import ElasticBert
 from .errors import UserError
 from .evaluate import SubnetEvaluator, ir_logits, runtime_config
 from .evolution import select_subnet
-from .export import export_openvino
+from .export import export_openvino, export_task
 from .files import check_writable, read_json, write_json_atomic, write_text_atomic
 from .latency import STATISTIC, LatencyTable, Profile, anchor_line, hardware_fingerprint, measure_ir_ms
 from .reports import EXPORT_SUMMARY, write_export_summary
@@ -63,6 +63,7 @@ class ExportedModel:
     calibration_size: int
     table_anchor: str | None = None
     label_names: tuple[str, ...] = ()  # the IR config's id2label, in id order (what its predictions read as)
+    head: str = "text-classification"  # optimum's task: what OVModelFor... loads the IR as
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "subnet": self.subnet.to_dict(), "label_names": list(self.label_names)}
@@ -148,8 +149,7 @@ def _export_one(ctx: RunContext, evaluator: SubnetEvaluator, record: EvaluatedSu
     model = supernet.set_active_subnet(cfg).get_active_subnet().eval()
     export_openvino(model, folder, ctx.tokenizer, static_shape=None, calibration_texts=calibration, overwrite=True)
     measured = measure_ir_ms(folder, profile)
-    ir = ir_logits(folder, evaluator.batches, evaluator.num_examples, runtime_config(profile))
-    ir_metrics = compute_metrics(ctx.spec, ir, evaluator.labels)
+    ir_metrics = evaluator.score(ir_logits(folder, evaluator, runtime_config(profile)))
     torch_metrics = evaluator(cfg)
     predicted = table.predict_ms(cfg) if table is not None else record.latency_ms
     result = ExportedModel(
@@ -163,7 +163,8 @@ def _export_one(ctx: RunContext, evaluator: SubnetEvaluator, record: EvaluatedSu
         table_precision=table.profile.precision if table is not None else None, source=source,
         calibration_size=len(calibration) if calibration else 0,
         table_anchor=anchor_line(table) if table is not None else None,
-        label_names=tuple(str(model.config.id2label[i]) for i in range(model.config.num_labels)))
+        label_names=() if ctx.spec.qa else tuple(str(model.config.id2label[i]) for i in range(model.config.num_labels)),
+        head=export_task(model))
     write_text_atomic(folder / "README.md", model_card(result, supernet.shape))
     write_json_atomic(folder / RECORD_NAME, result.to_dict())
     return result

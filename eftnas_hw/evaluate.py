@@ -1,5 +1,6 @@
-"""Task metrics of subnets: of an activated subnet of the super-network (PyTorch), and of an exported IR
-(OpenVINO runtime). Shared by the super-network report, the search and the export; evaluation only, no training.
+"""Task metrics of models and subnets: a PyTorch model, an activated subnet of the super-network, or an exported
+IR (OpenVINO runtime), all scored the same way on the same batches. Shared by fine-tuning, the super-network
+report, the search and the export; evaluation only, no training.
 """
 from __future__ import annotations
 
@@ -9,16 +10,22 @@ from typing import Sequence
 import numpy as np
 import torch
 from datasets import Dataset
+from torch import nn
 
 from .data import TaskSpec, compute_metrics
 from .elastic import ElasticBert
 from .latency import Profile, compile_ir
+from .models import head_logits
+from .qa import best_answers, squad_metrics
 from .subnet import SubnetConfig
+
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+OUTPUT_ORDER = {"start_logits": 0, "end_logits": 1}  # a QA IR's two outputs, stacked as models.head_logits does
 
 
 def length_batches(dataset: Dataset, batch_size: int, pad_id: int) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
     """Examples sorted by length and padded per batch: little padding, and built once for all subnets."""
-    columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in dataset.column_names]
+    columns = [c for c in MODEL_INPUTS if c in dataset.column_names]
     rows = dataset.select_columns(columns).to_dict()  # plain lists: indexing a datasets Column is slow
     order = np.argsort([len(ids) for ids in rows["input_ids"]], kind="stable")
     batches = []
@@ -35,28 +42,84 @@ def length_batches(dataset: Dataset, batch_size: int, pad_id: int) -> list[tuple
     return batches
 
 
-class SubnetEvaluator:
-    """Task metrics (data.compute_metrics; 'metric' = the main one) of activated subnets of `supernet` on one
-    tokenized split. The length-sorted batches and the labels are built once, for every subnet evaluated (a
-    search evaluates hundreds on the same split); an IR can be scored on the same batches (`ir_logits`)."""
+class Outputs:
+    """Per-example model outputs in dataset order, filled batch by batch: [N, classes] logits, or for QA [N,
+    longest window, 2] start/end logits (positions past a window's end stay at -inf: never an answer)."""
+
+    def __init__(self, num_examples: int, longest: int):
+        self.num_examples, self.longest, self.values = num_examples, longest, None
+
+    def put(self, index: np.ndarray, out: np.ndarray) -> None:
+        if self.values is None:
+            shape = (self.num_examples, self.longest, out.shape[-1]) if out.ndim == 3 else \
+                (self.num_examples, out.shape[-1])
+            self.values = np.full(shape, -np.inf if out.ndim == 3 else 0.0, dtype=np.float32)
+        if out.ndim == 3:
+            self.values[index, :out.shape[1]] = out
+        else:
+            self.values[index] = out
+
+
+class Evaluator:
+    """Task metrics ('metric' = the main one) of models on one tokenized split: the length-sorted batches and
+    what scoring needs (labels; for QA each window's example, offsets, context and gold answers) are built once,
+    for every model evaluated (a search evaluates hundreds on the same split)."""
+
+    def __init__(self, dataset: Dataset, spec: TaskSpec, batch_size: int = 64, pad_id: int = 0):
+        self.spec, self.num_examples = spec, len(dataset)
+        self.batches = length_batches(dataset, batch_size, pad_id)
+        self.longest = max(b["input_ids"].shape[1] for _, b in self.batches)
+        if spec.qa is None:
+            self.labels = np.asarray(dataset.select_columns(["label"]).to_dict()["label"])
+        else:
+            rows = dataset.select_columns(["example", "offsets", "context", "gold"]).to_dict()
+            ids = list(dict.fromkeys(rows["example"]))  # examples in order of their first window
+            position = {e: i for i, e in enumerate(ids)}
+            self.windows = [position[e] for e in rows["example"]]
+            self.offsets = rows["offsets"]
+            self.contexts, self.gold = [None] * len(ids), [None] * len(ids)
+            for e, context, gold in zip(self.windows, rows["context"], rows["gold"]):
+                self.contexts[e], self.gold[e] = context, gold
+
+    def outputs(self, model: nn.Module) -> np.ndarray:
+        """The model's outputs on every example (see Outputs), in inference mode."""
+        device = next(model.parameters()).device
+        model.eval()
+        out = Outputs(self.num_examples, self.longest)
+        with torch.inference_mode():
+            for index, batch in self.batches:
+                logits = head_logits(model(**{k: v.to(device) for k, v in batch.items()}))
+                out.put(index, logits.float().cpu().numpy())
+        return out.values
+
+    def score(self, outputs: np.ndarray) -> dict[str, float]:
+        """The task's metrics from outputs in dataset order (a model's, or an IR's from `ir_logits`)."""
+        if self.spec.qa is None:
+            return compute_metrics(self.spec, outputs, self.labels)
+        qa = self.spec.qa
+        answers = best_answers(self.contexts, self.windows, self.offsets, outputs, qa.n_best, qa.max_answer_length)
+        metrics = squad_metrics(answers, self.gold)
+        return {**metrics, "metric": metrics[self.spec.main_metric]}
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        return self.score(self.outputs(model))
+
+
+class SubnetEvaluator(Evaluator):
+    """An Evaluator of activated subnets of `supernet` (the active subnet is restored after each call)."""
 
     def __init__(self, supernet: ElasticBert, dataset: Dataset, spec: TaskSpec, batch_size: int = 64):
-        self.supernet, self.spec, self.num_examples = supernet, spec, len(dataset)
-        self.batches = length_batches(dataset, batch_size, supernet.config.pad_token_id or 0)
-        self.labels = np.asarray(dataset.select_columns(["label"]).to_dict()["label"])
+        super().__init__(dataset, spec, batch_size, supernet.config.pad_token_id or 0)
+        self.supernet = supernet
 
     def __call__(self, cfg: SubnetConfig) -> dict[str, float]:
         supernet = self.supernet
-        device = next(supernet.parameters()).device
         active = supernet.active
-        supernet.model.eval()
         supernet.set_active_subnet(cfg)
-        logits = np.zeros((self.num_examples, supernet.config.num_labels), dtype=np.float32)
-        with torch.inference_mode():
-            for index, batch in self.batches:
-                logits[index] = supernet(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
-        supernet.set_active_subnet(active)
-        return compute_metrics(self.spec, logits, self.labels)
+        try:
+            return super().__call__(supernet.model)
+        finally:
+            supernet.set_active_subnet(active)
 
 
 def evaluate_subnets(supernet: ElasticBert, configs: Sequence[SubnetConfig], dataset: Dataset, spec: TaskSpec,
@@ -66,18 +129,16 @@ def evaluate_subnets(supernet: ElasticBert, configs: Sequence[SubnetConfig], dat
     return [evaluator(cfg) for cfg in configs]
 
 
-def ir_logits(ir: str | os.PathLike, batches: Sequence[tuple[np.ndarray, dict]], num_examples: int,
-              config: dict | None = None) -> np.ndarray:
-    """Logits of an IR folder/file over length-sorted batches (index, tensors), in dataset order."""
+def ir_logits(ir: str | os.PathLike, evaluator: Evaluator, config: dict | None = None) -> np.ndarray:
+    """An IR's outputs (folder/file) on the evaluator's batches, in dataset order (QA: start and end logits)."""
     compiled = compile_ir(ir, config or {})
     names = {inp.get_any_name() for inp in compiled.inputs}
-    logits = None
-    for index, batch in batches:
-        out = compiled({k: np.asarray(v) for k, v in batch.items() if k in names})[0]
-        if logits is None:
-            logits = np.zeros((num_examples, out.shape[-1]), dtype=np.float32)
-        logits[index] = out
-    return logits
+    out = Outputs(evaluator.num_examples, evaluator.longest)
+    for index, batch in evaluator.batches:
+        result = compiled({k: np.asarray(v) for k, v in batch.items() if k in names})
+        values = [result[o] for o in sorted(compiled.outputs, key=lambda o: OUTPUT_ORDER.get(o.get_any_name(), 0))]
+        out.put(index, values[0] if len(values) == 1 else np.stack(values, axis=-1))
+    return out.values
 
 
 def runtime_config(profile: Profile) -> dict:

@@ -17,8 +17,14 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from .files import atomic_output_dir
+from .models import is_qa_model
 
 IR_NAME = "openvino_model.xml"
+
+
+def export_task(model: nn.Module) -> str:
+    """optimum's task name for the model's head (what `OVModelFor...` loads the IR as)."""
+    return "question-answering" if is_qa_model(model.config) else "text-classification"
 
 
 def export_openvino(model: nn.Module, out: str | os.PathLike, tokenizer: PreTrainedTokenizerBase | None = None,
@@ -28,14 +34,15 @@ def export_openvino(model: nn.Module, out: str | os.PathLike, tokenizer: PreTrai
     """Write openvino_model.xml/.bin + config.json (+ tokenizer) to `out` atomically.
 
     static_shape=(batch, seq) fixes the input shapes (what latency work measures); None keeps them dynamic.
-    calibration_texts (sentences or sentence pairs) turn on NNCF post-training INT8 quantization.
+    calibration_texts (sentences or sentence pairs; QA: question and context) turn on NNCF post-training INT8
+    quantization.
     """
     from optimum.exporters.openvino import export_from_model
 
     with atomic_output_dir(out, overwrite) as tmp:
         model = model.eval()
         with _quiet_export():
-            export_from_model(model, output=tmp, task="text-classification")
+            export_from_model(model, output=tmp, task=export_task(model))
         ir = ov.Core().read_model(tmp / IR_NAME)
         if static_shape is not None:
             ir.reshape({inp.get_any_name(): list(static_shape) for inp in ir.inputs})

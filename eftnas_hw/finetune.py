@@ -14,7 +14,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, se
 from transformers.trainer_utils import get_last_checkpoint
 
 from .context import RunContext
-from .data import compute_metrics
+from .evaluate import Evaluator
 from .errors import UserError
 from .files import atomic_output_dir, check_writable, json_digest, write_json_atomic
 from .importance import SCORES_NAME, ImportanceCallback, save_scores
@@ -49,11 +49,12 @@ def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSett
     # A new classifier head is drawn from torch's global RNG, which a process seeds at random: seed it first, or
     # the same run config gives another teacher (and another search space and front) every time.
     set_seed(config.seed)
-    outputs = load_config(config.teacher).num_labels if scoring_only else spec.num_labels
+    qa = spec.qa is not None  # (load_model refuses a teacher with the other head)
+    outputs = load_config(config.teacher).num_labels if scoring_only and not qa else spec.num_labels
     if outputs != spec.num_labels:
         raise UserError(f"teacher {config.teacher} has {outputs} outputs, the data of {spec.name} needs "
                         f"{spec.num_labels}")
-    model = load_model(config.base_model, num_labels=spec.num_labels, label_names=spec.label_names,
+    model = load_model(config.base_model, num_labels=spec.num_labels, label_names=spec.label_names, qa=qa,
                        problem_type="regression" if spec.is_regression else "single_label_classification")
     train = ctx.tokenized(train)
     args = TrainingArguments(
@@ -64,23 +65,22 @@ def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSett
         save_total_limit=1, logging_steps=50, eval_strategy="no", report_to="none", dataloader_num_workers=0,
         use_cpu=cpu_only())
     importance = ImportanceCallback(settings.alpha)
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=ctx.dev,
-                      processing_class=ctx.tokenizer, data_collator=DataCollatorWithPadding(ctx.tokenizer),
-                      compute_metrics=lambda p: compute_metrics(spec, p.predictions, p.label_ids),
+    trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=ctx.tokenizer,
+                      data_collator=DataCollatorWithPadding(ctx.tokenizer),
                       callbacks=[importance, CheckpointEveryMinutes(settings.save_minutes)])
     checkpoint = get_last_checkpoint(str(work)) if resume and work.is_dir() else None
     if checkpoint:
         importance.resume_from(checkpoint)
         print(f"resuming from {checkpoint}")
     train_metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
-    dev = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+    if not trainer.is_world_process_zero():
+        return None  # under torchrun / `accelerate launch` the main process evaluates, writes and reports
+    dev = Evaluator(ctx.dev, spec, 2 * settings.batch_size, ctx.tokenizer.pad_token_id or 0)(trainer.model)
     metrics = {"task": spec.name, "model": str(config.base_model or "minilm-l6"), "main_metric": spec.main_metric,
                "fine_tuned_here": not scoring_only, "label_names": list(spec.label_names),
                "dev": dev, "train_examples": len(train), "settings": settings.to_dict(), "seed": config.seed,
                "optimizer_steps": trainer.state.global_step, "processes": args.world_size,
                "train_runtime_s": train_metrics.get("train_runtime")}
-    if not trainer.is_world_process_zero():
-        return None  # under torchrun / `accelerate launch` the main process writes and reports
     with atomic_output_dir(out_dir, overwrite=True) as tmp:
         save_model(trainer.model, tmp, ctx.tokenizer, overwrite=True)
         save_scores(importance.scores, tmp / SCORES_NAME)

@@ -1,5 +1,9 @@
 """Loading base models and saving/loading heterogeneous subnet models as HF-style folders.
 
+Two heads share everything else: a sequence classifier (`BertForSequenceClassification`, also regression) and an
+extractive QA head (`BertForQuestionAnswering`: a start and an end logit per token). A saved folder's
+`architectures` says which head it has; a base encoder gets the head the task needs.
+
 transformers 5.5 has one global head count and FFN width, so a subnet's per-layer widths are recorded in
 config.json under `eftnas_subnet`; `load_model` rebuilds the full-width skeleton, narrows it through the same
 `ElasticBert.get_active_subnet()` used everywhere else, then loads the weights strictly.
@@ -14,7 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForSequenceClassification, PreTrainedTokenizerBase
+from transformers import (AutoConfig, AutoTokenizer, BertConfig, BertForQuestionAnswering,
+                          BertForSequenceClassification, PreTrainedTokenizerBase)
 from transformers.utils import logging as hf_logging
 
 from .elastic import ElasticBert
@@ -65,12 +70,31 @@ def load_config(name: str | os.PathLike | None) -> BertConfig:
     return config
 
 
+CLASSIFIER, QA_HEAD = "ForSequenceClassification", "ForQuestionAnswering"
+
+
+def is_qa_model(config: BertConfig) -> bool:
+    """The checkpoint has an extractive QA head (by its recorded architecture)."""
+    return any(a.endswith(QA_HEAD) for a in config.architectures or ())
+
+
+def head_logits(outputs) -> torch.Tensor:
+    """A model's outputs as one tensor: classifier logits [batch, classes], or QA start and end logits stacked
+    [batch, tokens, 2]; what distillation, evaluation and IR comparison work on."""
+    if hasattr(outputs, "start_logits"):
+        return torch.stack([outputs.start_logits, outputs.end_logits], dim=-1)
+    return outputs.logits
+
+
 def teacher_labels(name: str | os.PathLike) -> tuple[str, ...]:
     """The class names of a fine-tuned classifier checkpoint in its id order; () when they are the generic
-    LABEL_0.. (then only their number must fit the data). A checkpoint without a classification head is refused."""
+    LABEL_0.. (then only their number must fit the data) and for a QA checkpoint. A checkpoint without a
+    classification or QA head is refused."""
     config = load_config(name)
-    if not any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):
-        raise UserError(f"teacher {name} is not a fine-tuned sequence classifier (its architectures: "
+    if is_qa_model(config):
+        return ()
+    if not any(a.endswith(CLASSIFIER) for a in config.architectures or ()):
+        raise UserError(f"teacher {name} is not a fine-tuned sequence classifier or QA model (its architectures: "
                         f"{', '.join(config.architectures or ['none'])}); fine-tune it here with --model instead")
     names = tuple(str(config.id2label[i]) for i in range(config.num_labels))
     return () if names == tuple(f"LABEL_{i}" for i in range(config.num_labels)) else names
@@ -83,20 +107,31 @@ def subnet_of(config: BertConfig) -> SubnetConfig | None:
 
 
 def load_model(name: str | os.PathLike | None = None, num_labels: int | None = None,
-               problem_type: str | None = None, label_names: tuple[str, ...] = ()) -> BertForSequenceClassification:
-    """A BERT classifier from a folder, hub id or the packaged MiniLM; subnet folders come back narrowed."""
+               problem_type: str | None = None, label_names: tuple[str, ...] = (),
+               qa: bool | None = None) -> BertForSequenceClassification | BertForQuestionAnswering:
+    """A BERT classifier (or, with qa=True or a QA checkpoint, a QA model) from a folder, hub id or the packaged
+    MiniLM; subnet folders come back narrowed."""
     config = load_config(name)
     path = resolve_model(name)
+    has_qa = is_qa_model(config)
+    if qa is None:
+        qa = has_qa
+    if qa != has_qa and any(a.endswith((CLASSIFIER, QA_HEAD)) for a in config.architectures or ()):
+        raise UserError(f"model {name} is a fine-tuned {'QA model' if has_qa else 'classifier'}; the task needs "
+                        f"{'an extractive QA head (its data is QA)' if qa else 'a classifier'}")
+    head = BertForQuestionAnswering if qa else BertForSequenceClassification
+    if qa:
+        num_labels, problem_type = 2, None  # a start and an end logit per token
     # A checkpoint fine-tuned for another label count keeps its encoder and gets a new classifier head.
     new_head = num_labels is not None and num_labels != config.num_labels
     if new_head and subnet_of(config) is not None:
         raise UserError(f"subnet {name} classifies into {config.num_labels} outputs, not {num_labels}")
-    if new_head and any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):
+    if new_head and any(a.endswith(CLASSIFIER) for a in config.architectures or ()):
         print(f"model {name}: its classifier has {config.num_labels} outputs, the task needs {num_labels}: "
               f"a new head is initialised")
     overrides = {k: v for k, v in (("num_labels", num_labels), ("problem_type", problem_type)) if v is not None}
     config.update(overrides)
-    if num_labels is not None:  # labels must match the new head, whatever the checkpoint was trained for
+    if num_labels is not None and not qa:  # labels must match the new head, whatever the checkpoint was trained for
         names = label_names if len(label_names) == num_labels else [f"LABEL_{i}" for i in range(num_labels)]
         config.id2label = dict(enumerate(names))  # the user's class names reach the exported model's config
         config.label2id = {v: k for k, v in config.id2label.items()}
@@ -106,7 +141,7 @@ def load_model(name: str | os.PathLike | None = None, num_labels: int | None = N
         hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected for an encoder checkpoint
         hf_logging.disable_progress_bar()
         try:
-            return BertForSequenceClassification.from_pretrained(path, config=config, ignore_mismatched_sizes=new_head)
+            return head.from_pretrained(path, config=config, ignore_mismatched_sizes=new_head)
         except OSError as e:  # no weights file in the folder, or the hub has none
             raise UserError(f"cannot load the weights of model {name!r} ({str(e).splitlines()[0]})") from None
         finally:
@@ -114,7 +149,7 @@ def load_model(name: str | os.PathLike | None = None, num_labels: int | None = N
             if bars:
                 hf_logging.enable_progress_bar()
     config.eftnas_subnet = None
-    model = ElasticBert(BertForSequenceClassification(config)).set_active_subnet(subnet).get_active_subnet()
+    model = ElasticBert(head(config)).set_active_subnet(subnet).get_active_subnet()
     try:
         weights = load_file(str(Path(path) / WEIGHTS_NAME))
     except (OSError, SafetensorError) as e:

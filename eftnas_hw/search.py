@@ -129,7 +129,7 @@ def search_supernet(ctx: RunContext, supernet_dir: str | os.PathLike, out_dir: s
     efficiency = latency if ctx.config.metric == "latency" else gmacs
 
     split = ctx.search_split(settings.max_search)
-    tokenized = ctx.tokenized(split)
+    tokenized = ctx.tokenized(split, training=False)
     cache_key = {"weights": file_digest(supernet_dir / "model.safetensors"), "task": ctx.spec.name,
                  "seed": ctx.config.seed, "max_length": ctx.config.max_length,
                  "search_split": json_digest(list(split["idx"]))}
@@ -142,7 +142,7 @@ def search_supernet(ctx: RunContext, supernet_dir: str | os.PathLike, out_dir: s
               "table_path": str(table.path.resolve()) if table is not None and table.path else None,
               "table_digest": table.digest if table is not None else None,
               "profile": (table.profile if table is not None else ctx.profile).to_dict(), "gmacs_seq_len": seq_len,
-              "search_examples": len(tokenized),
+              "search_examples": len(split),
               "hv_reference": {"metric": HV_REFERENCE[0], "cost_over_base_cost": HV_REFERENCE[1]}}
     write_json_atomic(out_dir / SEARCH_SETTINGS, record)
 

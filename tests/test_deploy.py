@@ -15,7 +15,7 @@ from eftnas_hw.data import glue_spec, load_task, tokenize
 from eftnas_hw.deploy import ExportedModel, export_subnets, load_exports
 from eftnas_hw.elastic import ElasticBert
 from eftnas_hw.errors import UserError
-from eftnas_hw.evaluate import ir_logits, length_batches
+from eftnas_hw.evaluate import Evaluator, ir_logits
 from eftnas_hw.latency import LatencyTable, Profile
 from eftnas_hw.models import load_model, load_tokenizer
 from eftnas_hw.settings import RunConfig
@@ -74,16 +74,16 @@ def exported(supernet, tiny_model_dir, sst2_dir, tiny_shape, tmp_path_factory):
 def test_exported_ir_reproduces_the_supernet_subnet(exported, supernet, tokenizer, sst2_dir):
     out, records = exported
     dev = tokenize(load_task("sst2", sst2_dir)["validation"], tokenizer, glue_spec("sst2"), 16)
-    batches = length_batches(dev, 8, tokenizer.pad_token_id)
+    evaluator = Evaluator(dev, glue_spec("sst2"), 8, tokenizer.pad_token_id)
     for cfg, record in zip(SUBNETS, records):
         assert isinstance(record, ExportedModel)
         folder = out / record.name
         supernet.set_active_subnet(cfg)
         with torch.inference_mode():
             expected = np.zeros((len(dev), 2), dtype=np.float32)
-            for index, batch in batches:
+            for index, batch in evaluator.batches:
                 expected[index] = supernet(**batch).logits.numpy()
-        got = ir_logits(folder, batches, len(dev), {"INFERENCE_PRECISION_HINT": "f32"})
+        got = ir_logits(folder, evaluator, {"INFERENCE_PRECISION_HINT": "f32"})
         np.testing.assert_allclose(got, expected, atol=1e-4)
         # dynamic shapes: batches of different length and size ran through the same IR
         assert ov.Core().read_model(folder / "openvino_model.xml").inputs[0].get_partial_shape().is_dynamic

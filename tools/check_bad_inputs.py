@@ -112,6 +112,20 @@ CASES: tuple[Case, ...] = (
     _c("teacher without a classification head", "consistency",
        f"run --teacher minilm-l6 --train-file {{bad}}/own.csv --text-columns review --label-column sentiment "
        f"--out {{out}}"),
+    _c("QA: a question without an answer (SQuAD 2.0)", "data",
+       f"finetune --model {{model}} --train-file {{bad}}/squad_unanswered.json --out {{out}}"),
+    _c("QA: an answer not at its start", "data",
+       f"finetune --model {{model}} --train-file {{bad}}/squad_misplaced.json --out {{out}}"),
+    _c("QA: a JSON file that is no SQuAD file", "data",
+       f"finetune --model {{model}} --train-file {{bad}}/squad_nodata.json --out {{out}}"),
+    _c("QA: a classifier teacher", "consistency",
+       f"finetune --teacher {{teacher}} --train-file {{bad}}/squad.json --out {{out}}"),
+    _c("QA: a classification metric", "data",
+       f"finetune --model {{model}} --train-file {{bad}}/squad.json --eval-metric accuracy --out {{out}}"),
+    _c("QA: window overlap larger than the window", "number",
+       f"finetune --model {{model}} --train-file {{bad}}/squad.json --window 32 --doc-stride 30 --out {{out}}"),
+    _c("QA: one article only, no evaluation file", "data",
+       f"finetune --model {{model}} --train-file {{bad}}/squad_onearticle.json --out {{out}}"),
     # -- numbers out of range or of the wrong kind
     _c("--max-train 0", "number", f"{FT} --max-train 0 --out {{out}}"),
     _c("--batch-size 0", "number", f"{FT} --batch-size 0 --out {{out}}"),
@@ -296,6 +310,21 @@ def build_fixtures(work: Path, quiet: bool = True) -> dict[str, str]:
     _write(bad / "own_nolabel.csv", own.replace("film 3 was good,pos", "film 3 was good,"))
     _write(bad / "own_mixed.jsonl", "".join(json.dumps({"review": f"film {i}", "sentiment": "pos" if i % 2 else 0})
                                             + "\n" for i in range(40)))
+    def article(a: int) -> dict:
+        qas = [{"id": f"q{a}", "question": "What colour is the sky?",
+                "answers": [{"text": "blue", "answer_start": 15 + len(str(a))}]}]
+        return {"title": f"T{a}", "paragraphs": [{"context": f"The sky of {a} is blue.", "qas": qas}]}
+
+    squad = {"version": "1.1", "data": [article(a) for a in range(12)]}
+    _write(bad / "squad.json", json.dumps(squad))
+    unanswered = json.loads(json.dumps(squad))
+    unanswered["data"][3]["paragraphs"][0]["qas"][0].update(answers=[], is_impossible=True)
+    _write(bad / "squad_unanswered.json", json.dumps(unanswered))
+    misplaced = json.loads(json.dumps(squad))
+    misplaced["data"][3]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] = 2
+    _write(bad / "squad_misplaced.json", json.dumps(misplaced))
+    _write(bad / "squad_nodata.json", json.dumps({"version": "1.1", "articles": squad["data"]}))
+    _write(bad / "squad_onearticle.json", json.dumps({**squad, "data": squad["data"][:1]}))
     _write(bad / "run_scalar.yaml", "finetune: 3\n")
     _write(bad / "run_word.yaml", "finetune:\n  epochs: three\n")
     _write(bad / "run_typo.yaml", "latency:\n  build:\n    ffn_stpe: 64\n")
