@@ -254,8 +254,9 @@ def _read_hub(source: DataSource) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str
     try:
         hub = datasets.load_dataset(source.hub, source.hub_config)
     except Exception as e:  # no network, no cache, no such dataset: the library raises many different types
-        hint = f"; pass --data-dir with the GLUE TSV folder or set {GLUE_DIR_ENV}" if source.hub == "nyu-mll/glue" \
-            else "; give local files with --train-file instead"
+        hint = {"nyu-mll/glue": f"; pass --data-dir with the GLUE TSV folder or set {GLUE_DIR_ENV}",
+                "rajpurkar/squad": "; pass --data-dir with train-v1.1.json and dev-v1.1.json, or --train-file"
+                }.get(source.hub, "; give local files with --train-file instead")
         raise UserError(f"cannot load {source.hub} from the dataset hub ({str(e).splitlines()[0][:120]}){hint}") \
             from None
     for split in ("train", source.hub_eval_split):
@@ -445,8 +446,8 @@ def load_task(task: str, data_dir: str | os.PathLike | None = None, search_fract
 def known_spec(source: DataSource) -> TaskSpec | None:
     """The TaskSpec when the source fixes it without reading data (named classes, or a regression metric), as
     for every GLUE task: checks can then run before any data is read. `load_data` derives the same one."""
-    if not source.labels and source.metric not in REGRESSION_METRICS:
-        return None
+    if source.qa is not None or (not source.labels and source.metric not in REGRESSION_METRICS):
+        return None  # (own data may turn out to be QA: only its rows tell)
     return _spec(source, source.labels, regression=not source.labels)
 
 

@@ -18,7 +18,7 @@ from .evaluate import Evaluator
 from .errors import UserError
 from .files import atomic_output_dir, check_writable, json_digest, write_json_atomic
 from .importance import SCORES_NAME, ImportanceCallback, save_scores
-from .models import load_config, load_model, save_model
+from .models import check_head, load_config, load_model, save_model
 from .runtime import CheckpointEveryMinutes, cpu_only, prepare_checkpoints
 from .settings import FinetuneSettings
 
@@ -41,6 +41,13 @@ def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSett
     if out_dir.exists() and not overwrite:
         raise UserError(f"output folder {out_dir} exists (pass --overwrite to replace it)")
     check_writable(out_dir)
+    qa = spec.qa is not None
+    base = load_config(config.base_model)
+    check_head(base, config.base_model, qa)  # a fine-tuned teacher with the other head
+    outputs = base.num_labels if scoring_only and not qa else spec.num_labels
+    if outputs != spec.num_labels:
+        raise UserError(f"teacher {config.teacher} has {outputs} outputs, the data of {spec.name} needs "
+                        f"{spec.num_labels}")
     train = ctx.train(settings.max_train)  # the search split is kept apart: never seen here
     work = out_dir.with_name(out_dir.name + ".checkpoints")
     prepare_checkpoints(work, {"model": str(config.base_model), "task": spec.name, "seed": config.seed,
@@ -49,11 +56,6 @@ def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSett
     # A new classifier head is drawn from torch's global RNG, which a process seeds at random: seed it first, or
     # the same run config gives another teacher (and another search space and front) every time.
     set_seed(config.seed)
-    qa = spec.qa is not None  # (load_model refuses a teacher with the other head)
-    outputs = load_config(config.teacher).num_labels if scoring_only and not qa else spec.num_labels
-    if outputs != spec.num_labels:
-        raise UserError(f"teacher {config.teacher} has {outputs} outputs, the data of {spec.name} needs "
-                        f"{spec.num_labels}")
     model = load_model(config.base_model, num_labels=spec.num_labels, label_names=spec.label_names, qa=qa,
                        problem_type="regression" if spec.is_regression else "single_label_classification")
     train = ctx.tokenized(train)

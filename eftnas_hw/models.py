@@ -86,6 +86,14 @@ def head_logits(outputs) -> torch.Tensor:
     return outputs.logits
 
 
+def check_head(config: BertConfig, name: str | os.PathLike | None, qa: bool) -> None:
+    """A fine-tuned checkpoint's head must be the one the task needs (a base encoder gets that one)."""
+    has_qa = is_qa_model(config)
+    if qa != has_qa and any(a.endswith((CLASSIFIER, QA_HEAD)) for a in config.architectures or ()):
+        raise UserError(f"model {name} is a fine-tuned {'QA model' if has_qa else 'classifier'}; the task needs "
+                        f"{'an extractive QA head (its data is QA)' if qa else 'a classifier'}")
+
+
 def teacher_labels(name: str | os.PathLike) -> tuple[str, ...]:
     """The class names of a fine-tuned classifier checkpoint in its id order; () when they are the generic
     LABEL_0.. (then only their number must fit the data) and for a QA checkpoint. A checkpoint without a
@@ -113,12 +121,8 @@ def load_model(name: str | os.PathLike | None = None, num_labels: int | None = N
     MiniLM; subnet folders come back narrowed."""
     config = load_config(name)
     path = resolve_model(name)
-    has_qa = is_qa_model(config)
-    if qa is None:
-        qa = has_qa
-    if qa != has_qa and any(a.endswith((CLASSIFIER, QA_HEAD)) for a in config.architectures or ()):
-        raise UserError(f"model {name} is a fine-tuned {'QA model' if has_qa else 'classifier'}; the task needs "
-                        f"{'an extractive QA head (its data is QA)' if qa else 'a classifier'}")
+    qa = is_qa_model(config) if qa is None else qa
+    check_head(config, name, qa)
     head = BertForQuestionAnswering if qa else BertForSequenceClassification
     if qa:
         num_labels, problem_type = 2, None  # a start and an end logit per token

@@ -167,5 +167,5 @@ def test_structured_importance(tiny_shape):
 def test_finetune_cli_rejects_unknown_task(tmp_path, capsys):
     from eftnas_hw.cli import main
 
-    assert main(["finetune", "--task", "squad", "--out", str(tmp_path / "t")]) == 2
+    assert main(["finetune", "--task", "imagenet", "--out", str(tmp_path / "t")]) == 2
     assert "unknown task" in capsys.readouterr().err
