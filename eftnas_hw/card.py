@@ -26,7 +26,7 @@ unchanged (no fine-tuning after extraction, as in EFTNAS) to an OpenVINO IR thro
 | task | {task} |
 | dev {metric_name} of this IR (OpenVINO runtime) | {ir_dev} |
 | dev {metric_name} of the same subnet in PyTorch (super-network) | {torch_dev} |
-| search-split {metric_name} (the NSGA-II objective) | {search_metric} |
+| search-split {metric_name} (the NSGA-II objective) +- bootstrap standard error | {search_metric} |
 | {predicted} | {predicted_ms} ms |
 | measured latency (median of back-to-back calls as benchmark_app reports it) | {measured} |
 | GMACs at sequence length {seq} | {gmacs:.4g} |
@@ -90,7 +90,8 @@ def model_card(model: "ExportedModel", shape: BertShape) -> str:
     return CARD.format(
         name=model.name, task=model.task, precision=model.precision, metric_name=model.metric_name,
         ir_dev=_fmt(model.ir_dev_metric), torch_dev=_fmt(model.torch_dev_metric),
-        search_metric=_fmt(model.subnet.metric), predicted_ms=_fmt(model.subnet.latency_ms, ".2f"),
+        search_metric=_fmt(model.subnet.metric) + (f" +- {model.subnet.metric_se:.4f}"
+                                                    if model.subnet.metric_se is not None else ""), predicted_ms=_fmt(model.subnet.latency_ms, ".2f"),
         predicted="predicted latency (latency table" + (
             f", for the {model.table_precision} model)"
             if model.table_precision not in (None, model.precision) else ")"),

@@ -167,7 +167,8 @@ def _export_front(args: argparse.Namespace) -> None:
         ctx.profile = table.profile
     settings = from_flags(args, ExportSettings)
     records = export_from_search(ctx, args.front, args.out, args.budget_ms, args.budget_gmacs, supernet,
-                                 settings.int8, settings.calibration_size, args.overwrite)
+                                 settings.int8, settings.calibration_size, args.overwrite,
+                                 max_models=args.max_models)
     for r in records:
         predicted = r.subnet.latency_ms if r.subnet.latency_ms is not None else float("nan")
         print(f"{r.name}: predicted {predicted:.2f} ms, measured {r.measured_ms:.2f} ms, "
@@ -333,6 +334,8 @@ def _add_commands(sub) -> None:
     budget = front.add_mutually_exclusive_group()
     budget.add_argument("--budget-ms", type=float, help="only the best front subnet under this predicted latency")
     budget.add_argument("--budget-gmacs", type=float, help="only the best front subnet under this many GMACs")
+    front.add_argument("--max-models", type=_positive_int, help="at most N front subnets, spread along the front "
+                                                                "(default: the whole front)")
     front.add_argument("--supernet", help="super-network folder (default: the one the search used)")
     front.add_argument("--profile", help="profile to measure under (default: the search's latency table's)")
     front.add_argument("--table", help="latency table for predictions (default: the search's)")

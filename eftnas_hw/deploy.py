@@ -23,7 +23,7 @@ from .data import calibration_texts, check_trained_task
 from .elastic import ElasticBert
 from .errors import UserError
 from .evaluate import SubnetEvaluator, ir_logits, runtime_config
-from .evolution import select_subnet
+from .evolution import select_subnet, spread_along_front
 from .export import export_openvino, export_task
 from .files import check_writable, read_json, write_json_atomic, write_text_atomic
 from .latency import STATISTIC, LatencyTable, Profile, anchor_line, hardware_fingerprint, measure_ir_ms
@@ -179,15 +179,18 @@ def load_exports(out_dir: str | os.PathLike) -> list[ExportedModel]:
 def export_from_search(ctx: RunContext, search_dir: str | os.PathLike, out_dir: str | os.PathLike,
                        budget_ms: float | None = None, budget_gmacs: float | None = None,
                        supernet_dir: str | os.PathLike | None = None, int8: bool = False,
-                       calibration_size: int = 300, overwrite: bool = False,
-                       progress: bool = True) -> list[ExportedModel]:
-    """`eftnas-hw export --front SEARCH`: the whole front, or the one subnet a budget selects.
+                       calibration_size: int = 300, overwrite: bool = False, progress: bool = True,
+                       max_models: int | None = None) -> list[ExportedModel]:
+    """`eftnas-hw export --front SEARCH`: the whole front (at most `max_models`, spread along it), or the one
+    subnet a budget selects.
 
     `ctx` carries the task (from the search), the profile and the latency table (by default the search's).
     """
     front, settings = load_search(search_dir)
     if budget_ms is not None or budget_gmacs is not None:
         front = [select_subnet(front, budget_ms, budget_gmacs)]
+    elif max_models is not None:
+        front = spread_along_front(front, max_models)
     supernet_dir = supernet_dir or settings.get("supernet")
     if not supernet_dir:
         raise UserError(f"{search_dir} does not record its super-network: pass --supernet")
@@ -198,6 +201,7 @@ def export_from_search(ctx: RunContext, search_dir: str | os.PathLike, out_dir: 
                                   f"{settings['cost_name']}",
               "selection": (f"best front subnet under {budget_ms} ms" if budget_ms is not None else
                             f"best front subnet under {budget_gmacs} GMACs" if budget_gmacs is not None else
+                            f"{len(front)} subnets spread along the Pareto front" if max_models is not None else
                             "whole Pareto front")}
     return export_subnets(ctx, supernet, front, out_dir, int8=int8, calibration_size=calibration_size,
                           source=source, overwrite=overwrite, progress=progress)

@@ -61,7 +61,7 @@ def load_config(name: str | os.PathLike | None) -> BertConfig:
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
-        where = (f"its config.json is not valid" if Path(path).is_dir() else
+        where = ("its config.json is not valid" if Path(path).is_dir() else
                  "not a local folder, and the hub did not provide it")
         raise UserError(f"cannot load model {name!r}: {where} ({str(e).splitlines()[0]})") from None
     if config.model_type not in SUPPORTED_FAMILIES:

@@ -24,7 +24,7 @@ EXPORT_SUMMARY = "summary.json"
 
 
 def _subnet_row(r: EvaluatedSubnet, **extra) -> dict:
-    return {"metric": r.metric, "latency_ms": r.latency_ms, "gmacs": r.gmacs,
+    return {"metric": r.metric, "metric_se": r.metric_se, "latency_ms": r.latency_ms, "gmacs": r.gmacs,
             "heads": " ".join(map(str, r.config.heads)), "ffn": " ".join(map(str, r.config.ffn)), **extra}
 
 
@@ -80,7 +80,8 @@ def write_export_summary(models: Sequence["ExportedModel"], out_dir: Path) -> No
     rows = [{"name": m.name, "precision": m.precision, "predicted_ms": m.subnet.latency_ms,
              "measured_ms": m.measured_ms, "prediction_error_pct": prediction_error_pct(m),
              "ir_dev_metric": m.ir_dev_metric, "torch_dev_metric": m.torch_dev_metric,
-             "search_metric": m.subnet.metric, "heads": " ".join(map(str, m.subnet.config.heads)),
+             "search_metric": m.subnet.metric, "search_metric_se": m.subnet.metric_se,
+             "heads": " ".join(map(str, m.subnet.config.heads)),
              "ffn": " ".join(map(str, m.subnet.config.ffn))} for m in models]
     write_json_atomic(out_dir / EXPORT_SUMMARY, [m.to_dict() for m in models])
     write_csv_atomic(out_dir / "summary.csv", rows)
@@ -94,6 +95,7 @@ def run_summary(run_dir: Path, groups: dict[str, list["ExportedModel"]], table_s
     rows = [{"group": group, "name": m.name, "heads": list(m.subnet.config.heads), "ffn": list(m.subnet.config.ffn),
              "predicted_ms": m.subnet.latency_ms, "measured_ms": m.measured_ms,
              "speedup": base.measured_ms / m.measured_ms, "ir_dev_metric": m.ir_dev_metric,
+             "search_metric": m.subnet.metric, "search_metric_se": m.subnet.metric_se,
              "delta_metric": m.ir_dev_metric - base.ir_dev_metric, "path": str(run_dir / "models" / group / m.name)}
             for group, models in groups.items() for m in models]
     errors = [abs(r["predicted_ms"] / r["measured_ms"] - 1) for r in rows if r["predicted_ms"] is not None]
@@ -116,13 +118,15 @@ def run_summary(run_dir: Path, groups: dict[str, list["ExportedModel"]], table_s
 
 def format_run_summary(summary: dict) -> str:
     lines = [f"{'model':<22} {'heads':<20} {'FFN':<34} {'pred ms':>8} {'meas ms':>8} {'speed-up':>8} "
-             f"{'dev':>7} {'delta':>7}"]
+             f"{'dev':>7} {'delta':>7} {'search +- SE':>15}"]
     for r in summary["models"]:
         predicted = r["predicted_ms"] if r["predicted_ms"] is not None else math.nan
+        search = (f"{r['search_metric']:.4f}+-{r['search_metric_se']:.4f}" if r.get("search_metric_se") is not None
+                  else "")
         lines.append(f"{r['group'] + '/' + r['name']:<22} {','.join(map(str, r['heads'])):<20} "
                      f"{','.join(map(str, r['ffn'])):<34} {predicted:>8.2f} "
                      f"{r['measured_ms']:>8.2f} {r['speedup']:>7.2f}x {r['ir_dev_metric']:>7.4f} "
-                     f"{r['delta_metric']:>+7.4f}")
+                     f"{r['delta_metric']:>+7.4f} {search:>15}")
     lines.append(f"latency: {summary['precision']}, {summary['anchor']}")
     if summary["prediction"]:
         p = summary["prediction"]

@@ -24,6 +24,14 @@ def cpu_only() -> bool:
     return not torch.accelerator.is_available()
 
 
+def check_bf16(bf16: bool) -> bool:
+    """bf16 autocast for training only where the CPU (AVX512-BF16, AMX) or an accelerator computes in it; elsewhere
+    torch would emulate it, slower than f32."""
+    if bf16 and cpu_only() and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise UserError("bf16 training needs a CPU with AVX512-BF16 or AMX (or a GPU); this one has neither")
+    return bf16
+
+
 def compute_device() -> torch.device:
     """The accelerator when there is one (the Trainer picks it the same way), else the CPU."""
     return torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")

@@ -15,9 +15,11 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
+
+from tqdm.auto import tqdm
 
 from .context import RunContext
 from .cost import gmacs_cost, latency_cost
@@ -155,6 +157,9 @@ def search_supernet(ctx: RunContext, supernet_dir: str | os.PathLike, out_dir: s
         result = finder.run(settings.pop_size, settings.n_evals, ctx.config.seed, progress)
     finally:
         cache.close()
+    # how far apart front points must be before the search split can tell them apart
+    result.front = [replace(r, metric_se=evaluator.standard_error(evaluator.subnet_outputs(r.config)))
+                    for r in tqdm(result.front, desc="front standard errors", disable=not progress)]
     run = SearchRun(result, cache.fresh, cache.replayed,
                     60 * cache.fresh / cache.eval_seconds if cache.eval_seconds else math.nan,
                     time.perf_counter() - start, record, out_dir)

@@ -157,6 +157,8 @@ class FinetuneSettings(Settings):
                                          "(gradients only, weights unchanged)", above=0)
     save_minutes: float = setting(2.0, "checkpoint every N minutes of training (a kill loses at most that)",
                                   above=0)
+    bf16: bool = setting(False, "train under bf16 autocast (CPUs with AVX512-BF16 or AMX; see "
+                                "tools/benchmark_training.py)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -244,6 +246,8 @@ class SupernetSettings(Settings):
     save_minutes: float = setting(2.0, "checkpoint every N minutes of training (a kill loses at most that)",
                                   above=0)
     logging_steps: int = setting(50, "log the loss every N optimizer steps", low=1)
+    bf16: bool = setting(False, "train under bf16 autocast (CPUs with AVX512-BF16 or AMX; see "
+                                "tools/benchmark_training.py)")
     report_random: int = setting(3, "seeded random subnets evaluated in report.json", low=0)
 
 

@@ -172,13 +172,15 @@ class EvaluatedSubnet:
 
     The one record that flows search -> select -> export -> summary. `latency_ms` is the latency table's
     prediction (None when the search ran without a table); `gmacs` is counted at the profile's sequence length
-    (None when the search recorded no GMACs).
+    (None when the search recorded no GMACs); `metric_se` is the bootstrap standard error of `metric` over the
+    search split's examples (front subnets only: None elsewhere).
     """
 
     config: SubnetConfig
     metric: float | None
     gmacs: float | None = None
     latency_ms: float | None = None
+    metric_se: float | None = None
 
     def cost(self, name: str) -> float | None:
         """The cost named `name` ("latency_ms" or "gmacs")."""
@@ -186,12 +188,13 @@ class EvaluatedSubnet:
 
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "metric": self.metric, "gmacs": self.gmacs,
-                "latency_ms": self.latency_ms}
+                "latency_ms": self.latency_ms, "metric_se": self.metric_se}
 
     @classmethod
     def from_dict(cls, d: dict) -> "EvaluatedSubnet":
         try:
-            return cls(SubnetConfig.from_dict(d["config"]), d["metric"], d.get("gmacs"), d.get("latency_ms"))
+            return cls(SubnetConfig.from_dict(d["config"]), d["metric"], d.get("gmacs"), d.get("latency_ms"),
+                       d.get("metric_se"))
         except (KeyError, TypeError) as e:
             raise UserError(f"not an evaluated-subnet record ({type(e).__name__}: {e})") from None
 

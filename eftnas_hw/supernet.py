@@ -37,7 +37,7 @@ from .files import atomic_output_dir, check_writable, read_json, write_json_atom
 from .importance import SCORES_NAME, load_scores
 from .models import head_logits, load_model, save_model
 from .reorder import reorder_model
-from .runtime import CheckpointEveryMinutes, cpu_only, prepare_checkpoints, training_processes
+from .runtime import CheckpointEveryMinutes, check_bf16, cpu_only, prepare_checkpoints, training_processes
 from .settings import SupernetSettings
 from .subnet import BertShape, SearchSpace, SubnetConfig
 
@@ -90,8 +90,9 @@ class SandwichTrainer(Trainer):
         self.model_accepts_loss_kwargs = False  # our loss is a batch mean: let the Trainer scale it for accumulation
 
     def _teacher_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.no_grad():
-            return head_logits(self.teacher(**{k: v for k, v in inputs.items() if k not in LABEL_KEYS}))
+        # under bf16 training the frozen teacher runs in bf16 too (the losses are computed in f32)
+        with torch.no_grad(), torch.autocast(self.args.device.type, torch.bfloat16, enabled=self.args.bf16):
+            return head_logits(self.teacher(**{k: v for k, v in inputs.items() if k not in LABEL_KEYS})).float()
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         inputs = self._prepare_inputs(inputs)
@@ -118,8 +119,8 @@ class SandwichTrainer(Trainer):
             labels = torch.stack([inputs.pop("start_positions"), inputs.pop("end_positions")], dim=-1)
         outputs = model(**inputs)
         s = self.settings
-        loss = distillation_loss(head_logits(outputs), teacher, labels, self.is_regression, s.kd_alpha, s.ce_alpha,
-                                 s.temperature)
+        loss = distillation_loss(head_logits(outputs).float(), teacher, labels, self.is_regression, s.kd_alpha,
+                                 s.ce_alpha, s.temperature)
         return (loss, outputs) if return_outputs else loss
 
 
@@ -135,6 +136,7 @@ def fit_supernet(supernet: ElasticBert, teacher: nn.Module, space: SearchSpace, 
         weight_decay=settings.weight_decay, num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
         lr_scheduler_type="cosine", optim="adamw_torch", seed=seed, save_strategy="no", save_total_limit=2, logging_steps=settings.logging_steps,
         report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False, use_cpu=cpu_only(),
+        bf16=check_bf16(settings.bf16),
         ddp_find_unused_parameters=True)  # a small subnet leaves most weights without gradient
     trainer = SandwichTrainer(args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
                               processing_class=tokenizer, supernet=supernet, space=space,

@@ -193,6 +193,8 @@ def test_cli_search_select_export(supernet_dir, sst2_dir, tiny_shape, tmp_path, 
     assert main(common) == 0
     front = json.loads((search / "front.json").read_text())
     assert front and all("latency_ms" in r and "gmacs" in r for r in front)
+    # every front point carries its search-split standard error (bootstrap over the split's sentences)
+    assert all(0 < r["metric_se"] < 0.2 for r in front)
     assert main(common) == 0  # a finished search run again is answered entirely from its cache
     assert "0 this run" in capsys.readouterr().out
 
@@ -208,6 +210,13 @@ def test_cli_search_select_export(supernet_dir, sst2_dir, tiny_shape, tmp_path, 
     record = ExportedModel.from_dict(json.loads((out / "subnet-00" / "eftnas_export.json").read_text()))
     assert record.subnet.config == SubnetConfig.load(selected)
     assert record.subnet.latency_ms == pytest.approx(fastest) and record.profile["seq_len"] == 16
+    assert "+- " in (out / "subnet-00" / "README.md").read_text()  # the card shows the search metric's SE
+    if len(front) >= 2:  # at most N front subnets, spread along it: both ends
+        spread = tmp_path / "spread"
+        assert main(["export", "--front", str(search), "--max-models", "2", "--out", str(spread)]) == 0
+        exported = [json.loads((spread / f"subnet-0{i}" / "eftnas_export.json").read_text()) for i in range(2)]
+        assert [e["subnet"]["config"] for e in exported] == [front[0]["config"], front[-1]["config"]]
+        assert not (spread / "subnet-02").exists()
 
 
 def test_cli_search_refuses_a_table_of_another_shape(supernet_dir, sst2_dir, tiny_shape, tmp_path, capsys):

@@ -238,7 +238,6 @@ def qa_run(encoder_dir, tmp_path_factory):
 def test_qa_runs_every_stage_and_the_ir_answers_like_pytorch(qa_run, tokenizer):
     """Fine-tuning with importance, super-network with start/end distillation, search and export: the exported
     IR loads as OVModelForQuestionAnswering, its logits match the extracted subnet's, and its card's code runs."""
-    import torch
     from optimum.intel import OVModelForQuestionAnswering
 
     out, config, summary = qa_run

@@ -105,27 +105,27 @@ CASES: tuple[Case, ...] = (
     _c("own data: files and a hub dataset", "data", f"{OWN} --dataset imdb --out {{out}}"),
     _c("own data: --eval-file alone", "data", f"{FT} --eval-file {{bad}}/own.csv --out {{out}}"),
     _c("teacher: classes differ from the data's", "consistency",
-       f"finetune --teacher {{teacher}} --train-file {{bad}}/own.csv --text-columns review "
-       f"--label-column sentiment --out {{out}}"),
+       "finetune --teacher {teacher} --train-file {bad}/own.csv --text-columns review "
+       "--label-column sentiment --out {out}"),
     _c("teacher and model both", "consistency", f"{OWN.replace('--model', '--teacher {teacher} --model')} "
-                                                f"--out {{out}}"),
+                                                "--out {out}"),
     _c("teacher without a classification head", "consistency",
-       f"run --teacher minilm-l6 --train-file {{bad}}/own.csv --text-columns review --label-column sentiment "
-       f"--out {{out}}"),
+       "run --teacher minilm-l6 --train-file {bad}/own.csv --text-columns review --label-column sentiment "
+       "--out {out}"),
     _c("QA: a question without an answer (SQuAD 2.0)", "data",
-       f"finetune --model {{model}} --train-file {{bad}}/squad_unanswered.json --out {{out}}"),
+       "finetune --model {model} --train-file {bad}/squad_unanswered.json --out {out}"),
     _c("QA: an answer not at its start", "data",
-       f"finetune --model {{model}} --train-file {{bad}}/squad_misplaced.json --out {{out}}"),
+       "finetune --model {model} --train-file {bad}/squad_misplaced.json --out {out}"),
     _c("QA: a JSON file that is no SQuAD file", "data",
-       f"finetune --model {{model}} --train-file {{bad}}/squad_nodata.json --out {{out}}"),
+       "finetune --model {model} --train-file {bad}/squad_nodata.json --out {out}"),
     _c("QA: a classifier teacher", "consistency",
-       f"finetune --teacher {{teacher}} --train-file {{bad}}/squad.json --out {{out}}"),
+       "finetune --teacher {teacher} --train-file {bad}/squad.json --out {out}"),
     _c("QA: a classification metric", "data",
-       f"finetune --model {{model}} --train-file {{bad}}/squad.json --eval-metric accuracy --out {{out}}"),
+       "finetune --model {model} --train-file {bad}/squad.json --eval-metric accuracy --out {out}"),
     _c("QA: window overlap larger than the window", "number",
-       f"finetune --model {{model}} --train-file {{bad}}/squad.json --window 32 --doc-stride 30 --out {{out}}"),
+       "finetune --model {model} --train-file {bad}/squad.json --window 32 --doc-stride 30 --out {out}"),
     _c("QA: one article only, no evaluation file", "data",
-       f"finetune --model {{model}} --train-file {{bad}}/squad_onearticle.json --out {{out}}"),
+       "finetune --model {model} --train-file {bad}/squad_onearticle.json --out {out}"),
     # -- numbers out of range or of the wrong kind
     _c("--max-train 0", "number", f"{FT} --max-train 0 --out {{out}}"),
     _c("--batch-size 0", "number", f"{FT} --batch-size 0 --out {{out}}"),
@@ -223,8 +223,8 @@ CASES: tuple[Case, ...] = (
     _c("run --profile unknown", "config", f"{RUN} --profile cpu-9t"),
     _c("run --budget-ms -1", "config", f"{RUN} --budget-ms -1"),
     _c("run task unknown", "config", f"{RUN} --task sst5"),
-    _c("run data folder missing", "config", f"run --model {{model}} --data-dir {{work}}/nowhere "
-                                            f"--out {{out}}"),
+    _c("run data folder missing", "config", "run --model {model} --data-dir {work}/nowhere "
+                                            "--out {out}"),
 )
 
 
@@ -253,7 +253,6 @@ def build_fixtures(work: Path, quiet: bool = True) -> dict[str, str]:
 
     from eftnas_hw.latency import Profile
     from eftnas_hw.models import load_tokenizer, random_bert, save_model
-    from eftnas_hw.subnet import BertShape
     sys.path.insert(0, str(REPO))
     from tests.conftest import TINY_SHAPE, table_document
 

@@ -1,0 +1,122 @@
+"""How fast does the super-network train here, in f32 and under bf16 autocast? And where does a run's time go?
+
+    python tools/benchmark_training.py [--steps 8] [--rounds 2] [--max-length 64] [--run RUN_FOLDER]
+
+Times the real training loop (`supernet.fit_supernet`: the sandwich rule, the teacher's forward, the distillation
+loss, AdamW) on the packaged MiniLM-L6 with SST-2 sentences (real ones from $EFTNAS_GLUE_DIR or
+../shared/data/glue, else made-up ones of the same length), the quick run's settings (batch 32, one random subnet
+beside the largest and the smallest), f32 and bf16 interleaved in rounds; prints one JSON line per measurement and
+the medians (optimizer steps per second; the first step of each fit is not counted: it builds the optimizer).
+bf16 is measured only where the CPU computes in it (AVX512-BF16, AMX). With --run, it also prints the wall-clock
+each stage of that run folder took (its stages.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from eftnas_hw.context import RunContext
+from eftnas_hw.data import DEFAULT_TASK
+from eftnas_hw.elastic import ElasticBert
+from eftnas_hw.models import load_model
+from eftnas_hw.pipeline import RECORD_NAME
+from eftnas_hw.settings import RunConfig, SupernetSettings
+from eftnas_hw.subnet import BertShape, SearchSpace
+from eftnas_hw.supernet import fit_supernet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class StepTimer(TrainerCallback):
+    """Records when each optimizer step ends."""
+
+    def __init__(self):
+        self.ends = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ends.append(time.perf_counter())
+
+
+def steps_per_second(ctx: RunContext, space: SearchSpace, train, steps: int, bf16: bool) -> float:
+    teacher = load_model(None, num_labels=2)
+    supernet = ElasticBert(load_model(None, num_labels=2))
+    settings = SupernetSettings(max_steps=steps, batch_size=32, num_random=1, bf16=bf16, save_minutes=1e6)
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory(prefix="eftnas-bench-") as work:
+        fit_supernet(supernet, teacher, space, train, ctx.tokenizer, work, settings, 0, False, resume=False,
+                     callbacks=[timer])
+    return (len(timer.ends) - 1) / (timer.ends[-1] - timer.ends[0])
+
+
+def training_data(ctx: RunContext, n: int):
+    """Real SST-2 training sentences when the GLUE folder is here, else made-up sentences of their length."""
+    from datasets import Dataset
+
+    glue = Path(os.environ.get("EFTNAS_GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
+    if (glue / "SST-2").is_dir():
+        ctx.config = ctx.config.merged({"data_dir": str(glue)})
+        return ctx.tokenized(ctx.train(n)), "SST-2 training sentences"
+    words = "a gripping and beautifully acted film that never quite finds its own voice".split()
+    rows = {"text": [" ".join(words[: 6 + i % 9] * 2) for i in range(n)], "label": [i % 2 for i in range(n)]}
+    encoded = Dataset.from_dict(rows).map(lambda b: ctx.tokenizer(b["text"], truncation=True,
+                                                                  max_length=ctx.config.max_length),
+                                          batched=True, remove_columns=["text"])
+    return encoded, "made-up sentences (no GLUE folder found)"
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved f32/bf16 rounds")
+    parser.add_argument("--max-length", type=int, default=64, help="token truncation (the quick run's: 64)")
+    parser.add_argument("--run", help="a run folder: print its stages' wall-clock too")
+    args = parser.parse_args()
+
+    ctx = RunContext(RunConfig(task=DEFAULT_TASK, max_length=args.max_length))
+    train, source = training_data(ctx, 32 * (args.steps + 1))
+    shape = BertShape.from_config(load_model(None, num_labels=2).config)
+    space = SearchSpace(tuple((3, 6, 12) for _ in range(shape.num_layers)),
+                        tuple((384, 768, 1536) for _ in range(shape.num_layers)))
+    modes = [False] + ([True] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else [])
+    results = {("bf16" if m else "f32"): [] for m in modes}
+    for r in range(args.rounds):
+        for bf16 in modes:
+            rate = steps_per_second(ctx, space, train, args.steps, bf16)
+            results["bf16" if bf16 else "f32"].append(rate)
+            print(json.dumps({"round": r, "mode": "bf16" if bf16 else "f32", "steps_per_s": round(rate, 4)}),
+                  flush=True)
+    medians = {m: statistics.median(v) for m, v in results.items()}
+    summary = {"cpu": cpu_name(), "threads": torch.get_num_threads(),
+               "data": source, "max_length": args.max_length, "batch": 32, "subnets_per_step": 3,
+               "steps_per_s_median": {m: round(v, 4) for m, v in medians.items()}}
+    if "bf16" in medians:
+        summary["bf16_speedup"] = round(medians["bf16"] / medians["f32"], 3)
+    else:
+        summary["bf16"] = "not measured: this CPU has neither AVX512-BF16 nor AMX"
+    if args.run:
+        record = json.loads((Path(args.run) / RECORD_NAME).read_text())
+        summary["stage_seconds"] = {k.removesuffix("_seconds"): v for k, v in record.items()
+                                    if k.endswith("_seconds")}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
