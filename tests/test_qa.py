@@ -285,3 +285,24 @@ def test_qa_distillation_loss_is_start_and_end_averaged():
     end = distillation_loss(student[..., 1], teacher[..., 1], positions[:, 1], False, 1.0, 1.0, 2.0)
     assert both == pytest.approx(float(start + end) / 2)
     assert distillation_loss(teacher, teacher, positions, False, 1.0, 0.0, 2.0) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_squad_preset_from_the_hub_layout(tmp_path, monkeypatch):
+    """`--task squad` without --data-dir loads rajpurkar/squad (faked: no hub here) in the hub's own layout:
+    answers as a struct of lists, which the QA reader takes as it takes the JSON file's."""
+    import datasets
+
+    def split(articles: int) -> datasets.Dataset:
+        rows = qa.read_squad(write_squad(tmp_path / f"{articles}.json", squad_document(articles=articles)))
+        return datasets.Dataset.from_pandas(rows, preserve_index=False)
+
+    calls = []
+
+    def fake_load_dataset(name, config=None):
+        calls.append((name, config))
+        return datasets.DatasetDict(train=split(8), validation=split(2))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    splits, spec = load_data(data_source("squad", None, DataSettings()))
+    assert calls == [("rajpurkar/squad", None)] and spec.qa is not None and spec.name == "squad"
+    assert len(splits["validation"]) == 12 and splits["validation"][0]["answers"]["text"]
