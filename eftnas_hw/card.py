@@ -91,7 +91,8 @@ def model_card(model: "ExportedModel", shape: BertShape) -> str:
         name=model.name, task=model.task, precision=model.precision, metric_name=model.metric_name,
         ir_dev=_fmt(model.ir_dev_metric), torch_dev=_fmt(model.torch_dev_metric),
         search_metric=_fmt(model.subnet.metric) + (f" +- {model.subnet.metric_se:.4f}"
-                                                    if model.subnet.metric_se is not None else ""), predicted_ms=_fmt(model.subnet.latency_ms, ".2f"),
+                                                    if model.subnet.metric_se is not None else ""),
+        predicted_ms=_fmt(model.subnet.latency_ms, ".2f"),
         predicted="predicted latency (latency table" + (
             f", for the {model.table_precision} model)"
             if model.table_precision not in (None, model.precision) else ")"),
@@ -108,13 +109,15 @@ def model_card(model: "ExportedModel", shape: BertShape) -> str:
                   f"the latency table was measured elsewhere: `{table_fp}`"),
         source="\n".join(f"- {k}: `{v}`" for k, v in model.source.items()) or "- (not recorded)",
         ov_config={k: str(v) for k, v in Profile.from_dict(p).ov_config().items()},
-        head=model.head, qa_note=("; QA: each context in windows, the best span over them (n-best start/end "
-                                  "logits), SQuAD v1.1 EM/F1" if model.head == "question-answering" else ""), ov_class=OV_CLASSES[model.head], predict=_predict_code(model, shape))
+        head=model.head, ov_class=OV_CLASSES[model.head], predict=_predict_code(model, shape),
+        qa_note=("; QA: each context in windows, the best span over them (n-best start/end logits), SQuAD v1.1 "
+                 "EM/F1" if model.head == "question-answering" else ""))
 
 
 OV_CLASSES = {"text-classification": "OVModelForSequenceClassification",
               "question-answering": "OVModelForQuestionAnswering"}
-CLASSIFY = 'inputs = tokenizer("a gripping, beautifully acted film", return_tensors="pt")  # a pair: tokenizer(a, b, ...)'
+CLASSIFY = ('inputs = tokenizer("a gripping, beautifully acted film", return_tensors="pt")'
+            '  # a pair: tokenizer(a, b, ...)')
 ANSWER = """question, context = "Who wrote Hamlet?", "Hamlet is a tragedy written by William Shakespeare."
 inputs = tokenizer(question, context, truncation="only_second", max_length={seq}, return_tensors="pt")
 out = model(**inputs)

@@ -163,7 +163,8 @@ def _export_one(ctx: RunContext, evaluator: SubnetEvaluator, record: EvaluatedSu
         table_precision=table.profile.precision if table is not None else None, source=source,
         calibration_size=len(calibration) if calibration else 0,
         table_anchor=anchor_line(table) if table is not None else None,
-        label_names=() if ctx.spec.qa else tuple(str(model.config.id2label[i]) for i in range(model.config.num_labels)),
+        label_names=() if ctx.spec.qa else tuple(str(model.config.id2label[i])
+                                                 for i in range(model.config.num_labels)),
         head=export_task(model))
     write_text_atomic(folder / "README.md", model_card(result, supernet.shape))
     write_json_atomic(folder / RECORD_NAME, result.to_dict())

@@ -16,7 +16,7 @@ from .data import TaskSpec, compute_metrics
 from .elastic import ElasticBert
 from .latency import Profile, compile_ir
 from .models import head_logits
-from .qa import best_answers, squad_metrics
+from .qa import best_answers, question_scores, squad_metrics
 from .subnet import SubnetConfig
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
@@ -96,10 +96,13 @@ class Evaluator:
         """The task's metrics from outputs in dataset order (a model's, or an IR's from `ir_logits`)."""
         if self.spec.qa is None:
             return compute_metrics(self.spec, outputs, self.labels)
-        qa = self.spec.qa
-        answers = best_answers(self.contexts, self.windows, self.offsets, outputs, qa.n_best, qa.max_answer_length)
-        metrics = squad_metrics(answers, self.gold)
+        metrics = squad_metrics(self._answers(outputs), self.gold)
         return {**metrics, "metric": metrics[self.spec.main_metric]}
+
+    def _answers(self, outputs: np.ndarray) -> list[str]:
+        """QA: each question's best answer span over its windows."""
+        qa = self.spec.qa
+        return best_answers(self.contexts, self.windows, self.offsets, outputs, qa.n_best, qa.max_answer_length)
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         return self.score(self.outputs(model))
@@ -114,9 +117,7 @@ class Evaluator:
             values = [compute_metrics(self.spec, outputs[i], self.labels[i])["metric"]
                       for i in rng.integers(0, n, (resamples, n))]
         else:  # per-question scores, then the mean of resampled questions
-            qa = self.spec.qa
-            answers = best_answers(self.contexts, self.windows, self.offsets, outputs, qa.n_best, qa.max_answer_length)
-            scores = np.array([squad_metrics([a], [g])[self.spec.main_metric] for a, g in zip(answers, self.gold)])
+            scores = question_scores(self._answers(outputs), self.gold)[self.spec.main_metric]
             values = scores[rng.integers(0, len(scores), (resamples, len(scores)))].mean(axis=1)
         return float(np.std(values, ddof=1))
 

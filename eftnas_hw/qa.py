@@ -190,8 +190,13 @@ def f1_score(prediction: str, truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def question_scores(predictions: list[str], answers: list[list[str]]) -> dict[str, np.ndarray]:
+    """Per question: EM and F1, each the max over the question's gold answers."""
+    pairs = list(zip(predictions, answers))
+    return {"exact_match": np.array([max(exact_match(p, t) for t in truths) for p, truths in pairs]),
+            "f1": np.array([max(f1_score(p, t) for t in truths) for p, truths in pairs])}
+
+
 def squad_metrics(predictions: list[str], answers: list[list[str]]) -> dict[str, float]:
-    """EM and F1 (fractions), each the max over an example's gold answers, averaged over examples."""
-    em = [max(exact_match(p, t) for t in truths) for p, truths in zip(predictions, answers)]
-    f1 = [max(f1_score(p, t) for t in truths) for p, truths in zip(predictions, answers)]
-    return {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1))}
+    """EM and F1 (fractions): the per-question scores averaged over the questions."""
+    return {name: float(np.mean(scores)) for name, scores in question_scores(predictions, answers).items()}

@@ -33,6 +33,7 @@ def prepare(out: Path) -> None:
     from safetensors.torch import save_file
 
     from eftnas_hw.data import data_source, load_data, tokenize
+    from eftnas_hw.evaluate import Evaluator
     from eftnas_hw.models import load_model, load_tokenizer
     from eftnas_hw.settings import RunConfig
 
@@ -55,15 +56,10 @@ def prepare(out: Path) -> None:
                         end=np.array(train["end_positions"], np.int16))
     np.savez_compressed(out / "search.npz", input_ids=pad(search["input_ids"], np.uint16),
                         token_type_ids=pad(search["token_type_ids"], np.uint8))
-    rows = search.select_columns(["example", "offsets", "context", "gold"]).to_dict()
-    position = {e: i for i, e in enumerate(dict.fromkeys(rows["example"]))}
-    contexts, gold = [None] * len(position), [None] * len(position)
-    for e, c, g in zip(rows["example"], rows["context"], rows["gold"]):
-        contexts[position[e]], gold[position[e]] = c, g
+    scoring = Evaluator(search, spec)  # what scoring a window needs, as plain lists (the GPU has no `datasets`)
     with open(out / "search.pkl", "wb") as f:
-        pickle.dump({"windows": [position[e] for e in rows["example"]],
-                     "offsets": [[tuple(o) for o in w] for w in rows["offsets"]], "contexts": contexts,
-                     "gold": gold}, f)
+        pickle.dump({"windows": scoring.windows, "offsets": [[tuple(o) for o in w] for w in scoring.offsets],
+                     "contexts": scoring.contexts, "gold": [list(g) for g in scoring.gold]}, f)
     model = load_model(None, qa=True)
     (out / "minilm").mkdir(exist_ok=True)
     model.config.save_pretrained(out / "minilm")
