@@ -135,6 +135,17 @@ def hypervolume(points: Sequence[tuple[float, float]] | Sequence[EvaluatedSubnet
     return float(HV(ref_point=np.array(HV_REFERENCE))(F))
 
 
+def front_coverage(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> dict:
+    """How front `a` covers front `b`, both (metric, cost) pairs, e.g. measured dev metrics and latencies:
+    `covered`, the share of b's points that a point of a dominates (no worse, no costlier, better in one), and
+    `max_margin`, the largest metric by which a point of a at no more cost beats a point of b (negative: no point
+    of b is beaten at its cost; None: a has nothing as cheap as any point of b). The margin is what to hold
+    against the search's resolution (its standard error): a dominance smaller than that is not a ranking."""
+    dominated = [any(c <= cb and m >= mb and (c < cb or m > mb) for m, c in a) for mb, cb in b]
+    margins = [max(m - mb for m, c in a if c <= cb) for mb, cb in b if any(c <= cb for _, c in a)]
+    return {"covered": sum(dominated) / len(b) if b else None, "max_margin": max(margins) if margins else None}
+
+
 def spread_along_front(front: Sequence, k: int) -> list:
     """At most k front records evenly spaced by rank along the front, both ends included."""
     if len(front) <= k:

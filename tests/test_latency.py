@@ -380,3 +380,23 @@ def test_anchor_never_fits_a_falling_line(real_table, monkeypatch):
     seen.clear()
     with pytest.raises(anchor_module.TableDoesNotFit, match="does not fit"):  # and the default bound refuses it
         anchor_module.anchor_table(table, AnchorSettings(subnets=4, rounds=1), progress=False)
+
+
+def test_every_shipped_table_reads_with_its_validation():
+    """The shipped tables load in the current format, predict the full model, carry their own leave-one-out
+    validation, and tools/shipped_tables.py prints a row for each (the README's table is made from it)."""
+    import importlib.util
+
+    from eftnas_hw.resources import tables_dir
+
+    spec = importlib.util.spec_from_file_location(
+        "shipped_tables", Path(__file__).resolve().parents[1] / "tools" / "shipped_tables.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    paths = sorted(tables_dir().rglob("*.json"))
+    assert len(paths) >= 10
+    for path in paths:
+        table = LatencyTable.read(path)
+        assert table.predict_ms(table.shape.full_subnet()) > 0
+        assert 0 <= table.validation["mape_pct"] < 10 and table.validation["n"] >= 8
+        assert tool.row(table).startswith(f"| {path.parent.name}/{path.name} |")

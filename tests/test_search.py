@@ -15,7 +15,7 @@ from datasets import Dataset, DatasetDict
 from eftnas_hw.context import RunContext
 from eftnas_hw.cost import CostModel
 from eftnas_hw.errors import UserError
-from eftnas_hw.evolution import EvolutionFinder, pareto_front, select_subnet
+from eftnas_hw.evolution import EvolutionFinder, front_coverage, pareto_front, select_subnet
 from eftnas_hw.models import random_bert, save_model
 from eftnas_hw.reports import write_search_reports
 from eftnas_hw.search import CACHE_NAME, EvaluationCache, SearchRun, load_search, search_supernet
@@ -217,3 +217,14 @@ def test_budget_below_fastest_names_the_fastest():
         select_subnet(FRONT)
     with pytest.raises(UserError, match="no predicted latency"):
         select_subnet([replace(r, latency_ms=None) for r in FRONT], budget_ms=5)
+
+
+def test_front_coverage_counts_dominated_points_and_the_margin():
+    """(metric, ms) fronts: b's 5 ms point is beaten by a's 4 ms point by 2 points, its 10 ms point by nothing."""
+    a, b = [(0.80, 4.0), (0.85, 12.0)], [(0.78, 5.0), (0.90, 10.0)]
+    got = front_coverage(a, b)
+    assert got["covered"] == 0.5 and got["max_margin"] == pytest.approx(0.02)
+    back = front_coverage(b, a)  # b has nothing at 4 ms; at 12 ms its 10 ms point is 5 points better
+    assert back["covered"] == 0.5 and back["max_margin"] == pytest.approx(0.05)
+    assert front_coverage(a, a) == {"covered": 0.0, "max_margin": 0.0}  # a point never dominates itself
+    assert front_coverage([(0.9, 20.0)], b) == {"covered": 0.0, "max_margin": None}  # nothing as fast

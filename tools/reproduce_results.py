@@ -1,29 +1,38 @@
 """Reproduce the README's results: does latency-driven EFTNAS beat the GMACs-driven one, and plain baselines?
 
     EFTNAS_GLUE_DIR=../shared/data/glue python tools/reproduce_results.py --task sst2 [--root runs/results]
+        [--seed 1] [--profile cpu-1t-b1-s128-int8] [--variants hardware gflops latency] [--drop 3 4]
 
-All methods share one teacher (fine-tuned once, same budget) and one budget (the run config's):
+All methods share one teacher (fine-tuned once, same budget), one latency table (re-anchored or built once, in
+the profile's precision: the deployment precision; `--profile cpu-1t-b1-s128-int8` searches on the INT8 table and
+exports, measures and evaluates every model as an NNCF INT8 IR) and one budget (the run config's):
   latency      EFTNAS with the latency table (this project), first-order reordering
   gflops       EFTNAS as in the paper: GMACs in Algorithm 1 and as NSGA-II's objective (metric "gmacs"; the
                variant keeps its name, so results/*/results.json call it "eftnas-gflops"); its front re-measured
   hardware     latency-driven with the hardware-aware search space (importance per ms, whole blocks removable)
   l1, none     latency-driven, with L1 or no reordering (the paper's Figure 6 ablation)
   drop-K       the teacher's first K layers, fine-tuned again with the teacher's budget (a baseline anyone can do)
-  teacher-int8 / front-int8: NNCF INT8 of the teacher and of the latency front
+  teacher-int8 / front-int8: NNCF INT8 of the teacher and of the latency front (--int8 with a non-INT8 profile)
+  teacher-f32  the teacher as an f32 IR (the reference of "N x the f32 teacher"), when the profile is not f32
 Every model is exported to IR and measured on this machine with the profile's protocol; dev metrics are the IR's.
-Writes results/<task>/results.json, results.csv and pareto.png, and prints the table.
+Per method: hypervolume over measured latency (one reference: the teacher's), and for each pair of methods the
+share of one's models that the other's dominate and by how much (dev-metric points at no more latency), next to
+the search split's standard error, the resolution at which the search could rank them.
+Writes results/<name>/results.json, results.csv and pareto.png, and prints the tables.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from eftnas_hw.evolution import hypervolume
-from eftnas_hw.files import write_json_atomic
-from eftnas_hw.pipeline import run_pipeline, share_finished_stage
+from eftnas_hw.evolution import front_coverage, hypervolume
+from eftnas_hw.files import read_json, write_json_atomic
+from eftnas_hw.pipeline import TABLE_NAME, run_pipeline, share_finished_stage
 from eftnas_hw.settings import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,17 +42,40 @@ VARIANTS = {"latency": {}, "gflops": {"metric": "gmacs"}, "hardware": {"space": 
             "l1": {"supernet": {"reorder": "l1"}}, "none": {"supernet": {"reorder": "none"}}}
 
 
-def variant(root: Path, name: str, config: RunConfig) -> dict:
-    """Run one EFTNAS variant in its own folder, reusing the shared teacher (its stage key is unchanged)."""
+def variant(root: Path, name: str, config: RunConfig, first: str) -> dict:
+    """Run one EFTNAS variant in its own folder, reusing the first variant's teacher and latency table (their
+    stage keys are unchanged, so the run accepts them)."""
     out = root / name
-    if name != "latency" and not (out / "teacher").exists():
+    if name != first and not (out / "teacher").exists():
         out.mkdir(parents=True, exist_ok=True)
-        share_finished_stage(root / "latency", out, "finetune", ("teacher",))
+        share_finished_stage(root / first, out, "finetune", ("teacher",))
+        share_finished_stage(root / first, out, "latency", (TABLE_NAME,))
     return run_pipeline(config, out, progress=False)
 
 
-def drop_layers(root: Path, config: RunConfig, keep: int) -> list:
-    """Baseline: the teacher's first `keep` layers, fine-tuned again with the same budget, exported and measured."""
+def teacher_f32(root: Path, config: RunConfig, teacher: Path) -> dict:
+    """The teacher as an f32 IR, measured with the same protocol: what "N x faster" is counted against."""
+    from eftnas_hw.context import RunContext
+    from eftnas_hw.deploy import export_subnets, load_exports
+    from eftnas_hw.elastic import ElasticBert
+    from eftnas_hw.models import load_model
+    from eftnas_hw.subnet import BertShape
+
+    out = root / "teacher-f32"
+    if (out / "summary.json").exists():
+        model = load_exports(out)[0]
+    else:
+        ctx = RunContext(config)
+        ctx.profile = replace(ctx.profile, precision="f32")  # the run's profile (threads, shape), in f32
+        elastic = ElasticBert(load_model(teacher))
+        model = export_subnets(ctx, elastic, [BertShape.from_config(elastic.config).full_subnet()], out,
+                               overwrite=True, progress=False, source={"model": "the teacher in f32"})[0]
+    return {"measured_ms": model.measured_ms, "ir_dev_metric": model.ir_dev_metric}
+
+
+def drop_layers(root: Path, config: RunConfig, keep: int, first: str, epochs: float | None = None) -> tuple:
+    """Baseline: the teacher's first `keep` layers, fine-tuned again with the teacher's budget (or for `epochs`),
+    exported and measured. Returns the exported records and the fine-tuning's wall-clock seconds."""
     from eftnas_hw.context import RunContext
     from eftnas_hw.deploy import export_subnets, load_exports
     from eftnas_hw.elastic import ElasticBert
@@ -51,10 +83,10 @@ def drop_layers(root: Path, config: RunConfig, keep: int) -> list:
     from eftnas_hw.models import load_model, load_tokenizer, save_model
     from eftnas_hw.subnet import BertShape
 
-    out = root / f"drop-{keep}"
+    out = root / (f"drop-{keep}" if epochs is None else f"drop-{keep}-{epochs:.2f}ep")
     if (out / "models" / "summary.json").exists():
-        return load_exports(out / "models")
-    teacher = root / "latency" / "teacher"
+        return load_exports(out / "models"), finetune_seconds(out)
+    teacher = root / first / "teacher"
     model = load_model(teacher)
     model.bert.encoder.layer = model.bert.encoder.layer[:keep]
     model.config.num_hidden_layers = keep
@@ -62,11 +94,19 @@ def drop_layers(root: Path, config: RunConfig, keep: int) -> list:
         save_model(model, out / "init", load_tokenizer(teacher))
     ctx = RunContext(config.merged({"model": str(out / "init")}))  # the truncated teacher is the model tuned
     if not (out / "student").exists():
-        finetune(ctx, out / "student", config.finetune)
+        started = time.time()
+        finetune(ctx, out / "student", config.finetune if epochs is None else replace(config.finetune, epochs=epochs))
+        write_json_atomic(out / "seconds.json", {"finetune": round(time.time() - started, 1)})
     student = ElasticBert(load_model(out / "student"))
-    return export_subnets(ctx, student, [BertShape.from_config(student.config).full_subnet()], out / "models",
-                          overwrite=True, progress=False,
-                          source={"model": f"teacher's first {keep} layers, fine-tuned again"})
+    models = export_subnets(ctx, student, [BertShape.from_config(student.config).full_subnet()], out / "models",
+                            overwrite=True, progress=False,
+                            source={"model": f"teacher's first {keep} layers, fine-tuned again"})
+    return models, finetune_seconds(out)
+
+
+def finetune_seconds(out: Path) -> float | None:
+    """The wall-clock of a drop baseline's fine-tuning (None for a folder from before it was recorded)."""
+    return read_json(out / "seconds.json", "timing")["finetune"] if (out / "seconds.json").exists() else None
 
 
 def plot(rows: list[dict], base: dict, path: Path) -> None:
@@ -88,6 +128,14 @@ def plot(rows: list[dict], base: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def drop_method(keep: int, budget: str) -> str:
+    return f"drop-{keep}-layers" + ("-equal-time" if budget == "eftnas" else "")
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="sst2")
@@ -95,57 +143,100 @@ def main() -> None:
     parser.add_argument("--root", default="runs/results", help="where the runs go (resumable)")
     parser.add_argument("--name", default=None, help="results/<name> and <root>/<name> (default: the task), "
                                                       "e.g. sst2-seed1 for a repeat with another seed")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["latency", "gflops", "l1", "none"])
+    parser.add_argument("--seed", type=int, default=None, help="the run config's seed (splits, training, search)")
+    parser.add_argument("--profile", default=None, help="deployment profile of every variant, e.g. "
+                                                         "cpu-1t-b1-s128-int8 (default: the run config's)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["latency", "gflops", "l1", "none"],
+                        help="the first one fine-tunes the shared teacher and owns the table")
     parser.add_argument("--drop", nargs="*", type=int, default=[3, 4], help="layer-drop baselines to run")
-    parser.add_argument("--int8", action="store_true", help="also INT8 teacher and latency front")
+    parser.add_argument("--drop-time", nargs="+", choices=("teacher", "eftnas"), default=["teacher"],
+                        help="the layer-drop fine-tuning's budgets: the teacher's epochs, and/or the wall-clock the "
+                             "first variant's super-network and search took (epochs scaled by the measured times)")
+    parser.add_argument("--int8", action="store_true", help="also INT8 teacher and first variant's front")
     args = parser.parse_args()
     label = args.name or args.task
     root = Path(args.root) / label
-    rows = []
-    for name in ["latency"] + [v for v in args.variants if v != "latency"]:
-        overrides = {**VARIANTS[name], "task": args.task,
-                     "export": {"int8": args.int8 and name == "latency"}}
-        summary = variant(root, name, RunConfig.load(args.config, overrides))
+    first = args.variants[0]
+    common = {"task": args.task, **({"seed": args.seed} if args.seed is not None else {}),
+              **({"latency": {"profile": args.profile}} if args.profile else {})}
+    config = RunConfig.load(args.config, common)
+    rows, seconds = [], {}
+    for name in dict.fromkeys(args.variants):
+        overrides = {**VARIANTS[name], **common, "export": {"int8": args.int8 and name == first}}
+        summary = variant(root, name, RunConfig.load(args.config, overrides), first)
+        seconds[name] = summary["stage_seconds"]
         for m in summary["models"]:
             method = {"base": "teacher", "base-int8": "teacher-int8", "front-int8": "front-int8"}.get(
                 m["group"], f"eftnas-{name}")
-            if m["group"].startswith("base") and name != "latency":
+            if m["group"].startswith("base") and name != first:
                 continue
             rows.append({"method": method, **m})
     base = next(r for r in rows if r["method"] == "teacher")
-    config = RunConfig.load(args.config, {"task": args.task})
-    for keep in args.drop:
-        for r in drop_layers(root, config, keep):
-            rows.append({"method": f"drop-{keep}-layers", "group": f"drop-{keep}", "name": r.name,
+    precision = summary["precision"]
+    f32 = teacher_f32(root, config, root / first / "teacher") if not precision.startswith("f32") else base
+    eftnas_s = seconds[first].get("supernet", 0) + seconds[first].get("search", 0)
+    drops = [(keep, budget) for budget in args.drop_time for keep in args.drop]
+    for keep, budget in drops:
+        # Equal wall-clock: EFTNAS's super-network + search time over the teacher's fine-tuning time, in epochs of
+        # the teacher's budget; a step of `keep` layers costs about keep/num_layers of the teacher's.
+        epochs = (config.finetune.epochs * eftnas_s / seconds[first]["finetune"] * len(base["heads"]) / keep
+                  if budget == "eftnas" else None)
+        models, drop_s = drop_layers(root, config, keep, first, epochs)
+        for r in models:
+            rows.append({"method": drop_method(keep, budget), "group": f"drop-{keep}", "name": r.name,
+                         "finetune_seconds": drop_s, "finetune_epochs": epochs or config.finetune.epochs,
                          "heads": list(r.subnet.config.heads), "ffn": list(r.subnet.config.ffn),
                          "predicted_ms": None, "measured_ms": r.measured_ms, "ir_dev_metric": r.ir_dev_metric,
                          "speedup": base["measured_ms"] / r.measured_ms,
                          "delta_metric": r.ir_dev_metric - base["ir_dev_metric"], "path": ""})
+    for r in rows:
+        r["speedup_vs_f32_teacher"] = f32["measured_ms"] / r["measured_ms"]
     methods = {}
     for method in dict.fromkeys(r["method"] for r in rows):
-        pts = [(r["ir_dev_metric"], r["measured_ms"]) for r in rows if r["method"] == method]
-        preds = [(r["predicted_ms"], r["measured_ms"]) for r in rows  # the table is f32: no INT8 prediction
-                 if r["method"] == method and r["predicted_ms"] and "int8" not in method]
+        mine = [r for r in rows if r["method"] == method]
+        pts = [(r["ir_dev_metric"], r["measured_ms"]) for r in mine]
+        preds = [(r["predicted_ms"], r["measured_ms"]) for r in mine  # a front-int8 under a bf16 table: no prediction
+                 if r["predicted_ms"] and "int8" not in method]
+        within = [r for r in mine if r["ir_dev_metric"] >= base["ir_dev_metric"] - 0.01]
+        ses = [r["search_metric_se"] for r in mine if r.get("search_metric_se") is not None]
         methods[method] = {
             "models": len(pts), "hypervolume": hypervolume(pts, base_cost=base["measured_ms"]),
             "best_under_half_latency": max((m for m, ms in pts if ms <= 0.5 * base["measured_ms"]), default=None),
+            "fastest_within_1pt_vs_f32_teacher": max((r["speedup_vs_f32_teacher"] for r in within), default=None),
+            "search_se": float(np.median(ses)) if ses else None,
             "prediction_mape_pct": float(np.mean([abs(p - m) / m for p, m in preds]) * 100) if preds else None}
+    searched = [f"eftnas-{v}" for v in dict.fromkeys(args.variants)]
+    points = {m: [(r["ir_dev_metric"], r["measured_ms"]) for r in rows if r["method"] == m] for m in methods}
+    others = searched + [drop_method(keep, budget) for keep, budget in drops]
+    pairs = {f"{a} over {b}": front_coverage(points[a], points[b]) for a in others for b in searched if a != b}
     out = REPO / "results" / label
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "results.json", {"task": args.task, "base": base, "methods": methods, "models": rows,
-                                             "config": config.to_dict()})
+    write_json_atomic(out / "results.json", {"task": args.task, "precision": precision, "base": base,
+                                             "stage_seconds": seconds, "drop_time": args.drop_time,
+                                             "teacher_f32": f32, "methods": methods, "dominance": pairs,
+                                             "models": rows, "config": config.to_dict()})
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["method", "heads", "ffn", "predicted_ms", "measured_ms", "speedup",
-                                               "ir_dev_metric", "delta_metric"], extrasaction="ignore")
+                                               "speedup_vs_f32_teacher", "ir_dev_metric", "delta_metric",
+                                               "search_metric", "search_metric_se"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     plot(rows, base, out / "pareto.png")
-    print(f"{'method':<18} {'models':>6} {'HV':>7} {'best dev <=50% lat':>18} {'pred MAPE %':>11}")
+    print(f"{'method':<24} {'models':>6} {'HV':>7} {'best dev <=50% lat':>18} {'x f32 within 1pt':>16} "
+          f"{'search SE':>9} {'pred MAPE %':>11}")
     for method, s in methods.items():
-        best = "-" if s["best_under_half_latency"] is None else f"{s['best_under_half_latency']:.4f}"
-        mape = "-" if s["prediction_mape_pct"] is None else f"{s['prediction_mape_pct']:.1f}"
-        print(f"{method:<18} {s['models']:>6} {s['hypervolume']:>7.4f} {best:>18} {mape:>11}")
-    print(f"teacher: {base['measured_ms']:.2f} ms, dev {base['ir_dev_metric']:.4f}; wrote {out}")
+        print(f"{method:<24} {s['models']:>6} {s['hypervolume']:>7.4f} {fmt(s['best_under_half_latency'], '.4f'):>18} "
+              f"{fmt(s['fastest_within_1pt_vs_f32_teacher'], '.2f'):>16} {fmt(s['search_se'], '.4f'):>9} "
+              f"{fmt(s['prediction_mape_pct'], '.1f'):>11}")
+    for pair, d in pairs.items():
+        print(f"{pair:<48} covers {fmt(d['covered'], '.0%'):>5} of its models, largest margin at no more latency "
+              f"{fmt(d['max_margin'], '+.4f')}")
+    for keep, budget in drops:
+        r = next(r for r in rows if r["method"] == drop_method(keep, budget))
+        print(f"{drop_method(keep, budget)}: fine-tuned {r['finetune_epochs']:.2f} epochs in "
+              f"{fmt(r['finetune_seconds'], '.0f')} s; EFTNAS ({first}): super-network + search {eftnas_s:.0f} s")
+    print(f"teacher ({precision}): {base['measured_ms']:.2f} ms, dev {base['ir_dev_metric']:.4f}; f32 teacher "
+          f"{f32['measured_ms']:.2f} ms; wrote {out}")
 
 
 if __name__ == "__main__":

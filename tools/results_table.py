@@ -3,15 +3,17 @@
     python tools/results_table.py [--tasks sst2 mrpc ...]
 
 One row per task and method: measured latency range, dev-metric range, the best dev metric at <= 50% of the
-teacher's measured latency, the hypervolume; then, per task, whether the latency-driven front dominates the
-GFLOPs-driven one (every GFLOPs point matched or beaten by some latency point on both measured axes). "GFLOPs" is
-the paper's cost, GMACs (run metric "gmacs"); the results files keep its method name "eftnas-gflops".
+teacher's measured latency, the hypervolume; then, per task, how the latency-driven fronts (Algorithm 1 with the
+table, the hardware-aware space) and the GFLOPs-driven one cover each other on the measured axes (evolution.
+front_coverage: the share of one's models the other dominates, and the largest dev-metric margin at no more
+latency). "GFLOPs" is the paper's cost, GMACs (run metric "gmacs"); the results files keep the name "eftnas-gflops".
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from eftnas_hw.evolution import front_coverage
 from eftnas_hw.files import read_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,9 +24,8 @@ def points(result: dict, method: str) -> list[tuple[float, float]]:
     return [(r["measured_ms"], r["ir_dev_metric"]) for r in result["models"] if r["method"] == method]
 
 
-def covers(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> bool:
-    """Every point of b is matched or beaten (no slower, no worse) by some point of a."""
-    return all(any(ms_a <= ms_b and m_a >= m_b for ms_a, m_a in a) for ms_b, m_b in b)
+def margin(coverage: dict) -> str:
+    return "-" if coverage["max_margin"] is None else f"{100 * coverage['max_margin']:+.2f} points"
 
 
 def main() -> None:
@@ -46,10 +47,14 @@ def main() -> None:
             best = "-" if best is None else f"{best:.4f} ({100 * (best - base['ir_dev_metric']):+.2f})"
             print(f"| {task} | {method} | {len(pts)} | {min(ms):.2f}-{max(ms):.2f} | {min(metric):.4f}-{max(metric):.4f}"
                   f" | {best} | {summary['hypervolume']:.3f} |")
-        lat, gfl = points(result, "eftnas-latency"), points(result, "eftnas-gflops")
-        if lat and gfl:
-            verdicts.append(f"{task}: latency front covers GFLOPs front: {covers(lat, gfl)}; "
-                            f"GFLOPs front covers latency front: {covers(gfl, lat)}")
+        gfl = [(m, ms) for ms, m in points(result, "eftnas-gflops")]
+        for name in ("eftnas-latency", "eftnas-hardware"):
+            mine = [(m, ms) for ms, m in points(result, name)]
+            if mine and gfl:
+                ours, theirs = front_coverage(mine, gfl), front_coverage(gfl, mine)
+                verdicts.append(f"{task}: {name} dominates {ours['covered']:.0%} of the GFLOPs front "
+                                f"(largest margin {margin(ours)}), the GFLOPs front {theirs['covered']:.0%} of it "
+                                f"(largest margin {margin(theirs)})")
     print()
     print("\n".join(verdicts))
 
