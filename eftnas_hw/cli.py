@@ -328,7 +328,10 @@ def _add_commands(sub) -> None:
     p.add_argument("--num-labels", type=_positive_int, default=None, help="classifier outputs when the model has no head")
     p.add_argument("--static-shape", default=None, metavar="BxS", help="fix input shapes, e.g. 1x128 "
                                                                        "(default: dynamic)")
-    add_flags(p, ExportSettings, only=("int8", "calibration_size"))
+    # Here --int8 replaces the f32 IR (in `run`, export.int8 adds INT8 versions beside the deployed precision's).
+    p.add_argument("--int8", dest="int8", action="store_const", const=True, default=None,
+                   help="export NNCF INT8 IRs (calibrated on training inputs) instead of f32 ones")
+    add_flags(p, ExportSettings, only=("calibration_size",))
     front = p.add_argument_group("subnets of a search (--front): extracted, exported, measured, carded")
     front.add_argument("--front", metavar="SEARCH_DIR", help="export the Pareto front of this `search` output")
     budget = front.add_mutually_exclusive_group()

@@ -99,6 +99,11 @@ def run_summary(run_dir: Path, groups: dict[str, list["ExportedModel"]], table_s
              "delta_metric": m.ir_dev_metric - base.ir_dev_metric, "path": str(run_dir / "models" / group / m.name)}
             for group, models in groups.items() for m in models]
     errors = [abs(r["predicted_ms"] / r["measured_ms"] - 1) for r in rows if r["predicted_ms"] is not None]
+    # The same errors with each model's latency taken relative to the base model measured in the same stage: what
+    # remains when the machine's speed has moved since the table was anchored (this VM drifts by ~10% in minutes).
+    pairs = [(r["predicted_ms"] / base.subnet.latency_ms, r["measured_ms"] / base.measured_ms) for r in rows
+             if r["predicted_ms"] is not None and r["group"] == "front"] if base.subnet.latency_ms else []
+    relative = [abs(p / m - 1) for p, m in pairs]
     # How well the search's objective (the PyTorch super-network on the search split) predicts the IR's dev metric
     # in the deployed precision (bf16, INT8): per group of exported subnets.
     objective = {}
@@ -110,7 +115,11 @@ def run_summary(run_dir: Path, groups: dict[str, list["ExportedModel"]], table_s
                                 "mean_ir_minus_search": float(np.mean(ir - search)), "n": len(pairs)}
     return {"run": str(run_dir), "table": table_source, **latency,
             "prediction": {"mape_pct": 100 * sum(errors) / len(errors), "worst_pct": 100 * max(errors),
-                           "within_5pct": sum(e <= 0.05 for e in errors) / len(errors)} if errors else None,
+                           "within_5pct": sum(e <= 0.05 for e in errors) / len(errors),
+                           "base_error_pct": 100 * (base.subnet.latency_ms / base.measured_ms - 1)
+                           if base.subnet.latency_ms else None,
+                           "relative_mape_pct": 100 * sum(relative) / len(relative) if relative else None}
+            if errors else None,
             "search_objective_vs_ir": objective,
             "base": {"measured_ms": base.measured_ms, "ir_dev_metric": base.ir_dev_metric},
             "models": rows, "pareto_plot": str(run_dir / "search" / "pareto.png"), "stage_seconds": stage_seconds}
@@ -132,6 +141,10 @@ def format_run_summary(summary: dict) -> str:
         p = summary["prediction"]
         lines.append(f"predicted vs measured (IR, this machine): MAPE {p['mape_pct']:.1f}%, "
                      f"worst {p['worst_pct']:.1f}%, {100 * p['within_5pct']:.0f}% within 5%")
+        if p.get("relative_mape_pct") is not None:
+            lines.append(f"  the base model {p['base_error_pct']:+.1f}% against its prediction; front latencies "
+                         f"relative to it: MAPE {p['relative_mape_pct']:.1f}% (the rest is the machine's speed "
+                         "since the table was anchored)")
     for group, o in summary["search_objective_vs_ir"].items():
         lines.append(f"search objective vs IR dev metric ({group}, {o['n']} models): Spearman {o['spearman']:.2f}, "
                      f"IR minus search {o['mean_ir_minus_search']:+.4f} on average")

@@ -201,6 +201,7 @@ class LatencySettings(Settings):
 
 
 SPACE_METHODS = ("paper", "hardware")
+GROUP_SCORES = ("magnitude", "signed")
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,9 @@ class SpaceSettings(Settings):
 
     method: str = setting("paper", "paper (Algorithm 1) or hardware (importance per unit of cost)",
                           choices=SPACE_METHODS)
+    group_score: str = setting("magnitude", "hardware method: a head's, channel's or block's importance is the sum "
+                               "of its weights' |S| (magnitude) or of S (signed, where opposite signs cancel)",
+                               choices=GROUP_SCORES)
     low: float = setting(0.25, "lowest target, fraction of the base model's cost", above=0)
     high: float = setting(1.0, "highest target, fraction of the base model's cost", above=0)
     n: int = setting(5, "number of targets / thresholds", low=1)

@@ -13,8 +13,10 @@ removes a whole block. Here the cost shapes the subnets: starting from the full 
 time, what loses the least importance per unit of cost saved, among: a layer's least important head, its least
 important FFN channels (one granularity step), its whole attention block, its whole FFN block, or the whole layer
 (a removed block saves its fixed cost too, which a table holds and MACs do not). Importance of a group is the sum
-of its weights' scores (the first-order estimate of the loss change of removing them, as in eq. 3); heads and
-channels are taken least important first, the order the reordered super-network slices in. The path from the
+of its weights' |S| (`group_score: magnitude`, the default) or of their signed S (`signed`: eq. 3's first-order
+estimate of the loss change of removing them, exact for small removals; for whole blocks the signed terms cancel,
+and a block whose terms sum below zero looks free to remove); heads and channels are taken least important first,
+the order the reordered super-network slices in. The path from the
 full model to nothing passes every cost once; each target takes the point of the path nearest to it.
 """
 from __future__ import annotations
@@ -69,23 +71,36 @@ class ThresholdedScores:
         return float(np.nextafter(self.all[0], -np.inf)) if index < 0 else float(self.all[index])
 
 
+def _descending(scores: torch.Tensor) -> np.ndarray:
+    """Indices from the most to the least important unit, ties in index order: reorder.py's order."""
+    return torch.argsort(-scores.detach().float(), stable=True).numpy()
+
+
 class ImportancePerCost:
     """The hardware-aware construction (module docstring): per layer, the importance kept by the h most important
     heads and the w most important FFN channels (w on the granularity), and the greedy removal path."""
 
-    def __init__(self, scores: dict[str, torch.Tensor], shape: BertShape, ffn_step: int = 64):
+    def __init__(self, scores: dict[str, torch.Tensor], shape: BertShape, ffn_step: int = 64,
+                 group_score: str = "magnitude"):
         if ffn_step < 1:
             raise UserError(f"FFN granularity must be positive, got {ffn_step}")
         self.shape = shape
         per_head = 4 * shape.hidden_size * shape.head_size  # Q, K, V rows and output columns of one head
-        heads = (head_importance(scores, shape) * per_head).double().numpy()
-        channels = (channel_importance(scores, shape) * 2 * shape.hidden_size).double().numpy()
-        if not (np.isfinite(heads).all() and np.isfinite(channels).all()):
+        per_channel = 2 * shape.hidden_size
+        values = {name: s.abs() for name, s in scores.items()} if group_score == "magnitude" else scores
+        # Units are kept in the super-network's order (first-order reordering: signed S, most important first);
+        # what a kept unit is worth is its group score.
+        order_h, order_c = head_importance(scores, shape), channel_importance(scores, shape)
+        heads = (head_importance(values, shape) * per_head).double().numpy()
+        channels = (channel_importance(values, shape) * per_channel).double().numpy()
+        if not (np.isfinite(heads).all() and np.isfinite(channels).all() and torch.isfinite(order_h).all()
+                and torch.isfinite(order_c).all()):
             raise UserError("importance scores contain NaN or infinite values")
         self.widths = sorted(set(range(0, shape.intermediate_size, ffn_step)) | {shape.intermediate_size})
-        # kept[l][k]: importance kept with the k most important units (prefix sums, most important first)
-        self.heads_kept = [np.concatenate([[0.0], np.cumsum(np.sort(h)[::-1])]) for h in heads]
-        self.ffn_kept = [np.concatenate([[0.0], np.cumsum(np.sort(c)[::-1])])[self.widths] for c in channels]
+        # kept[l][k]: importance kept with the first k units in the super-network's order (prefix sums)
+        self.heads_kept = [np.concatenate([[0.0], np.cumsum(h[_descending(o)])]) for h, o in zip(heads, order_h)]
+        self.ffn_kept = [np.concatenate([[0.0], np.cumsum(c[_descending(o)])])[self.widths]
+                         for c, o in zip(channels, order_c)]
 
     def _moves(self, heads: list[int], ffn: list[int]):
         """(layer, new head count, new width index) of every removal the greedy may take from here."""
@@ -186,7 +201,7 @@ def build_search_space(scores: dict[str, torch.Tensor], shape: BertShape, cost: 
     base_cost = cost(shape.full_subnet())
     low, high, tol, unit = settings.low * base_cost, settings.high * base_cost, settings.tol, cost.unit
     method = _algorithm_1 if settings.method == "paper" else _importance_per_cost
-    reachable, nearest = method(scores, shape, cost, settings.ffn_step)
+    reachable, nearest = method(scores, shape, cost, settings)
     if low < reachable[0] * (1 - tol) or high > reachable[1] * (1 + tol):
         raise UserError(f"targets {low:.4g}..{high:.4g} {unit} ({settings.low:g}..{settings.high:g} of the base "
                         f"model's {base_cost:.4g}) lie outside the reachable range {reachable[0]:.4g}.."
@@ -213,9 +228,10 @@ def build_search_space(scores: dict[str, torch.Tensor], shape: BertShape, cost: 
 Nearest = Callable[[float], tuple[SubnetConfig, float, float, float, tuple[float, float]]]
 
 
-def _importance_per_cost(scores, shape: BertShape, cost: CostModel, ffn_step: int) -> tuple[tuple, Nearest]:
+def _importance_per_cost(scores, shape: BertShape, cost: CostModel,
+                         settings: SpaceSettings) -> tuple[tuple, Nearest]:
     """The hardware-aware construction: the point of the greedy removal path nearest each target."""
-    path = ImportancePerCost(scores, shape, ffn_step).path(cost)
+    path = ImportancePerCost(scores, shape, settings.ffn_step, settings.group_score).path(cost)
     costs = np.array([p[1] for p in path])
     total = path[0][2]
 
@@ -227,9 +243,9 @@ def _importance_per_cost(scores, shape: BertShape, cost: CostModel, ffn_step: in
     return (float(costs[-1]), float(costs[0])), nearest
 
 
-def _algorithm_1(scores, shape: BertShape, cost: CostModel, ffn_step: int) -> tuple[tuple, Nearest]:
+def _algorithm_1(scores, shape: BertShape, cost: CostModel, settings: SpaceSettings) -> tuple[tuple, Nearest]:
     """The paper's Algorithm 1: a binary search over the sorted scores for each target's threshold."""
-    thresholded = ThresholdedScores(scores, shape, ffn_step)
+    thresholded = ThresholdedScores(scores, shape, settings.ffn_step)
     last = len(thresholded.all) - 1
     cache: dict[int, tuple[SubnetConfig, float]] = {}
 

@@ -42,6 +42,13 @@ def test_every_stage_leaves_its_artifacts(tiny_run):
     base = [r for r in summary["models"] if r["group"] == "base"][0]
     assert base["speedup"] == pytest.approx(1.0)
     assert all(r["measured_ms"] > 0 and 0 <= r["ir_dev_metric"] <= 1 for r in summary["models"])
+    # prediction errors, absolute and relative to the base model measured in the same stage (drift removed)
+    front = [r for r in summary["models"] if r["group"] == "front"]
+    relative = [abs(r["predicted_ms"] / base["predicted_ms"] / (r["measured_ms"] / base["measured_ms"]) - 1)
+                for r in front]
+    p = summary["prediction"]
+    assert p["relative_mape_pct"] == pytest.approx(100 * sum(relative) / len(relative))
+    assert p["base_error_pct"] == pytest.approx(100 * (base["predicted_ms"] / base["measured_ms"] - 1))
 
 
 def test_rerun_skips_finished_stages_and_changed_settings_rerun_later_ones(tiny_run, capsys):

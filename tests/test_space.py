@@ -89,6 +89,31 @@ def test_hardware_path_keeps_the_important_units(tiny_shape):
         assert kept >= 0
 
 
+def test_group_score_magnitude_keeps_a_block_whose_signed_scores_cancel(tiny_shape):
+    """Layer 0's element scores alternate +-3 (they sum to about zero), layer 1's are all +0.5. Summed signed, the
+    greedy takes layer 0's blocks as free and removes them first; summed as |S| it removes layer 1's first. Units
+    are counted in the super-network's order (signed S, most important first) either way."""
+    from eftnas_hw.space import ImportancePerCost
+
+    model = random_bert(tiny_shape)
+    scores = {}
+    for n, p in model.named_parameters():
+        if n in elastic_weight_names(model):
+            signs = torch.where(torch.arange(p.numel()) % 2 == 0, 3.0, -3.0).view(p.shape)
+            scores[n] = signs if ".layer.0." in n else torch.full(p.shape, 0.5)
+
+    def first_removed_block(group_score):
+        path = ImportancePerCost(scores, tiny_shape, ffn_step=32, group_score=group_score).path(block_fixed_latency)
+        subnet = next(s for s, *_ in path if 0 in s.heads or 0 in s.ffn)
+        return [layer for layer in range(2) if subnet.heads[layer] == 0 or subnet.ffn[layer] == 0]
+
+    assert first_removed_block("signed") == [0]
+    assert first_removed_block("magnitude") == [1]
+    counted = ImportancePerCost(scores, tiny_shape, ffn_step=32, group_score="magnitude")
+    assert all(k > 0 for k in counted.heads_kept[0][1:]) and counted.heads_kept[0][-1] == pytest.approx(
+        3.0 * 4 * tiny_shape.hidden_size * tiny_shape.head_size * tiny_shape.num_heads)
+
+
 def test_tau_search_hits_each_target(scores, tiny_shape):
     full = head_heavy_latency(tiny_shape.full_subnet())
     result = build_search_space(scores, tiny_shape, head_heavy_latency, space_settings(0.4, 1.0, n=4, tol=0.1))

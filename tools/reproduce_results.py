@@ -10,6 +10,7 @@ exports, measures and evaluates every model as an NNCF INT8 IR) and one budget (
   gflops       EFTNAS as in the paper: GMACs in Algorithm 1 and as NSGA-II's objective (metric "gmacs"; the
                variant keeps its name, so results/*/results.json call it "eftnas-gflops"); its front re-measured
   hardware     latency-driven with the hardware-aware search space (importance per ms, whole blocks removable)
+  hardware-signed  the same with signed group scores (before session 8: opposite signs cancel within a block)
   l1, none     latency-driven, with L1 or no reordering (the paper's Figure 6 ablation)
   drop-K       the teacher's first K layers, fine-tuned again with the teacher's budget (a baseline anyone can do)
   teacher-int8 / front-int8: NNCF INT8 of the teacher and of the latency front (--int8 with a non-INT8 profile)
@@ -39,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Variant name -> run config overrides. "gflops" runs the paper's GMACs cost under its old name, the one the
 # committed results/*/results.json files use ("eftnas-gflops").
 VARIANTS = {"latency": {}, "gflops": {"metric": "gmacs"}, "hardware": {"space": {"method": "hardware"}},
+            "hardware-signed": {"space": {"method": "hardware", "group_score": "signed"}},
             "l1": {"supernet": {"reorder": "l1"}}, "none": {"supernet": {"reorder": "none"}}}
 
 
