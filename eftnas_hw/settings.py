@@ -201,7 +201,7 @@ class LatencySettings(Settings):
 
 
 SPACE_METHODS = ("paper", "hardware")
-GROUP_SCORES = ("magnitude", "signed")
+GROUP_SCORES = ("signed", "magnitude")
 
 
 @dataclass(frozen=True)
@@ -212,8 +212,8 @@ class SpaceSettings(Settings):
 
     method: str = setting("paper", "paper (Algorithm 1) or hardware (importance per unit of cost)",
                           choices=SPACE_METHODS)
-    group_score: str = setting("magnitude", "hardware method: a head's, channel's or block's importance is the sum "
-                               "of its weights' |S| (magnitude) or of S (signed, where opposite signs cancel)",
+    group_score: str = setting("signed", "hardware method: a head's, channel's or block's importance is the sum of "
+                               "its weights' S (signed: eq. 3, opposite signs cancel) or of |S| (magnitude)",
                                choices=GROUP_SCORES)
     low: float = setting(0.25, "lowest target, fraction of the base model's cost", above=0)
     high: float = setting(1.0, "highest target, fraction of the base model's cost", above=0)

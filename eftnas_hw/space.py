@@ -13,10 +13,11 @@ removes a whole block. Here the cost shapes the subnets: starting from the full 
 time, what loses the least importance per unit of cost saved, among: a layer's least important head, its least
 important FFN channels (one granularity step), its whole attention block, its whole FFN block, or the whole layer
 (a removed block saves its fixed cost too, which a table holds and MACs do not). Importance of a group is the sum
-of its weights' |S| (`group_score: magnitude`, the default) or of their signed S (`signed`: eq. 3's first-order
-estimate of the loss change of removing them, exact for small removals; for whole blocks the signed terms cancel,
-and a block whose terms sum below zero looks free to remove); heads and channels are taken least important first,
-the order the reordered super-network slices in. The path from the
+of its weights' signed S (`group_score: signed`, the default: eq. 3's first-order estimate of the loss change of
+removing them) or of their |S| (`magnitude`). Signed terms cancel inside a block, so a block whose terms sum
+below zero looks free to remove; |S| fixes that on paper, but measured (README, INT8 on SST-2) its greedy path
+removes whole layers in large steps and its fronts were worse, so signed stays the default. Heads and channels are
+taken in the reordered super-network's order (signed S, most important first), the order it slices in. The path from the
 full model to nothing passes every cost once; each target takes the point of the path nearest to it.
 """
 from __future__ import annotations
@@ -81,7 +82,7 @@ class ImportancePerCost:
     heads and the w most important FFN channels (w on the granularity), and the greedy removal path."""
 
     def __init__(self, scores: dict[str, torch.Tensor], shape: BertShape, ffn_step: int = 64,
-                 group_score: str = "magnitude"):
+                 group_score: str = "signed"):
         if ffn_step < 1:
             raise UserError(f"FFN granularity must be positive, got {ffn_step}")
         self.shape = shape

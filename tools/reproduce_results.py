@@ -9,8 +9,9 @@ exports, measures and evaluates every model as an NNCF INT8 IR) and one budget (
   latency      EFTNAS with the latency table (this project), first-order reordering
   gflops       EFTNAS as in the paper: GMACs in Algorithm 1 and as NSGA-II's objective (metric "gmacs"; the
                variant keeps its name, so results/*/results.json call it "eftnas-gflops"); its front re-measured
-  hardware     latency-driven with the hardware-aware search space (importance per ms, whole blocks removable)
-  hardware-signed  the same with signed group scores (before session 8: opposite signs cancel within a block)
+  hardware     latency-driven with the hardware-aware search space (importance per ms, whole blocks removable),
+               groups scored by the sum of |S| (space.group_score magnitude)
+  hardware-signed  the same with signed group scores (the default: eq. 3's sum, where opposite signs cancel)
   l1, none     latency-driven, with L1 or no reordering (the paper's Figure 6 ablation)
   drop-K       the teacher's first K layers, fine-tuned again with the teacher's budget (a baseline anyone can do)
   teacher-int8 / front-int8: NNCF INT8 of the teacher and of the latency front (--int8 with a non-INT8 profile)
@@ -40,7 +41,8 @@ from eftnas_hw.settings import RunConfig
 REPO = Path(__file__).resolve().parents[1]
 # Variant name -> run config overrides. "gflops" runs the paper's GMACs cost under its old name, the one the
 # committed results/*/results.json files use ("eftnas-gflops").
-VARIANTS = {"latency": {}, "gflops": {"metric": "gmacs"}, "hardware": {"space": {"method": "hardware"}},
+VARIANTS = {"latency": {}, "gflops": {"metric": "gmacs"},
+            "hardware": {"space": {"method": "hardware", "group_score": "magnitude"}},
             "hardware-signed": {"space": {"method": "hardware", "group_score": "signed"}},
             "l1": {"supernet": {"reorder": "l1"}}, "none": {"supernet": {"reorder": "none"}}}
 
