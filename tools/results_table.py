@@ -48,7 +48,7 @@ def main() -> None:
             print(f"| {task} | {method} | {len(pts)} | {min(ms):.2f}-{max(ms):.2f} | {min(metric):.4f}-{max(metric):.4f}"
                   f" | {best} | {summary['hypervolume']:.3f} |")
         gfl = [(m, ms) for ms, m in points(result, "eftnas-gflops")]
-        for name in ("eftnas-latency", "eftnas-hardware"):
+        for name in ("eftnas-latency", "eftnas-hardware", "eftnas-hardware-signed"):
             mine = [(m, ms) for ms, m in points(result, name)]
             if mine and gfl:
                 ours, theirs = front_coverage(mine, gfl), front_coverage(gfl, mine)
