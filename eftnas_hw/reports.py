@@ -101,9 +101,9 @@ def run_summary(run_dir: Path, groups: dict[str, list["ExportedModel"]], table_s
     errors = [abs(r["predicted_ms"] / r["measured_ms"] - 1) for r in rows if r["predicted_ms"] is not None]
     # The same errors with each model's latency taken relative to the base model measured in the same stage: what
     # remains when the machine's speed has moved since the table was anchored (this VM drifts by ~10% in minutes).
-    pairs = [(r["predicted_ms"] / base.subnet.latency_ms, r["measured_ms"] / base.measured_ms) for r in rows
-             if r["predicted_ms"] is not None and r["group"] == "front"] if base.subnet.latency_ms else []
-    relative = [abs(p / m - 1) for p, m in pairs]
+    relative = [abs(r["predicted_ms"] / base.subnet.latency_ms / (r["measured_ms"] / base.measured_ms) - 1)
+                for r in rows if r["predicted_ms"] is not None and r["group"] == "front"] \
+        if base.subnet.latency_ms else []
     # How well the search's objective (the PyTorch super-network on the search split) predicts the IR's dev metric
     # in the deployed precision (bf16, INT8): per group of exported subnets.
     objective = {}

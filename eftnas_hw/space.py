@@ -16,9 +16,9 @@ important FFN channels (one granularity step), its whole attention block, its wh
 of its weights' signed S (`group_score: signed`, the default: eq. 3's first-order estimate of the loss change of
 removing them) or of their |S| (`magnitude`). Signed terms cancel inside a block, so a block whose terms sum
 below zero looks free to remove; |S| fixes that on paper, but measured (README, INT8 on SST-2) its greedy path
-removes whole layers in large steps and its fronts were worse, so signed stays the default. Heads and channels are
-taken in the reordered super-network's order (signed S, most important first), the order it slices in. The path from the
-full model to nothing passes every cost once; each target takes the point of the path nearest to it.
+removes whole layers in large steps and its fronts were worse, so signed stays the default. Heads and channels
+are taken in the reordered super-network's order (signed S, most important first), the order it slices in. The
+path from the full model to nothing passes every cost once; each target takes the point of the path nearest to it.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from .cost import CostModel
 from .errors import UserError
 from .files import write_json_atomic
 from .importance import channel_importance, head_importance, layer_scores
+from .reorder import ordering_from_importance
 from .settings import SpaceSettings
 from .subnet import BertShape, SearchSpace, SubnetConfig
 
@@ -72,11 +73,6 @@ class ThresholdedScores:
         return float(np.nextafter(self.all[0], -np.inf)) if index < 0 else float(self.all[index])
 
 
-def _descending(scores: torch.Tensor) -> np.ndarray:
-    """Indices from the most to the least important unit, ties in index order: reorder.py's order."""
-    return torch.argsort(-scores.detach().float(), stable=True).numpy()
-
-
 class ImportancePerCost:
     """The hardware-aware construction (module docstring): per layer, the importance kept by the h most important
     heads and the w most important FFN channels (w on the granularity), and the greedy removal path."""
@@ -89,19 +85,18 @@ class ImportancePerCost:
         per_head = 4 * shape.hidden_size * shape.head_size  # Q, K, V rows and output columns of one head
         per_channel = 2 * shape.hidden_size
         values = {name: s.abs() for name, s in scores.items()} if group_score == "magnitude" else scores
-        # Units are kept in the super-network's order (first-order reordering: signed S, most important first);
-        # what a kept unit is worth is its group score.
-        order_h, order_c = head_importance(scores, shape), channel_importance(scores, shape)
         heads = (head_importance(values, shape) * per_head).double().numpy()
         channels = (channel_importance(values, shape) * per_channel).double().numpy()
-        if not (np.isfinite(heads).all() and np.isfinite(channels).all() and torch.isfinite(order_h).all()
-                and torch.isfinite(order_c).all()):
+        if not (np.isfinite(heads).all() and np.isfinite(channels).all()):  # |S| keeps NaN and infinities
             raise UserError("importance scores contain NaN or infinite values")
+        # Units are kept in the order the first-order reordering gives the super-network (signed S, most
+        # important first); what a kept unit is worth is its group score.
+        order = ordering_from_importance(head_importance(scores, shape), channel_importance(scores, shape))
         self.widths = sorted(set(range(0, shape.intermediate_size, ffn_step)) | {shape.intermediate_size})
         # kept[l][k]: importance kept with the first k units in the super-network's order (prefix sums)
-        self.heads_kept = [np.concatenate([[0.0], np.cumsum(h[_descending(o)])]) for h, o in zip(heads, order_h)]
-        self.ffn_kept = [np.concatenate([[0.0], np.cumsum(c[_descending(o)])])[self.widths]
-                         for c, o in zip(channels, order_c)]
+        self.heads_kept = [np.concatenate([[0.0], np.cumsum(h[list(o)])]) for h, o in zip(heads, order.heads)]
+        self.ffn_kept = [np.concatenate([[0.0], np.cumsum(c[list(o)])])[self.widths]
+                         for c, o in zip(channels, order.ffn)]
 
     def _moves(self, heads: list[int], ffn: list[int]):
         """(layer, new head count, new width index) of every removal the greedy may take from here."""

@@ -26,17 +26,21 @@ Writes results/<name>/results.json, results.csv and pareto.png, and prints the t
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from eftnas_hw.evolution import front_coverage, hypervolume
-from eftnas_hw.files import read_json, write_json_atomic
+from eftnas_hw.files import read_json, write_csv_atomic, write_json_atomic
 from eftnas_hw.pipeline import TABLE_NAME, run_pipeline, share_finished_stage
 from eftnas_hw.settings import RunConfig
+
+if TYPE_CHECKING:
+    from eftnas_hw.context import RunContext
+    from eftnas_hw.deploy import ExportedModel
 
 REPO = Path(__file__).resolve().parents[1]
 # Variant name -> run config overrides. "gflops" runs the paper's GMACs cost under its old name, the one the
@@ -45,6 +49,10 @@ VARIANTS = {"latency": {}, "gflops": {"metric": "gmacs"},
             "hardware": {"space": {"method": "hardware", "group_score": "magnitude"}},
             "hardware-signed": {"space": {"method": "hardware", "group_score": "signed"}},
             "l1": {"supernet": {"reorder": "l1"}}, "none": {"supernet": {"reorder": "none"}}}
+
+
+CSV_COLUMNS = ("method", "heads", "ffn", "predicted_ms", "measured_ms", "speedup", "speedup_vs_f32_teacher",
+               "ir_dev_metric", "delta_metric", "search_metric", "search_metric_se")
 
 
 def variant(root: Path, name: str, config: RunConfig, first: str) -> dict:
@@ -58,13 +66,22 @@ def variant(root: Path, name: str, config: RunConfig, first: str) -> dict:
     return run_pipeline(config, out, progress=False)
 
 
-def teacher_f32(root: Path, config: RunConfig, teacher: Path) -> dict:
-    """The teacher as an f32 IR, measured with the same protocol: what "N x faster" is counted against."""
-    from eftnas_hw.context import RunContext
-    from eftnas_hw.deploy import export_subnets, load_exports
+def export_whole_model(ctx: "RunContext", model_dir: Path, out: Path, source: str) -> "ExportedModel":
+    """A whole (not elastic-sliced) model exported, measured and evaluated like every subnet: its ExportedModel."""
+    from eftnas_hw.deploy import export_subnets
     from eftnas_hw.elastic import ElasticBert
     from eftnas_hw.models import load_model
     from eftnas_hw.subnet import BertShape
+
+    model = ElasticBert(load_model(model_dir))
+    return export_subnets(ctx, model, [BertShape.from_config(model.config).full_subnet()], out, overwrite=True,
+                          progress=False, source={"model": source})[0]
+
+
+def teacher_f32(root: Path, config: RunConfig, teacher: Path) -> dict:
+    """The teacher as an f32 IR, measured with the same protocol: what "N x faster" is counted against."""
+    from eftnas_hw.context import RunContext
+    from eftnas_hw.deploy import load_exports
 
     out = root / "teacher-f32"
     if (out / "summary.json").exists():
@@ -72,9 +89,7 @@ def teacher_f32(root: Path, config: RunConfig, teacher: Path) -> dict:
     else:
         ctx = RunContext(config)
         ctx.profile = replace(ctx.profile, precision="f32")  # the run's profile (threads, shape), in f32
-        elastic = ElasticBert(load_model(teacher))
-        model = export_subnets(ctx, elastic, [BertShape.from_config(elastic.config).full_subnet()], out,
-                               overwrite=True, progress=False, source={"model": "the teacher in f32"})[0]
+        model = export_whole_model(ctx, teacher, out, "the teacher in f32")
     return {"measured_ms": model.measured_ms, "ir_dev_metric": model.ir_dev_metric}
 
 
@@ -82,11 +97,9 @@ def drop_layers(root: Path, config: RunConfig, keep: int, first: str, epochs: fl
     """Baseline: the teacher's first `keep` layers, fine-tuned again with the teacher's budget (or for `epochs`),
     exported and measured. Returns the exported records and the fine-tuning's wall-clock seconds."""
     from eftnas_hw.context import RunContext
-    from eftnas_hw.deploy import export_subnets, load_exports
-    from eftnas_hw.elastic import ElasticBert
+    from eftnas_hw.deploy import load_exports
     from eftnas_hw.finetune import finetune
     from eftnas_hw.models import load_model, load_tokenizer, save_model
-    from eftnas_hw.subnet import BertShape
 
     out = root / (f"drop-{keep}" if epochs is None else f"drop-{keep}-{epochs:.2f}ep")
     if (out / "models" / "summary.json").exists():
@@ -102,11 +115,8 @@ def drop_layers(root: Path, config: RunConfig, keep: int, first: str, epochs: fl
         started = time.time()
         finetune(ctx, out / "student", config.finetune if epochs is None else replace(config.finetune, epochs=epochs))
         write_json_atomic(out / "seconds.json", {"finetune": round(time.time() - started, 1)})
-    student = ElasticBert(load_model(out / "student"))
-    models = export_subnets(ctx, student, [BertShape.from_config(student.config).full_subnet()], out / "models",
-                            overwrite=True, progress=False,
-                            source={"model": f"teacher's first {keep} layers, fine-tuned again"})
-    return models, finetune_seconds(out)
+    model = export_whole_model(ctx, out / "student", out / "models", f"teacher's first {keep} layers, fine-tuned again")
+    return [model], finetune_seconds(out)
 
 
 def finetune_seconds(out: Path) -> float | None:
@@ -197,9 +207,10 @@ def main() -> None:
     for r in rows:
         r["speedup_vs_f32_teacher"] = f32["measured_ms"] / r["measured_ms"]
     methods, floor = {}, base["ir_dev_metric"] - 0.05
-    for method in dict.fromkeys(r["method"] for r in rows):
+    points = {m: [(r["ir_dev_metric"], r["measured_ms"]) for r in rows if r["method"] == m]
+              for m in dict.fromkeys(r["method"] for r in rows)}
+    for method, pts in points.items():
         mine = [r for r in rows if r["method"] == method]
-        pts = [(r["ir_dev_metric"], r["measured_ms"]) for r in mine]
         preds = [(r["predicted_ms"], r["measured_ms"]) for r in mine  # a front-int8 under a bf16 table: no prediction
                  if r["predicted_ms"] and "int8" not in method]
         within = [r for r in mine if r["ir_dev_metric"] >= base["ir_dev_metric"] - 0.01]
@@ -215,7 +226,6 @@ def main() -> None:
             "search_se": float(np.median(ses)) if ses else None,
             "prediction_mape_pct": float(np.mean([abs(p - m) / m for p, m in preds]) * 100) if preds else None}
     searched = [f"eftnas-{v}" for v in dict.fromkeys(args.variants)]
-    points = {m: [(r["ir_dev_metric"], r["measured_ms"]) for r in rows if r["method"] == m] for m in methods}
     others = searched + [drop_method(keep, budget) for keep, budget in drops]
     pairs = {f"{a} over {b}": front_coverage(points[a], points[b]) for a in others for b in searched if a != b}
     out = REPO / "results" / label
@@ -224,12 +234,7 @@ def main() -> None:
                                              "stage_seconds": seconds, "drop_time": args.drop_time,
                                              "teacher_f32": f32, "methods": methods, "dominance": pairs,
                                              "models": rows, "config": config.to_dict()})
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["method", "heads", "ffn", "predicted_ms", "measured_ms", "speedup",
-                                               "speedup_vs_f32_teacher", "ir_dev_metric", "delta_metric",
-                                               "search_metric", "search_metric_se"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_atomic(out / "results.csv", [{k: r.get(k) for k in CSV_COLUMNS} for r in rows])
     plot(rows, base, out / "pareto.png")
     print(f"{'method':<24} {'models':>6} {'HV':>7} {'HV 5pt':>7} {'best dev <=50% lat':>18} {'x f32 within 1pt':>16} "
           f"{'search SE':>9} {'pred MAPE %':>11}")

@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def points(result: dict, method: str) -> list[tuple[float, float]]:
-    """(measured ms, dev metric) of one method's models."""
-    return [(r["measured_ms"], r["ir_dev_metric"]) for r in result["models"] if r["method"] == method]
+    """(dev metric, measured ms) of one method's models: what `front_coverage` takes."""
+    return [(r["ir_dev_metric"], r["measured_ms"]) for r in result["models"] if r["method"] == method]
 
 
 def margin(coverage: dict) -> str:
@@ -42,14 +42,14 @@ def main() -> None:
         task, base = path.parent.name, result["base"]
         for method, summary in result["methods"].items():
             pts = points(result, method)
-            ms, metric = [p[0] for p in pts], [p[1] for p in pts]
+            metric, ms = zip(*pts)
             best = summary["best_under_half_latency"]
             best = "-" if best is None else f"{best:.4f} ({100 * (best - base['ir_dev_metric']):+.2f})"
             print(f"| {task} | {method} | {len(pts)} | {min(ms):.2f}-{max(ms):.2f} | {min(metric):.4f}-{max(metric):.4f}"
                   f" | {best} | {summary['hypervolume']:.3f} |")
-        gfl = [(m, ms) for ms, m in points(result, "eftnas-gflops")]
+        gfl = points(result, "eftnas-gflops")
         for name in ("eftnas-latency", "eftnas-hardware", "eftnas-hardware-signed"):
-            mine = [(m, ms) for ms, m in points(result, name)]
+            mine = points(result, name)
             if mine and gfl:
                 ours, theirs = front_coverage(mine, gfl), front_coverage(gfl, mine)
                 verdicts.append(f"{task}: {name} dominates {ours['covered']:.0%} of the GFLOPs front "
