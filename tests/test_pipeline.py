@@ -16,7 +16,9 @@ TINY_RUN = {
                           "subnet_rounds": 2, "group_size": 7},
                 "anchor": {"subnets": 4, "rounds": 2, "bound_pct": 60}},
     "finetune": {"epochs": 1.0, "max_train": 96, "batch_size": 16},
-    "space": {"low": 0.4, "high": 1.0, "n": 3, "ffn_step": 32, "tol": 0.25},
+    # tol 0.5: a 2-layer model's measured table moves in steps of ~40% of a target (a whole block), and where
+    # they fall depends on this machine's timing noise; the space's own tolerance is tested in test_space
+    "space": {"low": 0.4, "high": 1.0, "n": 3, "ffn_step": 32, "tol": 0.5},
     "supernet": {"max_steps": 3, "max_train": 64, "batch_size": 16},
     "search": {"pop_size": 6, "n_evals": 12, "max_search": 48},
     "export": {"max_models": 2},

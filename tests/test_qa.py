@@ -214,7 +214,10 @@ QA_RUN = {
     "data": {"window": 48, "doc_stride": 16, "eval_fraction": 0.2},
     "latency": {"build": {"ffn_step": 64, "subnets": 8, "block_rounds": 2, "subnet_rounds": 1, "group_size": 8}},
     "finetune": {"epochs": 1.0, "batch_size": 16},
-    "space": {"low": 0.4, "high": 1.0, "n": 3, "ffn_step": 32, "tol": 0.25},
+    # GMACs: QA is this test's subject; a space on the tiny model's measured table hangs on timing noise (CI once
+    # found no subnet within 25% of a target), and the latency-driven space is test_pipeline's
+    "metric": "gmacs",
+    "space": {"low": 0.4, "high": 1.0, "n": 3, "ffn_step": 32, "tol": 0.5},
     "supernet": {"max_steps": 3, "batch_size": 8},
     "search": {"pop_size": 4, "n_evals": 8},
     "export": {"max_models": 1},

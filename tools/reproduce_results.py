@@ -13,6 +13,8 @@ exports, measures and evaluates every model as an NNCF INT8 IR) and one budget (
                groups scored by the sum of |S| (space.group_score magnitude)
   hardware-signed  the same with signed group scores (the default: eq. 3's sum, where opposite signs cancel)
   l1, none     latency-driven, with L1 or no reordering (the paper's Figure 6 ablation)
+  --lever NAME KEY=VALUE...  the latency variant with settings changed as `run --set` changes them: a lever
+               measured against the same teacher, table and baselines (e.g. supernet.lr=1e-4)
   drop-K       the teacher's first K layers, fine-tuned again with the teacher's budget (a baseline anyone can do)
   teacher-int8 / front-int8: NNCF INT8 of the teacher and of the latency front (--int8 with a non-INT8 profile)
   teacher-f32  the teacher as an f32 IR (the reference of "N x the f32 teacher"), when the profile is not f32
@@ -33,10 +35,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from eftnas_hw.errors import UserError
 from eftnas_hw.evolution import front_coverage, hypervolume
 from eftnas_hw.files import read_json, write_csv_atomic, write_json_atomic
 from eftnas_hw.pipeline import TABLE_NAME, run_pipeline, share_finished_stage
-from eftnas_hw.settings import RunConfig
+from eftnas_hw.settings import RunConfig, parse_assignment
 
 if TYPE_CHECKING:
     from eftnas_hw.context import RunContext
@@ -168,6 +171,9 @@ def main() -> None:
                         help="the layer-drop fine-tuning's budgets: the teacher's epochs, and/or the wall-clock the "
                              "first variant's super-network and search took (epochs scaled by the measured times)")
     parser.add_argument("--int8", action="store_true", help="also INT8 teacher and first variant's front")
+    parser.add_argument("--lever", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
+                        help="one more variant: the latency variant with these settings (repeatable), e.g. "
+                             "--lever lr1e-4 supernet.lr=1e-4 supernet.max_steps=300")
     args = parser.parse_args()
     label = args.name or args.task
     root = Path(args.root) / label
@@ -175,10 +181,23 @@ def main() -> None:
     common = {"task": args.task, **({"seed": args.seed} if args.seed is not None else {}),
               **({"latency": {"profile": args.profile}} if args.profile else {})}
     config = RunConfig.load(args.config, common)
+    levers = {}
+    for name, *assignments in args.lever:  # checked before any work: a typo fails now, not after an hour
+        if name in VARIANTS or not assignments:
+            parser.error(f"--lever {name}: give a new name, then KEY=VALUE settings")
+        try:
+            levers[name] = [parse_assignment(a) for a in assignments]
+            for update in levers[name]:
+                config.merged(update)
+        except UserError as e:
+            parser.error(f"--lever {name}: {e}")
     rows, seconds = [], {}
-    for name in dict.fromkeys(args.variants):
-        overrides = {**VARIANTS[name], **common, "export": {"int8": args.int8 and name == first}}
-        summary = variant(root, name, RunConfig.load(args.config, overrides), first)
+    for name in dict.fromkeys([*args.variants, *levers]):
+        overrides = {**VARIANTS.get(name, {}), **common, "export": {"int8": args.int8 and name == first}}
+        variant_config = RunConfig.load(args.config, overrides)
+        for update in levers.get(name, []):
+            variant_config = variant_config.merged(update, f"--lever {name}: ")
+        summary = variant(root, name, variant_config, first)
         seconds[name] = summary["stage_seconds"]
         for m in summary["models"]:
             method = {"base": "teacher", "base-int8": "teacher-int8", "front-int8": "front-int8"}.get(
@@ -225,13 +244,14 @@ def main() -> None:
             "fastest_within_1pt_vs_f32_teacher": max((r["speedup_vs_f32_teacher"] for r in within), default=None),
             "search_se": float(np.median(ses)) if ses else None,
             "prediction_mape_pct": float(np.mean([abs(p - m) / m for p, m in preds]) * 100) if preds else None}
-    searched = [f"eftnas-{v}" for v in dict.fromkeys(args.variants)]
+    searched = [f"eftnas-{v}" for v in dict.fromkeys([*args.variants, *levers])]
     others = searched + [drop_method(keep, budget) for keep, budget in drops]
     pairs = {f"{a} over {b}": front_coverage(points[a], points[b]) for a in others for b in searched if a != b}
     out = REPO / "results" / label
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", {"task": args.task, "precision": precision, "base": base,
                                              "stage_seconds": seconds, "drop_time": args.drop_time,
+                                             "levers": {name: a for name, *a in args.lever},
                                              "teacher_f32": f32, "methods": methods, "dominance": pairs,
                                              "models": rows, "config": config.to_dict()})
     write_csv_atomic(out / "results.csv", [{k: r.get(k) for k in CSV_COLUMNS} for r in rows])
@@ -246,6 +266,8 @@ def main() -> None:
     for pair, d in pairs.items():
         print(f"{pair:<48} covers {fmt(d['covered'], '.0%'):>5} of its models, largest margin at no more latency "
               f"{fmt(d['max_margin'], '+.4f')}")
+    for name, s in seconds.items():
+        print(f"eftnas-{name}: super-network {s.get('supernet', 0):.0f} s + search {s.get('search', 0):.0f} s")
     for keep, budget in drops:
         r = next(r for r in rows if r["method"] == drop_method(keep, budget))
         print(f"{drop_method(keep, budget)}: fine-tuned {r['finetune_epochs']:.2f} epochs in "
