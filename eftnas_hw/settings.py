@@ -364,7 +364,9 @@ QUICK_RUN: dict[str, Any] = {
     "max_length": 64,
     "latency": {"build": {"ffn_step": 256}},
     "finetune": {"epochs": 1.0, "max_train": 6000},
-    "supernet": {"max_steps": 200, "max_train": 6000, "num_random": 1},
+    # lr 1e-4, not the full budget's 3e-5: 200 steps are about one epoch of 6000 sentences, too few for the small
+    # subnets to move far at 3e-5 (README "Super-network levers": +1-2 points along the INT8 fronts, same time)
+    "supernet": {"max_steps": 200, "max_train": 6000, "num_random": 1, "lr": 1e-4},
     "search": {"pop_size": 20, "n_evals": 120, "max_search": 400},
 }
 

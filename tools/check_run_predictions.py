@@ -1,11 +1,14 @@
 """Do a run's budgets hold? Its exported IRs measured again, all interleaved, against the table's predictions.
 
-    python tools/check_run_predictions.py RUN_DIR [--rounds 8] [--benchmark-app]
+    python tools/check_run_predictions.py RUN_DIR [--rounds 8] [--benchmark-app] [--reference EXPORT_DIR]
 
 Every exported model of the run (models/*/subnet-NN) is timed under the profile it was exported for, all of them in
-the same interleaved rounds (so drift and noise hit them alike), optionally also with benchmark_app (lowest of 3
-round medians). Prints per model the table's prediction, the export stage's own measurement and this one, and the
-prediction errors (MAPE, share within 5%).
+the same interleaved rounds (so drift and noise hit them alike), optionally also with benchmark_app (3 rounds over
+all models interleaved, the lowest round median). Prints per model the table's prediction, the export stage's own
+measurement and this one, and the prediction errors (MAPE, share within 5%).
+--reference (with --benchmark-app): a whole-model export folder, e.g. reproduce_results' teacher-f32, timed by
+benchmark_app in the same rounds; each model's speed-up over it is printed ("N x the f32 teacher" measured in one
+sitting, not across the minutes of a long run, over which this VM's speed moves by ~10%).
 """
 from __future__ import annotations
 
@@ -31,27 +34,38 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--benchmark-app", action="store_true")
+    parser.add_argument("--reference", type=Path, default=None, help="whole-model export folder to count speed-ups "
+                                                                      "against (with --benchmark-app)")
     args = parser.parse_args()
+    if args.reference is not None and not (args.benchmark_app and (args.reference / EXPORT_SUMMARY).exists()):
+        parser.error("--reference needs --benchmark-app and an export folder (with its summary.json)")
     models = [(folder, m) for folder in sorted((args.run / "models").iterdir()) if (folder / EXPORT_SUMMARY).exists()
               for m in load_exports(folder)]
-    profiles = {tuple(sorted(m.profile.items())) for _, m in models}
-    rows = []
-    for key in profiles:
+    rows = {}
+    for key in {tuple(sorted(m.profile.items())) for _, m in models}:
         group = [(f, m) for f, m in models if tuple(sorted(m.profile.items())) == key]
-        profile = Profile.from_dict(dict(key))
-        stats = measure_compiled([f / m.name / IR_NAME for f, m in group], profile, rounds=args.rounds)
-        for (folder, m), s in zip(group, stats):
-            bapp = (min(benchmark_app_ms(folder / m.name / IR_NAME, profile.precision, profile.threads,
-                                         (profile.batch, profile.seq_len)) for _ in range(3))
-                    if args.benchmark_app else None)
-            rows.append((f"{folder.name}/{m.name}", m.subnet.latency_ms, m.measured_ms, s["ms"], bapp))
-    print(f"{'model':<22} {'predicted':>9} {'export':>8} {'now':>8} {'bench_app':>9}  error vs now")
+        stats = measure_compiled([f / m.name / IR_NAME for f, m in group], Profile.from_dict(dict(key)),
+                                 rounds=args.rounds)
+        rows.update({f"{f.name}/{m.name}": [m.subnet.latency_ms, m.measured_ms, s["ms"]]
+                     for (f, m), s in zip(group, stats)})
+    timed = models + ([(args.reference, load_exports(args.reference)[0])] if args.reference else [])
+    bapp = {}
+    for _ in range(3 if args.benchmark_app else 0):  # rounds over every model, so drift hits them alike
+        for folder, m in timed:
+            profile = Profile.from_dict(m.profile)
+            ms = benchmark_app_ms(folder / m.name / IR_NAME, profile.precision, profile.threads,
+                                  (profile.batch, profile.seq_len))
+            bapp[f"{folder.name}/{m.name}"] = min(ms, bapp.get(f"{folder.name}/{m.name}", ms))
+    reference = bapp.get(f"{args.reference.name}/{timed[-1][1].name}") if args.reference else None
+    print(f"{'model':<22} {'predicted':>9} {'export':>8} {'now':>8} {'bench_app':>9}  error vs now"
+          + (f"  x {args.reference.name} ({reference:.2f} ms, benchmark_app)" if reference else ""))
     pairs = []
-    for name, predicted, at_export, now, bapp in rows:
+    for name, (predicted, at_export, now) in rows.items():
         pairs += [] if predicted is None else [(predicted, now)]
         error = "" if predicted is None else f"{predicted / now - 1:+.1%}"
+        speedup = f"  {reference / bapp[name]:.2f}x" if reference else ""
         print(f"{name:<22} {predicted or float('nan'):>9.3f} {at_export:>8.3f} {now:>8.3f} "
-              f"{bapp or float('nan'):>9.3f}  {error}")
+              f"{bapp.get(name, float('nan')):>9.3f}  {error:>11}{speedup}")
     e = errors(*np.array(pairs).T)
     print(f"prediction vs now: MAPE {e['mape_pct']:.1f}%, worst {e['worst_pct']:.1f}%, "
           f"within 5%: {e['within_5pct']:.0%} of {len(pairs)}")

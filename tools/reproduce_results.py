@@ -164,8 +164,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help="the run config's seed (splits, training, search)")
     parser.add_argument("--profile", default=None, help="deployment profile of every variant, e.g. "
                                                          "cpu-1t-b1-s128-int8 (default: the run config's)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["latency", "gflops", "l1", "none"],
-                        help="the first one fine-tunes the shared teacher and owns the table")
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=["latency", "gflops", "l1", "none"],
+                        help="the first one (or the first lever, with none here) fine-tunes the shared teacher and "
+                             "owns the table")
     parser.add_argument("--drop", nargs="*", type=int, default=[3, 4], help="layer-drop baselines to run")
     parser.add_argument("--drop-time", nargs="+", choices=("teacher", "eftnas"), default=["teacher"],
                         help="the layer-drop fine-tuning's budgets: the teacher's epochs, and/or the wall-clock the "
@@ -177,7 +178,6 @@ def main() -> None:
     args = parser.parse_args()
     label = args.name or args.task
     root = Path(args.root) / label
-    first = args.variants[0]
     common = {"task": args.task, **({"seed": args.seed} if args.seed is not None else {}),
               **({"latency": {"profile": args.profile}} if args.profile else {})}
     config = RunConfig.load(args.config, common)
@@ -191,8 +191,12 @@ def main() -> None:
                 config.merged(update)
         except UserError as e:
             parser.error(f"--lever {name}: {e}")
+    names = list(dict.fromkeys([*args.variants, *levers]))
+    if not names:
+        parser.error("nothing to run: give --variants or --lever")
+    first = names[0]
     rows, seconds = [], {}
-    for name in dict.fromkeys([*args.variants, *levers]):
+    for name in names:
         overrides = {**VARIANTS.get(name, {}), **common, "export": {"int8": args.int8 and name == first}}
         variant_config = RunConfig.load(args.config, overrides)
         for update in levers.get(name, []):
@@ -244,9 +248,10 @@ def main() -> None:
             "fastest_within_1pt_vs_f32_teacher": max((r["speedup_vs_f32_teacher"] for r in within), default=None),
             "search_se": float(np.median(ses)) if ses else None,
             "prediction_mape_pct": float(np.mean([abs(p - m) / m for p, m in preds]) * 100) if preds else None}
-    searched = [f"eftnas-{v}" for v in dict.fromkeys([*args.variants, *levers])]
+    searched = [f"eftnas-{v}" for v in names]
     others = searched + [drop_method(keep, budget) for keep, budget in drops]
-    pairs = {f"{a} over {b}": front_coverage(points[a], points[b]) for a in others for b in searched if a != b}
+    pairs = {f"{a} over {b}": front_coverage(points[a], points[b])  # every pair but baseline over baseline
+             for a in others for b in others if a != b and searched.count(a) + searched.count(b)}
     out = REPO / "results" / label
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", {"task": args.task, "precision": precision, "base": base,
