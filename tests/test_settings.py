@@ -50,7 +50,8 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
 def test_quick_run_is_applied_over_the_defaults_and_a_file_over_it(tmp_path):
     default = RunConfig.load()
     assert default.max_length == QUICK_RUN["max_length"] and default.supernet.num_random == 1
-    assert default.supernet.lr == SupernetSettings().lr  # not named by the quick run: the one default
+    assert default.supernet.lr == QUICK_RUN["supernet"]["lr"] != SupernetSettings().lr  # short budget, higher lr
+    assert default.supernet.temperature == SupernetSettings().temperature  # not named by the quick run: the default
     (tmp_path / "c.yaml").write_text("task: stsb\nmax_length: 128\n")
     config = RunConfig.load(tmp_path / "c.yaml", {"seed": 3})
     assert (config.task, config.max_length, config.seed, config.finetune.max_train) == ("stsb", 128, 3, 6000)
