@@ -251,7 +251,7 @@ def main() -> None:
     searched = [f"eftnas-{v}" for v in names]
     others = searched + [drop_method(keep, budget) for keep, budget in drops]
     pairs = {f"{a} over {b}": front_coverage(points[a], points[b])  # every pair but baseline over baseline
-             for a in others for b in others if a != b and searched.count(a) + searched.count(b)}
+             for a in others for b in others if a != b and (a in searched or b in searched)}
     out = REPO / "results" / label
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", {"task": args.task, "precision": precision, "base": base,
