@@ -48,15 +48,17 @@ def main() -> None:
                                  rounds=args.rounds)
         rows.update({f"{f.name}/{m.name}": [m.subnet.latency_ms, m.measured_ms, s["ms"]]
                      for (f, m), s in zip(group, stats)})
-    timed = models + ([(args.reference, load_exports(args.reference)[0])] if args.reference else [])
+    # keyed like rows; the reference under a key no "folder/subnet" name can take
+    timed = [(f"{f.name}/{m.name}", f, m) for f, m in models]
+    timed += [("reference", args.reference, load_exports(args.reference)[0])] if args.reference else []
     bapp = {}
     for _ in range(3 if args.benchmark_app else 0):  # rounds over every model, so drift hits them alike
-        for folder, m in timed:
+        for key, folder, m in timed:
             profile = Profile.from_dict(m.profile)
             ms = benchmark_app_ms(folder / m.name / IR_NAME, profile.precision, profile.threads,
                                   (profile.batch, profile.seq_len))
-            bapp[f"{folder.name}/{m.name}"] = min(ms, bapp.get(f"{folder.name}/{m.name}", ms))
-    reference = bapp.get(f"{args.reference.name}/{timed[-1][1].name}") if args.reference else None
+            bapp[key] = min(ms, bapp.get(key, ms))
+    reference = bapp.get("reference")
     print(f"{'model':<22} {'predicted':>9} {'export':>8} {'now':>8} {'bench_app':>9}  error vs now"
           + (f"  x {args.reference.name} ({reference:.2f} ms, benchmark_app)" if reference else ""))
     pairs = []

@@ -182,26 +182,26 @@ def main() -> None:
               **({"latency": {"profile": args.profile}} if args.profile else {})}
     config = RunConfig.load(args.config, common)
     levers = {}
-    for name, *assignments in args.lever:  # checked before any work: a typo fails now, not after an hour
+    for name, *assignments in args.lever:
         if name in VARIANTS or not assignments:
             parser.error(f"--lever {name}: give a new name, then KEY=VALUE settings")
-        try:
-            levers[name] = [parse_assignment(a) for a in assignments]
-            for update in levers[name]:
-                config.merged(update)
-        except UserError as e:
-            parser.error(f"--lever {name}: {e}")
+        levers[name] = assignments
     names = list(dict.fromkeys([*args.variants, *levers]))
     if not names:
         parser.error("nothing to run: give --variants or --lever")
     first = names[0]
+    configs = {}
+    for name in names:  # every variant's config before any work: a typo in a lever fails now, not after an hour
+        overrides = {**VARIANTS.get(name, {}), **common, "export": {"int8": args.int8 and name == first}}
+        configs[name] = RunConfig.load(args.config, overrides)
+        try:
+            for assignment in levers.get(name, []):
+                configs[name] = configs[name].merged(parse_assignment(assignment))
+        except UserError as e:
+            parser.error(f"--lever {name}: {e}")
     rows, seconds = [], {}
     for name in names:
-        overrides = {**VARIANTS.get(name, {}), **common, "export": {"int8": args.int8 and name == first}}
-        variant_config = RunConfig.load(args.config, overrides)
-        for update in levers.get(name, []):
-            variant_config = variant_config.merged(update, f"--lever {name}: ")
-        summary = variant(root, name, variant_config, first)
+        summary = variant(root, name, configs[name], first)
         seconds[name] = summary["stage_seconds"]
         for m in summary["models"]:
             method = {"base": "teacher", "base-int8": "teacher-int8", "front-int8": "front-int8"}.get(
@@ -256,7 +256,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", {"task": args.task, "precision": precision, "base": base,
                                              "stage_seconds": seconds, "drop_time": args.drop_time,
-                                             "levers": {name: a for name, *a in args.lever},
+                                             "levers": levers,
                                              "teacher_f32": f32, "methods": methods, "dominance": pairs,
                                              "models": rows, "config": config.to_dict()})
     write_csv_atomic(out / "results.csv", [{k: r.get(k) for k in CSV_COLUMNS} for r in rows])
