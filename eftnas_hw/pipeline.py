@@ -242,9 +242,9 @@ def _export_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) -
 
 def share_finished_stage(source: str | os.PathLike, target: str | os.PathLike, name: str,
                          outputs: tuple[str, ...]) -> None:
-    """Copy a finished stage (its outputs and its record) from run folder `source` into run folder `target`,
-    e.g. one teacher for several variants of a comparison. Nothing is trusted blindly: the target run recomputes
-    the stage's key from its own config and re-runs the stage if its settings differ."""
+    """Copy a finished stage (its outputs and its record: key and seconds taken) from run folder `source` into
+    run folder `target`, e.g. one teacher for several variants of a comparison. Nothing is trusted blindly: the
+    target run recomputes the stage's key from its own config and re-runs the stage if its settings differ."""
     source, target = Path(source), Path(target)
     done = read_json(source / RECORD_NAME, "stage record")
     if name not in done or not all((source / o).exists() for o in outputs):
@@ -253,4 +253,5 @@ def share_finished_stage(source: str | os.PathLike, target: str | os.PathLike, n
         if not (target / o).exists():
             shutil.copytree(source / o, target / o) if (source / o).is_dir() else shutil.copy2(source / o, target / o)
     record = read_json(target / RECORD_NAME, "stage record") if (target / RECORD_NAME).exists() else {}
-    write_json_atomic(target / RECORD_NAME, {**record, name: done[name]})
+    seconds = {f"{name}_seconds": done[f"{name}_seconds"]} if f"{name}_seconds" in done else {}
+    write_json_atomic(target / RECORD_NAME, {**record, name: done[name], **seconds})

@@ -7,7 +7,7 @@ import pytest
 from eftnas_hw.cli import main
 from eftnas_hw.errors import UserError
 from eftnas_hw.evolution import spread_along_front
-from eftnas_hw.pipeline import run_pipeline
+from eftnas_hw.pipeline import run_pipeline, share_finished_stage
 from eftnas_hw.settings import RunConfig
 
 TINY_RUN = {
@@ -65,6 +65,25 @@ def test_rerun_skips_finished_stages_and_changed_settings_rerun_later_ones(tiny_
     assert "[supernet] up to date" in printed and "[search] running" in printed and "[export] running" in printed
     after = json.loads((out / "stages.json").read_text())
     assert after["finetune"] == stages["finetune"] and after["search"] != stages["search"]
+
+
+def test_shared_stages_are_taken_with_their_seconds_and_later_stages_run(tiny_run, tmp_path, capsys):
+    """tools/reproduce_results.py gives a lever on the search the super-network of an earlier variant: the copy
+    must be accepted by key, carry the seconds it cost, and leave the stages after it to run."""
+    out, config, _ = tiny_run
+    source = json.loads((out / "stages.json").read_text())
+    target = tmp_path / "lever"
+    target.mkdir()
+    for stage, outputs in (("finetune", ("teacher",)), ("latency", ("latency_table.json",)),
+                           ("space", ("search_space.json",)), ("supernet", ("supernet",))):
+        share_finished_stage(out, target, stage, outputs)
+    run_pipeline(config.merged({"search": {"max_search": 32}}), target, progress=False)
+    printed = capsys.readouterr().out
+    assert "[supernet] up to date" in printed and "[search] running" in printed
+    record = json.loads((target / "stages.json").read_text())
+    assert record["supernet"] == source["supernet"] and record["supernet_seconds"] == source["supernet_seconds"]
+    with pytest.raises(UserError, match="no finished search stage"):
+        share_finished_stage(tmp_path / "lever", tmp_path / "other", "search", ("nothing-here",))
 
 
 def test_config_errors_are_user_errors(tmp_path):
