@@ -13,6 +13,7 @@ measurement only (benchmark_app keeps the quiet machine), to show how the protoc
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import re
 import subprocess
@@ -62,6 +63,17 @@ def benchmark_app_ms(xml: Path, precision: str, threads: int, shape: tuple[int, 
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     value, unit = re.search(r"Median:\s+([\d.]+) (ms|us)", out).groups()
     return float(value) / (1000 if unit == "us" else 1)
+
+
+def benchmark_app_interleaved(models: list[tuple[Path, Profile]], rounds: int) -> list[float]:
+    """Each IR's lowest benchmark_app median (ms) over `rounds` rounds that go over all of them in turn, so the
+    machine's drift hits them alike; each IR under its own profile (precision, threads, static [batch, seq_len])."""
+    best = [math.inf] * len(models)
+    for _ in range(rounds):
+        for i, (xml, profile) in enumerate(models):
+            ms = benchmark_app_ms(xml, profile.precision, profile.threads, (profile.batch, profile.seq_len))
+            best[i] = min(best[i], ms)
+    return best
 
 
 def _spin() -> None:

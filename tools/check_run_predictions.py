@@ -26,7 +26,7 @@ from eftnas_hw.latency.profiler import errors
 from eftnas_hw.reports import EXPORT_SUMMARY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_benchmark_app import benchmark_app_ms  # noqa: E402
+from check_benchmark_app import benchmark_app_interleaved  # noqa: E402
 
 
 def main() -> None:
@@ -52,12 +52,9 @@ def main() -> None:
     timed = [(f"{f.name}/{m.name}", f, m) for f, m in models]
     timed += [("reference", args.reference, load_exports(args.reference)[0])] if args.reference else []
     bapp = {}
-    for _ in range(3 if args.benchmark_app else 0):  # rounds over every model, so drift hits them alike
-        for key, folder, m in timed:
-            profile = Profile.from_dict(m.profile)
-            ms = benchmark_app_ms(folder / m.name / IR_NAME, profile.precision, profile.threads,
-                                  (profile.batch, profile.seq_len))
-            bapp[key] = min(ms, bapp.get(key, ms))
+    if args.benchmark_app:  # 3 rounds over every model, so drift hits them alike
+        irs = [(folder / m.name / IR_NAME, Profile.from_dict(m.profile)) for _, folder, m in timed]
+        bapp = dict(zip([key for key, _, _ in timed], benchmark_app_interleaved(irs, rounds=3)))
     reference = bapp.get("reference")
     print(f"{'model':<22} {'predicted':>9} {'export':>8} {'now':>8} {'bench_app':>9}  error vs now"
           + (f"  x {args.reference.name} ({reference:.2f} ms, benchmark_app)" if reference else ""))

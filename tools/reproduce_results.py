@@ -149,23 +149,20 @@ def remeasure(rows: list[dict], f32: dict, rounds: int) -> None:
     in one sitting, lowest round median each: the export stages timed them minutes to an hour apart, across which
     this VM's speed moves by ~10%, as much as the differences between methods. The export stage's figure is kept
     as `export_ms`; `measured_ms` (and everything computed from it) becomes this sitting's."""
-    from check_benchmark_app import benchmark_app_ms
+    from check_benchmark_app import benchmark_app_interleaved
     from eftnas_hw.deploy import load_exports
     from eftnas_hw.export import IR_NAME
     from eftnas_hw.latency import Profile
 
     records = rows + ([f32] if all(f32 is not r for r in rows) else [])  # in f32 the teacher is the reference
-    profiles = []
+    exports = {}  # export folder -> its models by name, each summary read once
+    irs = []
     for r in records:
         folder = Path(r["path"])
-        m = next(m for m in load_exports(folder.parent) if m.name == folder.name)
-        profiles.append(Profile.from_dict(m.profile))
-    best = [float("inf")] * len(records)
-    for _ in range(rounds):
-        for i, (r, profile) in enumerate(zip(records, profiles)):
-            ms = benchmark_app_ms(Path(r["path"]) / IR_NAME, profile.precision, profile.threads,
-                                  (profile.batch, profile.seq_len))
-            best[i] = min(best[i], ms)
+        if folder.parent not in exports:
+            exports[folder.parent] = {m.name: m for m in load_exports(folder.parent)}
+        irs.append((folder / IR_NAME, Profile.from_dict(exports[folder.parent][folder.name].profile)))
+    best = benchmark_app_interleaved(irs, rounds)
     for r, ms in zip(records, best):
         r["export_ms"], r["measured_ms"] = r["measured_ms"], ms
     base = next(r for r in rows if r["method"] == "teacher")
