@@ -65,8 +65,8 @@ class Evaluator:
     what scoring needs (labels; for QA each window's example, offsets, context and gold answers) are built once,
     for every model evaluated (a search evaluates hundreds on the same split)."""
 
-    def __init__(self, dataset: Dataset, spec: TaskSpec, batch_size: int = 64, pad_id: int = 0):
-        self.spec, self.num_examples = spec, len(dataset)
+    def __init__(self, dataset: Dataset, spec: TaskSpec, batch_size: int = 64, pad_id: int = 0, bf16: bool = False):
+        self.spec, self.num_examples, self.bf16 = spec, len(dataset), bf16
         self.batches = length_batches(dataset, batch_size, pad_id)
         self.longest = max(b["input_ids"].shape[1] for _, b in self.batches)
         if spec.qa is None:
@@ -82,11 +82,12 @@ class Evaluator:
                 self.contexts[e], self.gold[e] = context, gold
 
     def outputs(self, model: nn.Module) -> np.ndarray:
-        """The model's outputs on every example (see Outputs), in inference mode."""
+        """The model's outputs on every example (see Outputs), in inference mode (under bf16 autocast with
+        `bf16`: the numerics of a bf16 deployment, 1.5x faster on an AVX512-BF16 CPU)."""
         device = next(model.parameters()).device
         model.eval()
         out = Outputs(self.num_examples, self.longest)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=self.bf16):
             for index, batch in self.batches:
                 logits = head_logits(model(**{k: v.to(device) for k, v in batch.items()}))
                 out.put(index, logits.float().cpu().numpy())
@@ -125,8 +126,9 @@ class Evaluator:
 class SubnetEvaluator(Evaluator):
     """An Evaluator of activated subnets of `supernet` (the active subnet is restored after each call)."""
 
-    def __init__(self, supernet: ElasticBert, dataset: Dataset, spec: TaskSpec, batch_size: int = 64):
-        super().__init__(dataset, spec, batch_size, supernet.config.pad_token_id or 0)
+    def __init__(self, supernet: ElasticBert, dataset: Dataset, spec: TaskSpec, batch_size: int = 64,
+                 bf16: bool = False):
+        super().__init__(dataset, spec, batch_size, supernet.config.pad_token_id or 0, bf16)
         self.supernet = supernet
 
     def __call__(self, cfg: SubnetConfig) -> dict[str, float]:

@@ -24,12 +24,22 @@ def cpu_only() -> bool:
     return not torch.accelerator.is_available()
 
 
-def check_bf16(bf16: bool) -> bool:
-    """bf16 autocast for training only where the CPU (AVX512-BF16, AMX) or an accelerator computes in it; elsewhere
-    torch would emulate it, slower than f32."""
-    if bf16 and cpu_only() and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+def native_bf16() -> bool:
+    """Whether this machine computes bf16 natively: the CPU (AVX512-BF16, AMX) when it trains, else the GPU.
+    Elsewhere torch emulates bf16, slower than f32."""
+    if cpu_only():
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+
+
+def check_bf16(bf16: bool | str) -> bool:
+    """The bf16 setting resolved: `auto` where the machine computes bf16 natively (`native_bf16`); true on a CPU
+    without it is refused (torch would emulate it, slower than f32)."""
+    if bf16 == "auto":
+        return native_bf16()
+    if bf16 and cpu_only() and not native_bf16():
         raise UserError("bf16 training needs a CPU with AVX512-BF16 or AMX (or a GPU); this one has neither")
-    return bf16
+    return bool(bf16)
 
 
 def compute_device() -> torch.device:

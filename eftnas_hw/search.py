@@ -29,7 +29,7 @@ from .evaluate import SubnetEvaluator
 from .evolution import HV_REFERENCE, EvolutionFinder, SearchResult
 from .files import check_writable, file_digest, json_digest, read_json, write_json_atomic
 from .reports import SEARCH_FRONT, SEARCH_SETTINGS, write_search_reports
-from .runtime import compute_device
+from .runtime import compute_device, native_bf16
 from .settings import SearchSettings
 from .subnet import EvaluatedSubnet, SubnetConfig
 from .supernet import REPORT_FILE, load_supernet
@@ -96,7 +96,8 @@ def _check_settings(out_dir: Path, cache_key: dict) -> None:
     path = out_dir / SEARCH_SETTINGS
     if not path.exists():
         return
-    stored = read_json(path, "search settings").get("cache_key", {})
+    # searches before the numerics were recorded all evaluated in f32
+    stored = {"numerics": "f32", **read_json(path, "search settings").get("cache_key", {})}
     diffs = [f"{k}: {stored.get(k)!r} there, {cache_key.get(k)!r} now"
              for k in sorted(set(stored) | set(cache_key)) if stored.get(k) != cache_key.get(k)]
     if diffs:
@@ -125,16 +126,19 @@ def search_supernet(ctx: RunContext, supernet_dir: str | os.PathLike, out_dir: s
         table.check_shape(supernet.shape)
     elif ctx.config.metric == "latency":
         raise UserError("a search on latency needs a latency table (or choose the GMACs metric)")
-    seq_len = table.profile.seq_len if table is not None else ctx.profile.seq_len
+    profile = table.profile if table is not None else ctx.profile
+    seq_len = profile.seq_len
     gmacs = gmacs_cost(supernet.shape, seq_len)
     latency = latency_cost(table) if table is not None else None
     efficiency = latency if ctx.config.metric == "latency" else gmacs
 
     split = ctx.search_split(settings.max_search)
     tokenized = ctx.tokenized(split, training=False)
+    # subnets deployed in bf16 are scored in bf16 (autocast), where this machine computes it natively
+    numerics = "bf16" if profile.precision == "bf16" and native_bf16() else "f32"
     cache_key = {"weights": file_digest(supernet_dir / "model.safetensors"), "task": ctx.spec.name,
                  "seed": ctx.config.seed, "max_length": ctx.config.max_length,
-                 "search_split": json_digest(list(split["idx"]))}
+                 "search_split": json_digest(list(split["idx"])), "numerics": numerics}
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(out_dir, cache_key)
     # Where the inputs live (defaults for `export --front`); not part of the cache identity, so folders may move.
@@ -143,12 +147,12 @@ def search_supernet(ctx: RunContext, supernet_dir: str | os.PathLike, out_dir: s
               "data": ctx.config.data.to_dict(),
               "table_path": str(table.path.resolve()) if table is not None and table.path else None,
               "table_digest": table.digest if table is not None else None,
-              "profile": (table.profile if table is not None else ctx.profile).to_dict(), "gmacs_seq_len": seq_len,
+              "profile": profile.to_dict(), "gmacs_seq_len": seq_len,
               "search_examples": len(split),
               "hv_reference": {"metric": HV_REFERENCE[0], "cost_over_base_cost": HV_REFERENCE[1]}}
     write_json_atomic(out_dir / SEARCH_SETTINGS, record)
 
-    evaluator = SubnetEvaluator(supernet, tokenized, ctx.spec, settings.batch_size)
+    evaluator = SubnetEvaluator(supernet, tokenized, ctx.spec, settings.batch_size, bf16=numerics == "bf16")
     cache = EvaluationCache(out_dir / CACHE_NAME)
     start = time.perf_counter()
     try:

@@ -127,7 +127,8 @@ def _check_value(f: dataclasses.Field, kind: Any, value: Any) -> None:
         return
     meta = f.metadata
     if meta.get("choices") and value not in meta["choices"]:
-        raise UserError(f"{name} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+        names = (["true", "false"] if bool in allowed else []) + list(map(str, meta["choices"]))
+        raise UserError(f"{name} must be one of {', '.join(names)}, got {value!r}")
     if isinstance(value, (int, float)):
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{name} must be a finite number, got {value!r}")
@@ -141,6 +142,10 @@ def _check_value(f: dataclasses.Field, kind: Any, value: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The stages' settings.
+
+BF16_HELP = ("train under bf16 autocast: true, false, or auto (where the CPU computes bf16 natively: AVX512-BF16, "
+             "AMX; or a GPU). True on a CPU without it is refused; see tools/benchmark_training.py")
+
 
 @dataclass(frozen=True)
 class FinetuneSettings(Settings):
@@ -157,8 +162,7 @@ class FinetuneSettings(Settings):
                                          "(gradients only, weights unchanged)", above=0)
     save_minutes: float = setting(2.0, "checkpoint every N minutes of training (a kill loses at most that)",
                                   above=0)
-    bf16: bool = setting(False, "train under bf16 autocast (CPUs with AVX512-BF16 or AMX; see "
-                                "tools/benchmark_training.py)")
+    bf16: bool | str = setting(False, BF16_HELP, choices=("auto",))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -250,8 +254,7 @@ class SupernetSettings(Settings):
     save_minutes: float = setting(2.0, "checkpoint every N minutes of training (a kill loses at most that)",
                                   above=0)
     logging_steps: int = setting(50, "log the loss every N optimizer steps", low=1)
-    bf16: bool = setting(False, "train under bf16 autocast (CPUs with AVX512-BF16 or AMX; see "
-                                "tools/benchmark_training.py)")
+    bf16: bool | str = setting(False, BF16_HELP, choices=("auto",))
     report_random: int = setting(3, "seeded random subnets evaluated in report.json", low=0)
 
 
@@ -366,7 +369,10 @@ QUICK_RUN: dict[str, Any] = {
     "finetune": {"epochs": 1.0, "max_train": 6000},
     # lr 1e-4, not the full budget's 3e-5: 200 steps are about one epoch of 6000 sentences, too few for the small
     # subnets to move far at 3e-5 (README "Super-network levers": +1-2 points along the INT8 fronts, same time)
-    "supernet": {"max_steps": 200, "max_train": 6000, "num_random": 1, "lr": 1e-4},
+    # no random subnet in the sandwich and bf16 autocast where the CPU has it: 2.2x the steps per second of one
+    # random subnet in f32 on the EPYC, for fronts within the search's resolution (README "A default run under 10
+    # minutes"); results/quick-s10.yaml pins the earlier budget (num_random 1, f32)
+    "supernet": {"max_steps": 200, "max_train": 6000, "num_random": 0, "lr": 1e-4, "bf16": "auto"},
     "search": {"pop_size": 20, "n_evals": 120, "max_search": 400},
 }
 
@@ -403,6 +409,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Settings], only: tuple[
         allowed = [a for a in _allowed(kind) if a is not type(None)]
         if allowed == [bool]:
             parser.add_argument(flag, dest=f.name, action="store_const", const=True, default=None, help=help_text)
+        elif bool in allowed:  # true, false or a named choice (bf16: auto), read as YAML and checked as a setting
+            parser.add_argument(flag, dest=f.name, type=yaml.safe_load, default=None, help=help_text,
+                                metavar="|".join(["true", "false", *(f.metadata.get("choices") or ())]))
         else:
             parser.add_argument(flag, dest=f.name, type=_flag_type(allowed[0]), default=None, help=help_text,
                                 choices=f.metadata.get("choices"), required=f.name in required,

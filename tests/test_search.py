@@ -17,9 +17,10 @@ from eftnas_hw.cost import CostModel
 from eftnas_hw.errors import UserError
 from eftnas_hw.evolution import EvolutionFinder, front_coverage, pareto_front, select_subnet
 from eftnas_hw.models import random_bert, save_model
-from eftnas_hw.reports import write_search_reports
+from eftnas_hw.reports import SEARCH_SETTINGS, write_search_reports
 from eftnas_hw.search import CACHE_NAME, EvaluationCache, SearchRun, load_search, search_supernet
-from eftnas_hw.settings import RunConfig, SearchSettings
+from eftnas_hw.runtime import native_bf16
+from eftnas_hw.settings import LatencySettings, RunConfig, SearchSettings
 from eftnas_hw.subnet import EvaluatedSubnet, SearchSpace, SubnetConfig
 
 SPACE = SearchSpace(heads=((0, 1, 2, 4),) * 2, ffn=((0, 32, 64, 128),) * 2)
@@ -165,9 +166,9 @@ def test_search_supernet_refuses_the_cache_of_another_supernet(tiny_model_dir, t
     split = Dataset.from_dict({"text": [f"a {w} film, {v} times" for v in range(4) for w in words],
                                "label": [i % 2 for i in range(32)], "idx": list(range(32))})
 
-    def context() -> RunContext:
+    def context(profile: str = "cpu-1t-b1-s128") -> RunContext:
         ctx = RunContext(RunConfig(model=str(supernet), task="sst2", data_dir=str(tmp_path), max_length=16,
-                                   metric="gmacs"))
+                                   metric="gmacs", latency=LatencySettings(profile=profile)))
         ctx.splits = DatasetDict(train=split, search=split, validation=split)  # no GLUE files needed
         return ctx
 
@@ -178,9 +179,21 @@ def test_search_supernet_refuses_the_cache_of_another_supernet(tiny_model_dir, t
     assert front == first.result.front and stored["cache_key"]["task"] == "sst2"
     again = search_supernet(context(), supernet, tmp_path / "search", settings, progress=False)
     assert again.fresh == 0 and again.replayed == first.fresh  # same weights: every metric replayed
+    # scored in the numerics of the deployment: bf16 autocast where the profile runs bf16 and the CPU computes it
+    bf16 = context().profile.precision == "bf16" and native_bf16()
+    assert stored["cache_key"]["numerics"] == ("bf16" if bf16 else "f32")
+    if bf16:
+        with pytest.raises(UserError, match="numerics: 'bf16' there, 'f32' now"):
+            search_supernet(context("cpu-1t-b1-s128-f32"), supernet, tmp_path / "search", settings, progress=False)
+    # a search recorded before the numerics were (all f32) is replayed by an f32 search
+    record = json.loads((tmp_path / "search" / SEARCH_SETTINGS).read_text())
+    record["cache_key"].pop("numerics")
+    (tmp_path / "search" / SEARCH_SETTINGS).write_text(json.dumps(record))
+    f32 = search_supernet(context("cpu-1t-b1-s128-f32"), supernet, tmp_path / "search", settings, progress=False)
+    assert f32.fresh == 0 and f32.result.front == first.result.front
     save_model(random_bert(tiny_shape, seed=1), tmp_path / "other")
     shutil.copy(tmp_path / "other" / "model.safetensors", supernet / "model.safetensors")
-    with pytest.raises(UserError, match=r"other settings \(weights: "):
+    with pytest.raises(UserError, match=r"other settings \(.*weights: "):
         search_supernet(context(), supernet, tmp_path / "search", settings, progress=False)
 
 

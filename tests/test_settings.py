@@ -35,6 +35,8 @@ def test_unknown_keys_are_refused_at_any_depth(tmp_path):
     ({"metric": "flops"}, "metric must be one of latency, gmacs"),
     ({"latency": 3}, "expected a mapping"),
     ({"supernet": {"lr": float("nan")}}, "finite"),
+    ({"supernet": {"bf16": "maybe"}}, "bf16 must be one of true, false, auto, got 'maybe'"),
+    ({"finetune": {"bf16": 1}}, "bf16 must be bool or str"),
 ])
 def test_bad_values_are_one_line_user_errors(overrides, message):
     with pytest.raises(UserError, match=message) as info:
@@ -49,7 +51,8 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
 
 def test_quick_run_is_applied_over_the_defaults_and_a_file_over_it(tmp_path):
     default = RunConfig.load()
-    assert default.max_length == QUICK_RUN["max_length"] and default.supernet.num_random == 1
+    assert default.max_length == QUICK_RUN["max_length"] and default.supernet.num_random == 0
+    assert default.supernet.bf16 == "auto" and SupernetSettings().bf16 is False  # bf16 where the CPU has it
     assert default.supernet.lr == QUICK_RUN["supernet"]["lr"] != SupernetSettings().lr  # short budget, higher lr
     assert default.supernet.temperature == SupernetSettings().temperature  # not named by the quick run: the default
     (tmp_path / "c.yaml").write_text("task: stsb\nmax_length: 128\n")
@@ -74,3 +77,18 @@ def test_bad_flag_value_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("eftnas-hw: error: batch_size must be at least 1") and err.count("\n") == 1
     assert not (tmp_path / "t").exists()
+
+
+def test_bf16_auto_resolves_to_what_the_machine_computes_natively(tmp_path, capsys):
+    from eftnas_hw.runtime import check_bf16, native_bf16
+    assert check_bf16("auto") is native_bf16() and check_bf16(False) is False
+    if not native_bf16():
+        with pytest.raises(UserError, match="needs a CPU with AVX512-BF16 or AMX"):
+            check_bf16(True)
+    config = RunConfig.load(None, parse_assignment("finetune.bf16=auto"))
+    assert config.finetune.bf16 == "auto" and RunConfig.load(None, parse_assignment("supernet.bf16=true")).supernet.bf16
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["train-supernet"]
+    flag = next(a for a in sub._actions if a.dest == "bf16")
+    assert [flag.type(text) for text in ("auto", "false", "true")] == ["auto", False, True]
+    code = main(["finetune", "--task", "sst2", "--out", str(tmp_path / "t"), "--bf16", "often"])
+    assert code == 2 and "bf16 must be one of true, false, auto" in capsys.readouterr().err

@@ -1,12 +1,13 @@
 """How fast does the super-network train here, in f32 and under bf16 autocast? And where does a run's time go?
 
-    python tools/benchmark_training.py [--steps 8] [--rounds 2] [--max-length 64] [--run RUN_FOLDER]
+    python tools/benchmark_training.py [--steps 8] [--rounds 2] [--max-length 64] [--num-random 0 1] [--run RUN]
 
 Times the real training loop (`supernet.fit_supernet`: the sandwich rule, the teacher's forward, the distillation
 loss, AdamW) on the packaged MiniLM-L6 with SST-2 sentences (real ones from $EFTNAS_GLUE_DIR or
-../shared/data/glue, else made-up ones of the same length), the quick run's settings (batch 32, one random subnet
-beside the largest and the smallest), f32 and bf16 interleaved in rounds; prints one JSON line per measurement and
-the medians (optimizer steps per second; the first step of each fit is not counted: it builds the optimizer).
+../shared/data/glue, else made-up ones of the same length), the quick run's batch of 32, with no random subnet
+beside the largest and the smallest (the quick run since session 11) and with one (before), f32 and bf16
+interleaved in rounds; prints one JSON line per measurement and the medians (optimizer steps per second; the first
+step of each fit is not counted: it builds the optimizer) and each one's speed-up over f32 with one random subnet.
 bf16 is measured only where the CPU computes in it (AVX512-BF16, AMX). With --run, it also prints the wall-clock
 each stage of that run folder took (its stages.json).
 """
@@ -30,6 +31,7 @@ from eftnas_hw.data import DEFAULT_TASK
 from eftnas_hw.elastic import ElasticBert
 from eftnas_hw.models import load_model
 from eftnas_hw.pipeline import RECORD_NAME
+from eftnas_hw.runtime import native_bf16
 from eftnas_hw.settings import RunConfig, SupernetSettings
 from eftnas_hw.subnet import BertShape, SearchSpace
 from eftnas_hw.supernet import fit_supernet
@@ -47,10 +49,11 @@ class StepTimer(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def steps_per_second(ctx: RunContext, space: SearchSpace, train, steps: int, bf16: bool) -> float:
+def steps_per_second(ctx: RunContext, space: SearchSpace, train, steps: int, bf16: bool, num_random: int) -> float:
     teacher = load_model(None, num_labels=2)
     supernet = ElasticBert(load_model(None, num_labels=2))
-    settings = SupernetSettings(max_steps=steps, batch_size=32, num_random=1, bf16=bf16, save_minutes=1e6)
+    settings = SupernetSettings(max_steps=steps, batch_size=32, num_random=num_random, bf16=bf16,
+                                save_minutes=1e6)
     timer = StepTimer()
     with tempfile.TemporaryDirectory(prefix="eftnas-bench-") as work:
         fit_supernet(supernet, teacher, space, train, ctx.tokenizer, work, settings, 0, False, resume=False,
@@ -86,6 +89,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved f32/bf16 rounds")
     parser.add_argument("--max-length", type=int, default=64, help="token truncation (the quick run's: 64)")
+    parser.add_argument("--num-random", type=int, nargs="+", default=[0, 1],
+                        help="random subnets per sandwich step to measure")
     parser.add_argument("--run", help="a run folder: print its stages' wall-clock too")
     args = parser.parse_args()
 
@@ -94,21 +99,24 @@ def main() -> int:
     shape = BertShape.from_config(load_model(None, num_labels=2).config)
     space = SearchSpace(tuple((3, 6, 12) for _ in range(shape.num_layers)),
                         tuple((384, 768, 1536) for _ in range(shape.num_layers)))
-    modes = [False] + ([True] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else [])
-    results = {("bf16" if m else "f32"): [] for m in modes}
+    numerics = [False] + ([True] if native_bf16() else [])
+    modes = [(bf16, k) for k in args.num_random for bf16 in numerics]
+    name = {m: f"{'bf16' if m[0] else 'f32'}, {m[1]} random" for m in modes}
+    results = {m: [] for m in modes}
     for r in range(args.rounds):
-        for bf16 in modes:
-            rate = steps_per_second(ctx, space, train, args.steps, bf16)
-            results["bf16" if bf16 else "f32"].append(rate)
-            print(json.dumps({"round": r, "mode": "bf16" if bf16 else "f32", "steps_per_s": round(rate, 4)}),
+        for bf16, num_random in modes:
+            rate = steps_per_second(ctx, space, train, args.steps, bf16, num_random)
+            results[(bf16, num_random)].append(rate)
+            print(json.dumps({"round": r, "mode": name[(bf16, num_random)], "steps_per_s": round(rate, 4)}),
                   flush=True)
     medians = {m: statistics.median(v) for m, v in results.items()}
-    summary = {"cpu": cpu_name(), "threads": torch.get_num_threads(),
-               "data": source, "max_length": args.max_length, "batch": 32, "subnets_per_step": 3,
-               "steps_per_s_median": {m: round(v, 4) for m, v in medians.items()}}
-    if "bf16" in medians:
-        summary["bf16_speedup"] = round(medians["bf16"] / medians["f32"], 3)
-    else:
+    summary = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "data": source,
+               "max_length": args.max_length, "batch": 32,
+               "steps_per_s_median": {name[m]: round(v, 4) for m, v in medians.items()}}
+    if (False, 1) in medians:
+        summary["speedup_over_f32_1_random"] = {name[m]: round(v / medians[(False, 1)], 3)
+                                                for m, v in medians.items()}
+    if not native_bf16():
         summary["bf16"] = "not measured: this CPU has neither AVX512-BF16 nor AMX"
     if args.run:
         record = json.loads((Path(args.run) / RECORD_NAME).read_text())
