@@ -130,17 +130,17 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike, progress: bool = Tru
     common = _common(config)
     run = Run(out, config)
 
-    run.stage("finetune", [common, config.finetune.to_dict()], (), ("teacher",),
+    run.stage("finetune", [common, config.finetune.key()], (), ("teacher",),
               lambda staging: finetune(ctx, staging / "teacher", config.finetune), every_process=True)
     _latency_stage(run, ctx, shape, progress)
     _space_stage(run, ctx, shape)
-    run.stage("supernet", [common, config.supernet.to_dict()], ("space",), ("supernet",),
+    run.stage("supernet", [common, config.supernet.key()], ("space",), ("supernet",),
               lambda staging: train_supernet(ctx, out / "teacher", load_search_space(out / "search_space.json"),
                                              staging / "supernet", config.supernet), every_process=True)
     if not run.processes.is_main_process:
         return None  # training is over: search and export run in the main process
     run.alone = True
-    run.stage("search", [common, config.search.to_dict(), config.metric], ("supernet", "latency"), ("search",),
+    run.stage("search", [common, config.search.key(), config.metric], ("supernet", "latency"), ("search",),
               lambda staging: search_supernet(ctx, out / "supernet", staging / "search", config.search, progress))
     _export_stage(run, ctx, shape, progress)
     groups = {folder.name: load_exports(folder) for folder in sorted((out / "models").iterdir())
@@ -157,7 +157,7 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike, progress: bool = Tru
 def _common(config: RunConfig) -> dict:
     """The settings every training, search and export stage depends on."""
     return {**{k: getattr(config, k) for k in ("model", "teacher", "task", "data_dir", "seed", "max_length")},
-            "data": config.data.to_dict()}
+            "data": config.data.key()}
 
 
 def _given_table(ctx: RunContext, shape: BertShape) -> str | None:
@@ -194,7 +194,7 @@ def _latency_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) 
         # progress is kept in the (incomplete, so unloadable) table file: a killed build resumes
         print("\n".join(summary_lines(build_table(shape, ctx.profile, path, build, progress=progress))))
 
-    source = [given.digest, anchor.to_dict()] if given is not None else [shape.to_dict(), build.to_dict()]
+    source = [given.digest, anchor.key()] if given is not None else [shape.to_dict(), build.key()]
     run.stage("latency", [source, hardware_fingerprint(ctx.profile)], (), (TABLE_NAME,), make_table)
     ctx.table = LatencyTable.load(run.out / TABLE_NAME)
 
@@ -209,7 +209,7 @@ def _space_stage(run: Run, ctx: RunContext, shape: BertShape) -> None:
         result.save(staging / "search_space.json")
         print(result.format_table())
 
-    run.stage("space", [config.space.to_dict(), config.metric], ("latency", "finetune"), ("search_space.json",),
+    run.stage("space", [config.space.key(), config.metric], ("latency", "finetune"), ("search_space.json",),
               make_space)
 
 
@@ -237,7 +237,7 @@ def _export_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) -
                            source={"model": "the fine-tuned teacher (base model), no compression"}, **common)
             export_subnets(ctx, supernet, chosen, models / f"front{suffix}", int8=int8, source=source, **common)
 
-    run.stage("export", [_common(ctx.config), settings.to_dict()], ("search",), ("models",), export_models)
+    run.stage("export", [_common(ctx.config), settings.key()], ("search",), ("models",), export_models)
 
 
 def share_finished_stage(source: str | os.PathLike, target: str | os.PathLike, name: str,

@@ -42,6 +42,12 @@ def check_bf16(bf16: bool | str) -> bool:
     return bool(bf16)
 
 
+def sampling(group_by_length: bool) -> str:
+    """The Trainer's sampler: batches of similar lengths (padded per batch, so SST-2's short sentences stop
+    paying for the longest one in a random batch: 3.0x the real tokens at length 64), or random ones."""
+    return "group_by_length" if group_by_length else "random"
+
+
 def compute_device() -> torch.device:
     """The accelerator when there is one (the Trainer picks it the same way), else the CPU."""
     return torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")

@@ -24,11 +24,12 @@ from .errors import UserError
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-            above: float | None = None, choices: tuple | None = None) -> Any:
+            above: float | None = None, choices: tuple | None = None, keyed_when_set: bool = False) -> Any:
     """A settings field: its default, the help text flags show, and the range checked when it is set
-    (`low` <= value <= `high`, value > `above`, or one of `choices`)."""
+    (`low` <= value <= `high`, value > `above`, or one of `choices`). `keyed_when_set`: a field added after runs
+    were recorded; stage keys leave it out while it holds its default (see `Settings.key`)."""
     return field(default=default, metadata={"help": help, "low": low, "high": high, "above": above,
-                                            "choices": choices})
+                                            "choices": choices, "keyed_when_set": keyed_when_set})
 
 
 class Settings:
@@ -64,6 +65,18 @@ class Settings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def key(self) -> dict:
+        """The settings as a finished stage's key holds them: `to_dict()` without the `keyed_when_set` fields that
+        hold their defaults, so adding a setting leaves the finished stages of earlier runs valid."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Settings):
+                out[f.name] = value.key()
+            elif not (f.metadata.get("keyed_when_set") and value == f.default):
+                out[f.name] = copy.deepcopy(value)
+        return out
 
     def merged(self, update: dict, source: str = "") -> "Settings":
         """A copy with `update` (a nested mapping, from `source`: a file name, "--set"...) applied."""
@@ -145,6 +158,8 @@ def _check_value(f: dataclasses.Field, kind: Any, value: Any) -> None:
 
 BF16_HELP = ("train under bf16 autocast: true, false, or auto (where the CPU computes bf16 natively: AVX512-BF16, "
              "AMX; or a GPU). True on a CPU without it is refused; see tools/benchmark_training.py")
+GROUP_BY_LENGTH_HELP = ("batches of examples of similar length (HF's LengthGroupedSampler): less padding, the same "
+                        "examples and steps")
 
 
 @dataclass(frozen=True)
@@ -163,6 +178,7 @@ class FinetuneSettings(Settings):
     save_minutes: float = setting(2.0, "checkpoint every N minutes of training (a kill loses at most that)",
                                   above=0)
     bf16: bool | str = setting(False, BF16_HELP, choices=("auto",))
+    group_by_length: bool = setting(False, GROUP_BY_LENGTH_HELP, keyed_when_set=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -255,6 +271,7 @@ class SupernetSettings(Settings):
                                   above=0)
     logging_steps: int = setting(50, "log the loss every N optimizer steps", low=1)
     bf16: bool | str = setting(False, BF16_HELP, choices=("auto",))
+    group_by_length: bool = setting(False, GROUP_BY_LENGTH_HELP, keyed_when_set=True)
     report_random: int = setting(3, "seeded random subnets evaluated in report.json", low=0)
 
 

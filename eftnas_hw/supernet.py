@@ -37,7 +37,8 @@ from .files import atomic_output_dir, check_writable, read_json, write_json_atom
 from .importance import SCORES_NAME, load_scores
 from .models import head_logits, load_model, save_model
 from .reorder import reorder_model
-from .runtime import CheckpointEveryMinutes, check_bf16, cpu_only, prepare_checkpoints, training_processes
+from .runtime import (CheckpointEveryMinutes, check_bf16, cpu_only, prepare_checkpoints, sampling,
+                      training_processes)
 from .settings import SupernetSettings
 from .subnet import BertShape, SearchSpace, SubnetConfig
 
@@ -136,7 +137,7 @@ def fit_supernet(supernet: ElasticBert, teacher: nn.Module, space: SearchSpace, 
         weight_decay=settings.weight_decay, num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
         lr_scheduler_type="cosine", optim="adamw_torch", seed=seed, save_strategy="no", save_total_limit=2, logging_steps=settings.logging_steps,
         report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False, use_cpu=cpu_only(),
-        bf16=check_bf16(settings.bf16),
+        bf16=check_bf16(settings.bf16), train_sampling_strategy=sampling(settings.group_by_length),
         ddp_find_unused_parameters=True)  # a small subnet leaves most weights without gradient
     trainer = SandwichTrainer(args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
                               processing_class=tokenizer, supernet=supernet, space=space,

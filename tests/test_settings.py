@@ -92,3 +92,12 @@ def test_bf16_auto_resolves_to_what_the_machine_computes_natively(tmp_path, caps
     assert [flag.type(text) for text in ("auto", "false", "true")] == ["auto", False, True]
     code = main(["finetune", "--task", "sst2", "--out", str(tmp_path / "t"), "--bf16", "often"])
     assert code == 2 and "bf16 must be one of true, false, auto" in capsys.readouterr().err
+
+
+def test_stage_keys_leave_out_later_settings_at_their_defaults():
+    """A setting added later (keyed_when_set) keeps earlier runs' stage keys while at its default; set, it counts."""
+    default = RunConfig.load()
+    assert "group_by_length" not in default.supernet.key() and "group_by_length" in default.supernet.to_dict()
+    assert {k: v for k, v in default.supernet.to_dict().items() if k != "group_by_length"} == default.supernet.key()
+    grouped = default.merged(parse_assignment("supernet.group_by_length=true"))
+    assert grouped.supernet.key()["group_by_length"] is True and grouped.key()["supernet"] == grouped.supernet.key()

@@ -102,27 +102,61 @@ class _KillAfterSave(TrainerCallback):
         raise KeyboardInterrupt("killed after the first checkpoint")
 
 
-def _train(tiny_shape, work_dir, callbacks=(), resume=True) -> dict[str, torch.Tensor]:
+def _train(tiny_shape, work_dir, callbacks=(), resume=True, group_by_length=False) -> dict[str, torch.Tensor]:
     teacher = random_bert(tiny_shape, seed=11)
     supernet = ElasticBert(copy.deepcopy(teacher))
-    settings = SupernetSettings(max_steps=4, batch_size=8, lr=1e-3, num_random=1, save_minutes=1e-9, logging_steps=2)
+    settings = SupernetSettings(max_steps=4, batch_size=8, lr=1e-3, num_random=1, save_minutes=1e-9, logging_steps=2,
+                                group_by_length=group_by_length)
     steps = fit_supernet(supernet, teacher, TINY_SPACE, _token_dataset(), load_tokenizer(None), work_dir, settings,
                          seed=3, is_regression=False, resume=resume, callbacks=callbacks)
     assert steps == 4
     return {k: v.clone() for k, v in supernet.model.state_dict().items()}
 
 
-def test_killed_and_resumed_training_matches_uninterrupted(tiny_shape, tmp_path):
-    straight = _train(tiny_shape, tmp_path / "straight")
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_killed_and_resumed_training_matches_uninterrupted(tiny_shape, tmp_path, group_by_length):
+    straight = _train(tiny_shape, tmp_path / "straight", group_by_length=group_by_length)
     with pytest.raises(KeyboardInterrupt):
-        _train(tiny_shape, tmp_path / "killed", callbacks=[_KillAfterSave()])
+        _train(tiny_shape, tmp_path / "killed", callbacks=[_KillAfterSave()], group_by_length=group_by_length)
     assert (tmp_path / "killed" / "checkpoint-1").is_dir()
-    resumed = _train(tiny_shape, tmp_path / "killed")
+    resumed = _train(tiny_shape, tmp_path / "killed", group_by_length=group_by_length)
     initial = random_bert(tiny_shape, seed=11).state_dict()
     name = "bert.encoder.layer.1.intermediate.dense.weight"
     assert not torch.allclose(straight[name], initial[name])  # training really moved the weights
     for key, value in straight.items():
         assert torch.allclose(resumed[key], value, atol=1e-6), key
+
+
+def test_length_grouped_batches_pad_less_and_see_the_same_examples(tiny_shape, tmp_path, monkeypatch):
+    """group_by_length: the same examples (one epoch), in batches of similar lengths: less padding."""
+    import eftnas_hw.supernet as supernet_module
+
+    seen = {}
+
+    class Recording(supernet_module.DataCollatorWithPadding):
+        def __call__(self, features):
+            batch = super().__call__(features)
+            seen.setdefault(self.key, []).append((batch["input_ids"].numel(), int(batch["attention_mask"].sum()),
+                                                  sorted(tuple(f["input_ids"]) for f in features)))
+            return batch
+
+    rng = np.random.default_rng(5)
+    # 320 examples: HF groups within mega-batches of min(n / 4 batches, 50) batches
+    ids = [[101] + rng.integers(1000, 3000, n).tolist() + [102] for n in rng.integers(2, 60, 320)]
+    data = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids],
+                              "label": rng.integers(0, 2, 320).tolist()})
+    monkeypatch.setattr(supernet_module, "DataCollatorWithPadding", Recording)
+    # only the batches matter here: steps that skip the forward and backward
+    monkeypatch.setattr(supernet_module.SandwichTrainer, "training_step", lambda *args, **kwargs: torch.zeros(()))
+    for grouped in (False, True):
+        Recording.key = grouped
+        teacher = random_bert(tiny_shape, seed=11)
+        settings = SupernetSettings(epochs=1, batch_size=8, num_random=0, save_minutes=1e6, group_by_length=grouped)
+        fit_supernet(ElasticBert(copy.deepcopy(teacher)), teacher, TINY_SPACE, data, load_tokenizer(None),
+                     tmp_path / str(grouped), settings, seed=3, is_regression=False, resume=False)
+    padded = {k: sum(b[0] for b in v) / sum(b[1] for b in v) for k, v in seen.items()}
+    assert padded[True] < 1.2 < padded[False]  # random batches of 2-60 tokens pad to their longest
+    assert sorted(x for b in seen[True] for x in b[2]) == sorted(x for b in seen[False] for x in b[2])
 
 
 def test_evaluate_subnets_matches_one_by_one_predictions(tiny_shape):
