@@ -82,6 +82,7 @@ def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSett
     metrics = {"task": spec.name, "model": str(config.base_model or "minilm-l6"), "main_metric": spec.main_metric,
                "fine_tuned_here": not scoring_only, "label_names": list(spec.label_names),
                "dev": dev, "train_examples": len(train), "settings": settings.to_dict(), "seed": config.seed,
+               "trained_in": "bf16" if args.bf16 else "f32",
                "optimizer_steps": trainer.state.global_step, "processes": args.world_size,
                "train_runtime_s": train_metrics.get("train_runtime")}
     with atomic_output_dir(out_dir, overwrite=True) as tmp:

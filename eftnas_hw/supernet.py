@@ -214,7 +214,8 @@ def train_supernet(ctx: RunContext, teacher_dir: str | os.PathLike, space: Searc
     seq_len = ctx.profile.seq_len
     report = {"task": ctx.spec.name, "train_examples": len(train), "steps": steps,
               "train_seconds_this_run": round(train_seconds, 1), "processes": training_processes().num_processes,
-              "settings": settings.to_dict(), "seed": ctx.config.seed, "split": "validation", "gmacs_seq_len": seq_len,
+              "settings": settings.to_dict(), "trained_in": "bf16" if check_bf16(settings.bf16) else "f32",
+              "seed": ctx.config.seed, "split": "validation", "gmacs_seq_len": seq_len,
               "subnets": [{"name": n, "subnet": c.to_dict(), "gmacs": round(c.gmacs(shape, seq_len), 4),
                            "params": c.params(shape), **{k: round(v, 5) for k, v in m.items()}}
                           for (n, c), m in zip(named.items(), metrics)]}

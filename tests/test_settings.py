@@ -51,8 +51,9 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
 
 def test_quick_run_is_applied_over_the_defaults_and_a_file_over_it(tmp_path):
     default = RunConfig.load()
-    assert default.max_length == QUICK_RUN["max_length"] and default.supernet.num_random == 0
+    assert default.max_length == QUICK_RUN["max_length"] and default.supernet.num_random == 1
     assert default.supernet.bf16 == "auto" and SupernetSettings().bf16 is False  # bf16 where the CPU has it
+    assert default.supernet.group_by_length and default.finetune.group_by_length
     assert default.supernet.lr == QUICK_RUN["supernet"]["lr"] != SupernetSettings().lr  # short budget, higher lr
     assert default.supernet.temperature == SupernetSettings().temperature  # not named by the quick run: the default
     (tmp_path / "c.yaml").write_text("task: stsb\nmax_length: 128\n")
@@ -96,7 +97,7 @@ def test_bf16_auto_resolves_to_what_the_machine_computes_natively(tmp_path, caps
 
 def test_stage_keys_leave_out_later_settings_at_their_defaults():
     """A setting added later (keyed_when_set) keeps earlier runs' stage keys while at its default; set, it counts."""
-    default = RunConfig.load()
+    default = RunConfig()
     assert "group_by_length" not in default.supernet.key() and "group_by_length" in default.supernet.to_dict()
     assert {k: v for k, v in default.supernet.to_dict().items() if k != "group_by_length"} == default.supernet.key()
     grouped = default.merged(parse_assignment("supernet.group_by_length=true"))

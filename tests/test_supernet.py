@@ -19,6 +19,7 @@ from eftnas_hw.errors import UserError
 from eftnas_hw.evaluate import evaluate_subnets
 from eftnas_hw.importance import SCORES_NAME, channel_importance, save_scores
 from eftnas_hw.models import load_model, load_tokenizer, random_bert
+from eftnas_hw.runtime import native_bf16
 from eftnas_hw.settings import RunConfig, SupernetSettings
 from eftnas_hw.subnet import BertShape, SearchSpace, SubnetConfig
 from eftnas_hw.supernet import (distillation_loss, fit_supernet, load_search_space, load_supernet, sandwich_subnets,
@@ -185,8 +186,10 @@ def test_train_supernet_writes_a_loadable_supernet(tiny_model_dir, glue_dir, tmp
     assert space == TINY_SPACE
     out = tmp_path / "supernet"
     ctx = RunContext(RunConfig(model=str(teacher_dir), task="mrpc", data_dir=str(glue_dir)))
-    settings = SupernetSettings(reorder="first-order", max_train=32, max_steps=2, batch_size=16, report_random=2)
+    settings = SupernetSettings(reorder="first-order", max_train=32, max_steps=2, batch_size=16, report_random=2,
+                                bf16="auto", group_by_length=True)
     report = train_supernet(ctx, teacher_dir, space, out, settings)
+    assert report["trained_in"] == ("bf16" if native_bf16() else "f32")  # auto: bf16 where the CPU computes it
     assert [s["name"] for s in report["subnets"]] == ["largest", "smallest", "random_0", "random_1"]
     assert report["steps"] == 2 and report["train_examples"] == 32
     assert report["settings"] == settings.to_dict() and report["seed"] == 0
