@@ -19,10 +19,14 @@ from .errors import UserError
 from .files import atomic_output_dir, check_writable, json_digest, write_json_atomic
 from .importance import SCORES_NAME, ImportanceCallback, save_scores
 from .models import check_head, load_config, load_model, save_model
-from .runtime import CheckpointEveryMinutes, check_bf16, cpu_only, prepare_checkpoints, sampling
+from .runtime import CheckpointEveryMinutes, LengthBucketing, check_bf16, cpu_only, prepare_checkpoints, sampling
 from .settings import FinetuneSettings
 
 METRICS_NAME = "metrics.json"
+
+
+class BucketedTrainer(LengthBucketing, Trainer):
+    """The HF Trainer, with `length_buckets`: batches of similar lengths in random order (runtime.LengthBuckets)."""
 
 
 def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSettings = FinetuneSettings(),
@@ -68,9 +72,10 @@ def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSett
         use_cpu=cpu_only(), bf16=check_bf16(settings.bf16),
         train_sampling_strategy=sampling(settings.group_by_length))
     importance = ImportanceCallback(settings.alpha)
-    trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=ctx.tokenizer,
-                      data_collator=DataCollatorWithPadding(ctx.tokenizer),
-                      callbacks=[importance, CheckpointEveryMinutes(settings.save_minutes)])
+    trainer = BucketedTrainer(model=model, args=args, train_dataset=train, processing_class=ctx.tokenizer,
+                              data_collator=DataCollatorWithPadding(ctx.tokenizer),
+                              callbacks=[importance, CheckpointEveryMinutes(settings.save_minutes)],
+                              length_buckets=settings.length_buckets)
     checkpoint = get_last_checkpoint(str(work)) if resume and work.is_dir() else None
     if checkpoint:
         importance.resume_from(checkpoint)

@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
@@ -43,9 +44,54 @@ def check_bf16(bf16: bool | str) -> bool:
 
 
 def sampling(group_by_length: bool) -> str:
-    """The Trainer's sampler: batches of similar lengths (padded per batch, so SST-2's short sentences stop
-    paying for the longest one in a random batch: 3.0x the real tokens at length 64), or random ones."""
+    """The Trainer's sampling strategy: HF's LengthGroupedSampler with `group_by_length`, else random batches
+    (`length_buckets` replaces either, see `LengthBucketing`)."""
     return "group_by_length" if group_by_length else "random"
+
+
+class LengthBuckets(torch.utils.data.Sampler):
+    """Batches of similar lengths, in random order: each epoch the examples are shuffled, cut into mega-batches of
+    `mega` batches, sorted by length inside each and cut into batches, and the batches are shuffled (the last, short
+    one stays last, so the DataLoader cuts the same batches). Padded per batch, SST-2's random batches of 32 hold 3.0x
+    their real tokens at length 64, these 1.01x. HF's LengthGroupedSampler leaves the batches of each mega-batch
+    longest first: a long-to-short sweep every 50 batches, which cost STS-B 5-9 points in one measurement."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, mega: int = 50):
+        self.lengths, self.batch_size, self.seed, self.mega, self.epoch = np.asarray(lengths), batch_size, seed, mega, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch  # each epoch its own order, the same one when a killed run resumes inside it
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order, size = rng.permutation(len(self.lengths)), self.mega * self.batch_size
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        last = [batches.pop()] if len(batches[-1]) < self.batch_size else []
+        batches = [batches[i] for i in rng.permutation(len(batches))] + last
+        return iter([int(i) for batch in batches for i in batch])
+
+
+class LengthBucketing:
+    """Trainer mixin: `length_buckets=True` draws the training batches from `LengthBuckets` over the examples'
+    token counts, instead of the sampler `train_sampling_strategy` names."""
+
+    def __init__(self, *args, length_buckets: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.length_buckets = length_buckets
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.length_buckets or dataset is None:
+            return super()._get_train_sampler(train_dataset)
+        lengths = [len(ids) for ids in dataset.select_columns(["input_ids"]).to_dict()["input_ids"]]
+        return LengthBuckets(lengths, self.args.train_batch_size, self.args.seed)
 
 
 def compute_device() -> torch.device:

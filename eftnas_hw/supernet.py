@@ -37,7 +37,7 @@ from .files import atomic_output_dir, check_writable, read_json, write_json_atom
 from .importance import SCORES_NAME, load_scores
 from .models import head_logits, load_model, save_model
 from .reorder import reorder_model
-from .runtime import (CheckpointEveryMinutes, check_bf16, cpu_only, prepare_checkpoints, sampling,
+from .runtime import (CheckpointEveryMinutes, LengthBucketing, check_bf16, cpu_only, prepare_checkpoints, sampling,
                       training_processes)
 from .settings import SupernetSettings
 from .subnet import BertShape, SearchSpace, SubnetConfig
@@ -80,7 +80,7 @@ def fixed_subnets(space: SearchSpace, num_random: int, seed: int = 0) -> dict[st
     return named
 
 
-class SandwichTrainer(Trainer):
+class SandwichTrainer(LengthBucketing, Trainer):
     """HF Trainer whose step trains several subnets of one ElasticBert on a batch, distilled from a teacher."""
 
     def __init__(self, *args: Any, supernet: ElasticBert, space: SearchSpace, teacher: nn.Module,
@@ -142,7 +142,8 @@ def fit_supernet(supernet: ElasticBert, teacher: nn.Module, space: SearchSpace, 
     trainer = SandwichTrainer(args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
                               processing_class=tokenizer, supernet=supernet, space=space,
                               callbacks=[CheckpointEveryMinutes(settings.save_minutes), *callbacks],
-                              teacher=teacher, settings=settings, is_regression=is_regression)
+                              teacher=teacher, settings=settings, is_regression=is_regression,
+                              length_buckets=settings.length_buckets)
     checkpoint = get_last_checkpoint(str(work_dir)) if resume and Path(work_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=checkpoint)
     supernet.model.eval()

@@ -37,6 +37,7 @@ def test_unknown_keys_are_refused_at_any_depth(tmp_path):
     ({"supernet": {"lr": float("nan")}}, "finite"),
     ({"supernet": {"bf16": "maybe"}}, "bf16 must be one of true, false, auto, got 'maybe'"),
     ({"finetune": {"bf16": 1}}, "bf16 must be bool or str"),
+    ({"supernet": {"group_by_length": True, "length_buckets": True}}, "two batch samplers: choose one"),
 ])
 def test_bad_values_are_one_line_user_errors(overrides, message):
     with pytest.raises(UserError, match=message) as info:
@@ -53,7 +54,7 @@ def test_quick_run_is_applied_over_the_defaults_and_a_file_over_it(tmp_path):
     default = RunConfig.load()
     assert default.max_length == QUICK_RUN["max_length"] and default.supernet.num_random == 1
     assert default.supernet.bf16 == "auto" and SupernetSettings().bf16 is False  # bf16 where the CPU has it
-    assert default.supernet.group_by_length and default.finetune.group_by_length
+    assert default.supernet.length_buckets and default.finetune.length_buckets
     assert default.supernet.lr == QUICK_RUN["supernet"]["lr"] != SupernetSettings().lr  # short budget, higher lr
     assert default.supernet.temperature == SupernetSettings().temperature  # not named by the quick run: the default
     (tmp_path / "c.yaml").write_text("task: stsb\nmax_length: 128\n")
@@ -99,6 +100,7 @@ def test_stage_keys_leave_out_later_settings_at_their_defaults():
     """A setting added later (keyed_when_set) keeps earlier runs' stage keys while at its default; set, it counts."""
     default = RunConfig()
     assert "group_by_length" not in default.supernet.key() and "group_by_length" in default.supernet.to_dict()
-    assert {k: v for k, v in default.supernet.to_dict().items() if k != "group_by_length"} == default.supernet.key()
+    later = ("group_by_length", "length_buckets")
+    assert {k: v for k, v in default.supernet.to_dict().items() if k not in later} == default.supernet.key()
     grouped = default.merged(parse_assignment("supernet.group_by_length=true"))
     assert grouped.supernet.key()["group_by_length"] is True and grouped.key()["supernet"] == grouped.supernet.key()

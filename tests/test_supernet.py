@@ -103,24 +103,24 @@ class _KillAfterSave(TrainerCallback):
         raise KeyboardInterrupt("killed after the first checkpoint")
 
 
-def _train(tiny_shape, work_dir, callbacks=(), resume=True, group_by_length=False) -> dict[str, torch.Tensor]:
+def _train(tiny_shape, work_dir, callbacks=(), resume=True, sampler="random") -> dict[str, torch.Tensor]:
     teacher = random_bert(tiny_shape, seed=11)
     supernet = ElasticBert(copy.deepcopy(teacher))
     settings = SupernetSettings(max_steps=4, batch_size=8, lr=1e-3, num_random=1, save_minutes=1e-9, logging_steps=2,
-                                group_by_length=group_by_length)
+                                **({sampler: True} if sampler != "random" else {}))
     steps = fit_supernet(supernet, teacher, TINY_SPACE, _token_dataset(), load_tokenizer(None), work_dir, settings,
                          seed=3, is_regression=False, resume=resume, callbacks=callbacks)
     assert steps == 4
     return {k: v.clone() for k, v in supernet.model.state_dict().items()}
 
 
-@pytest.mark.parametrize("group_by_length", [False, True])
-def test_killed_and_resumed_training_matches_uninterrupted(tiny_shape, tmp_path, group_by_length):
-    straight = _train(tiny_shape, tmp_path / "straight", group_by_length=group_by_length)
+@pytest.mark.parametrize("sampler", ["random", "length_buckets"])
+def test_killed_and_resumed_training_matches_uninterrupted(tiny_shape, tmp_path, sampler):
+    straight = _train(tiny_shape, tmp_path / "straight", sampler=sampler)
     with pytest.raises(KeyboardInterrupt):
-        _train(tiny_shape, tmp_path / "killed", callbacks=[_KillAfterSave()], group_by_length=group_by_length)
+        _train(tiny_shape, tmp_path / "killed", callbacks=[_KillAfterSave()], sampler=sampler)
     assert (tmp_path / "killed" / "checkpoint-1").is_dir()
-    resumed = _train(tiny_shape, tmp_path / "killed", group_by_length=group_by_length)
+    resumed = _train(tiny_shape, tmp_path / "killed", sampler=sampler)
     initial = random_bert(tiny_shape, seed=11).state_dict()
     name = "bert.encoder.layer.1.intermediate.dense.weight"
     assert not torch.allclose(straight[name], initial[name])  # training really moved the weights
@@ -129,7 +129,7 @@ def test_killed_and_resumed_training_matches_uninterrupted(tiny_shape, tmp_path,
 
 
 def test_length_grouped_batches_pad_less_and_see_the_same_examples(tiny_shape, tmp_path, monkeypatch):
-    """group_by_length: the same examples (one epoch), in batches of similar lengths: less padding."""
+    """length_buckets and HF's group_by_length: the same examples (one epoch), in batches of similar lengths."""
     import eftnas_hw.supernet as supernet_module
 
     seen = {}
@@ -149,15 +149,18 @@ def test_length_grouped_batches_pad_less_and_see_the_same_examples(tiny_shape, t
     monkeypatch.setattr(supernet_module, "DataCollatorWithPadding", Recording)
     # only the batches matter here: steps that skip the forward and backward
     monkeypatch.setattr(supernet_module.SandwichTrainer, "training_step", lambda *args, **kwargs: torch.zeros(()))
-    for grouped in (False, True):
-        Recording.key = grouped
+    for sampler in ("random", "group_by_length", "length_buckets"):
+        Recording.key = sampler
         teacher = random_bert(tiny_shape, seed=11)
-        settings = SupernetSettings(epochs=1, batch_size=8, num_random=0, save_minutes=1e6, group_by_length=grouped)
+        settings = SupernetSettings(epochs=1, batch_size=8, num_random=0, save_minutes=1e6,
+                                    **({sampler: True} if sampler != "random" else {}))
         fit_supernet(ElasticBert(copy.deepcopy(teacher)), teacher, TINY_SPACE, data, load_tokenizer(None),
-                     tmp_path / str(grouped), settings, seed=3, is_regression=False, resume=False)
+                     tmp_path / sampler, settings, seed=3, is_regression=False, resume=False)
     padded = {k: sum(b[0] for b in v) / sum(b[1] for b in v) for k, v in seen.items()}
-    assert padded[True] < 1.2 < padded[False]  # random batches of 2-60 tokens pad to their longest
-    assert sorted(x for b in seen[True] for x in b[2]) == sorted(x for b in seen[False] for x in b[2])
+    assert padded["length_buckets"] < 1.2 < padded["random"]  # random batches of 2-60 tokens pad to their longest
+    assert padded["group_by_length"] < 1.2
+    examples = {k: sorted(x for b in v for x in b[2]) for k, v in seen.items()}
+    assert examples["length_buckets"] == examples["group_by_length"] == examples["random"]
 
 
 def test_evaluate_subnets_matches_one_by_one_predictions(tiny_shape):
@@ -240,3 +243,23 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
                  "--task", "sst2", "--out", str(tmp_path / "out"), "--max-steps", "1"])
     assert code == 2
     assert capsys.readouterr().err.startswith("eftnas-hw: error: ")
+
+
+def test_length_buckets_are_shuffled_batches_of_similar_lengths():
+    """Every example once per epoch; batches of near-equal lengths in random order (no long-to-short sweep); the
+    short last batch stays last; the same seed and epoch give the same order, another epoch another."""
+    from eftnas_hw.runtime import LengthBuckets
+
+    lengths = np.random.default_rng(0).integers(3, 64, 1000)
+    sampler = LengthBuckets(lengths.tolist(), batch_size=32, seed=7, mega=10)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000)) and order == list(sampler)
+    batches = [order[i:i + 32] for i in range(0, 1000, 32)]
+    assert len(batches[-1]) == 1000 % 32 and all(len(b) == 32 for b in batches[:-1])
+    spread = np.mean([np.ptp(lengths[b]) for b in batches[:-1]])
+    assert spread < 8 < np.ptp(lengths)  # random batches of 3-63 tokens spread ~55
+    widths = [lengths[b].max() for b in batches[:-1]]
+    falls = sum(a > b for a, b in zip(widths, widths[1:]))
+    assert 0.25 < falls / (len(widths) - 1) < 0.75  # batch order random, not sorted
+    sampler.set_epoch(1)
+    assert list(sampler) != order

@@ -2,17 +2,16 @@
 without a random subnet in the sandwich? And where does a run's time go?
 
     python tools/benchmark_training.py [--steps 24] [--rounds 2] [--max-length 64] [--num-random 1]
-        [--sampling random group_by_length] [--run RUN]
+        [--sampling random length_buckets] [--run RUN]
 
 Times the real training loop (`supernet.fit_supernet`: the sandwich rule, the teacher's forward, the distillation
 loss, AdamW) on the packaged MiniLM-L6 with SST-2 sentences (real ones from $EFTNAS_GLUE_DIR or
 ../shared/data/glue, else made-up ones of the same length) at the quick run's batch of 32. Each measurement trains
 two epochs of 32 x steps sentences and times the second (the first builds the optimizer and warms up; a whole
-epoch, because length-grouped batches come longest first), every mode interleaved in rounds; prints one JSON line
-per measurement, the medians (optimizer steps per second) and each mode's speed-up over f32 with random batches.
-bf16 is measured only where the CPU computes in it (AVX512-BF16, AMX). HF groups lengths within mega-batches of
-min(n / 4 batches, 50): here 6 batches, in a run of 6,000 sentences 46, so this understates grouping's gain. With
---run, it also prints the wall-clock each stage of that run folder took (its stages.json).
+epoch, because batch costs vary with their lengths), every mode interleaved in rounds; prints one JSON line per
+measurement, the medians (optimizer steps per second) and each mode's speed-up over f32 with random batches. bf16
+is measured only where the CPU computes in it (AVX512-BF16, AMX). With --run, it also prints the wall-clock each
+stage of that run folder took (its stages.json).
 """
 from __future__ import annotations
 
@@ -58,7 +57,7 @@ def steps_per_second(ctx: RunContext, space: SearchSpace, train, steps: int, mod
     teacher = load_model(None, num_labels=2)
     supernet = ElasticBert(load_model(None, num_labels=2))
     settings = SupernetSettings(max_steps=2 * steps, batch_size=32, num_random=mode.num_random, bf16=mode.bf16,
-                                group_by_length=mode.sampling == "group_by_length", save_minutes=1e6)
+                                save_minutes=1e6, **({mode.sampling: True} if mode.sampling != "random" else {}))
     timer = StepTimer()
     with tempfile.TemporaryDirectory(prefix="eftnas-bench-") as work:
         fit_supernet(supernet, teacher, space, train, ctx.tokenizer, work, settings, 0, False, resume=False,
@@ -106,8 +105,9 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=64, help="token truncation (the quick run's: 64)")
     parser.add_argument("--num-random", type=int, nargs="+", default=[1],
                         help="random subnets per sandwich step to measure (the quick run's: 1)")
-    parser.add_argument("--sampling", nargs="+", default=["random", "group_by_length"],
-                        choices=["random", "group_by_length"], help="batch sampling to measure")
+    parser.add_argument("--sampling", nargs="+", default=["random", "length_buckets"],
+                        choices=["random", "length_buckets", "group_by_length"],
+                        help="batch sampling to measure (group_by_length: HF's LengthGroupedSampler)")
     parser.add_argument("--run", help="a run folder: print its stages' wall-clock too")
     args = parser.parse_args()
 
