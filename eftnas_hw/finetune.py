@@ -75,7 +75,7 @@ def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSett
     trainer = BucketedTrainer(model=model, args=args, train_dataset=train, processing_class=ctx.tokenizer,
                               data_collator=DataCollatorWithPadding(ctx.tokenizer),
                               callbacks=[importance, CheckpointEveryMinutes(settings.save_minutes)],
-                              length_buckets=settings.length_buckets)
+                              length_buckets=settings.length_buckets, bucket_batches=settings.bucket_batches)
     checkpoint = get_last_checkpoint(str(work)) if resume and work.is_dir() else None
     if checkpoint:
         importance.resume_from(checkpoint)

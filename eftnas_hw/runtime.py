@@ -82,16 +82,16 @@ class LengthBucketing:
     """Trainer mixin: `length_buckets=True` draws the training batches from `LengthBuckets` over the examples'
     token counts, instead of the sampler `train_sampling_strategy` names."""
 
-    def __init__(self, *args, length_buckets: bool = False, **kwargs):
+    def __init__(self, *args, length_buckets: bool = False, bucket_batches: int = 50, **kwargs):
         super().__init__(*args, **kwargs)
-        self.length_buckets = length_buckets
+        self.length_buckets, self.bucket_batches = length_buckets, bucket_batches
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if not self.length_buckets or dataset is None:
             return super()._get_train_sampler(train_dataset)
         lengths = [len(ids) for ids in dataset.select_columns(["input_ids"]).to_dict()["input_ids"]]
-        return LengthBuckets(lengths, self.args.train_batch_size, self.args.seed)
+        return LengthBuckets(lengths, self.args.train_batch_size, self.args.seed, self.bucket_batches)
 
 
 def compute_device() -> torch.device:

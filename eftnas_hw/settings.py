@@ -162,6 +162,8 @@ GROUP_BY_LENGTH_HELP = ("HF's LengthGroupedSampler: batches of similar lengths, 
                         "mega-batch (measured: as good on SST-2, 5-9 points worse on STS-B; see length_buckets)")
 LENGTH_BUCKETS_HELP = ("batches of similar lengths in random order (runtime.LengthBuckets): less padding for the same "
                        "examples and steps")
+BUCKET_BATCHES_HELP = ("length_buckets: how many random batches are sorted by length together (50: near-uniform "
+                       "lengths per batch; fewer keep batches more mixed and pad more)")
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ class FinetuneSettings(Settings):
     bf16: bool | str = setting(False, BF16_HELP, choices=("auto",))
     group_by_length: bool = setting(False, GROUP_BY_LENGTH_HELP, keyed_when_set=True)
     length_buckets: bool = setting(False, LENGTH_BUCKETS_HELP, keyed_when_set=True)
+    bucket_batches: int = setting(50, BUCKET_BATCHES_HELP, low=1, keyed_when_set=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -277,6 +280,7 @@ class SupernetSettings(Settings):
     bf16: bool | str = setting(False, BF16_HELP, choices=("auto",))
     group_by_length: bool = setting(False, GROUP_BY_LENGTH_HELP, keyed_when_set=True)
     length_buckets: bool = setting(False, LENGTH_BUCKETS_HELP, keyed_when_set=True)
+    bucket_batches: int = setting(50, BUCKET_BATCHES_HELP, low=1, keyed_when_set=True)
     report_random: int = setting(3, "seeded random subnets evaluated in report.json", low=0)
 
     def __post_init__(self) -> None:

@@ -143,7 +143,7 @@ def fit_supernet(supernet: ElasticBert, teacher: nn.Module, space: SearchSpace, 
                               processing_class=tokenizer, supernet=supernet, space=space,
                               callbacks=[CheckpointEveryMinutes(settings.save_minutes), *callbacks],
                               teacher=teacher, settings=settings, is_regression=is_regression,
-                              length_buckets=settings.length_buckets)
+                              length_buckets=settings.length_buckets, bucket_batches=settings.bucket_batches)
     checkpoint = get_last_checkpoint(str(work_dir)) if resume and Path(work_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=checkpoint)
     supernet.model.eval()

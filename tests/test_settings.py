@@ -100,7 +100,7 @@ def test_stage_keys_leave_out_later_settings_at_their_defaults():
     """A setting added later (keyed_when_set) keeps earlier runs' stage keys while at its default; set, it counts."""
     default = RunConfig()
     assert "group_by_length" not in default.supernet.key() and "group_by_length" in default.supernet.to_dict()
-    later = ("group_by_length", "length_buckets")
+    later = ("group_by_length", "length_buckets", "bucket_batches")
     assert {k: v for k, v in default.supernet.to_dict().items() if k not in later} == default.supernet.key()
     grouped = default.merged(parse_assignment("supernet.group_by_length=true"))
     assert grouped.supernet.key()["group_by_length"] is True and grouped.key()["supernet"] == grouped.supernet.key()

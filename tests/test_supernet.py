@@ -263,3 +263,5 @@ def test_length_buckets_are_shuffled_batches_of_similar_lengths():
     assert 0.25 < falls / (len(widths) - 1) < 0.75  # batch order random, not sorted
     sampler.set_epoch(1)
     assert list(sampler) != order
+    mixed = list(LengthBuckets(lengths.tolist(), batch_size=32, seed=7, mega=2))  # pairs of batches sorted together
+    assert spread < np.mean([np.ptp(lengths[mixed[i:i + 32]]) for i in range(0, 992, 32)]) < np.ptp(lengths)
