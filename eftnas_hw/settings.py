@@ -4,7 +4,7 @@ so a default lives in one place and a mistyped or unknown key is refused, at any
 
 The defaults are the full budget a user would run (the paper's epochs, population and evaluations).
 `QUICK_RUN` is the one named budget on top of them: what `eftnas-hw run` trains without a config (the README's
-main command, 8-10 minutes on 2 cores).
+main command, under 10 minutes on 2 cores).
 """
 from __future__ import annotations
 
@@ -396,20 +396,18 @@ class RunConfig(Settings):
         return config.merged(overrides or {})
 
 
-# The budget of `eftnas-hw run` without --config (the README's main command: 8-10 minutes on 2 cores). A run
+# The budget of `eftnas-hw run` without --config (the README's main command: under 10 minutes on 2 cores). A run
 # config file is applied on top of it; everything not named here takes the full-budget defaults above.
 QUICK_RUN: dict[str, Any] = {
     "max_length": 64,
     "latency": {"build": {"ffn_step": 256}},
-    # batches of similar lengths in both training stages: SST-2's random batches of 32 pad to 3x the real tokens at
-    # length 64; grouped, the super-network's 200 steps took 137 s instead of 344 s on the EPYC, with a front as good
-    # (README "A default run under 10 minutes"); bf16 autocast where the CPU computes it natively
-    "finetune": {"epochs": 1.0, "max_train": 6000, "length_buckets": True},
+    "finetune": {"epochs": 1.0, "max_train": 6000},
     # lr 1e-4, not the full budget's 3e-5: 200 steps are about one epoch of 6000 sentences, too few for the small
     # subnets to move far at 3e-5 (README "Super-network levers": +1-2 points along the INT8 fronts, same time).
-    # One random subnet per sandwich step: without it the fronts lost their fast end (session 11, two task-seeds).
-    "supernet": {"max_steps": 200, "max_train": 6000, "num_random": 1, "lr": 1e-4, "length_buckets": True,
-                 "bf16": "auto"},
+    # Length buckets: SST-2's random batches of 32 pad to 3x their real tokens at length 64; bucketed, the 200 steps
+    # took 144 s instead of 344 s with a front as good; on STS-B they cost 1.5-2 points (README "A default run
+    # under 10 minutes"). One random subnet per step: without it the fronts lost their fast end.
+    "supernet": {"max_steps": 200, "max_train": 6000, "num_random": 1, "lr": 1e-4, "length_buckets": True},
     "search": {"pop_size": 20, "n_evals": 120, "max_search": 400},
 }
 
