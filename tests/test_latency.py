@@ -11,6 +11,7 @@ from eftnas_hw.cli import main
 from eftnas_hw.errors import UserError
 from eftnas_hw.latency import LatencyTable, Profile, build_table, hardware_fingerprint, random_subnets
 from eftnas_hw.latency import profiler
+from eftnas_hw.latency.profiler import spread_subnets
 from eftnas_hw.settings import TableBuildSettings
 from eftnas_hw.subnet import BertShape, SubnetConfig
 
@@ -210,6 +211,19 @@ def test_random_subnets_are_seeded_and_valid():
     # removed attention and FFN blocks, the options hardware-aware spaces contain, are among them
     assert any(0 in s.heads for s in a) and any(0 in s.ffn for s in a)
     assert all(f % 64 == 0 for s in a for f in s.ffn)
+
+
+def test_spread_subnets_cover_the_range_from_the_smallest_to_the_full_model():
+    """Calibration and anchor subnets reach the small end a plain random draw of the same number misses."""
+    shape = BertShape(6, 384, 12, 32, 1536)
+    macs = lambda s: s.macs(shape)  # noqa: E731
+    spread = spread_subnets(shape, 8, seed=3, cost=macs)
+    assert spread[0] == shape.full_subnet() and len(spread) == 8
+    costs = [macs(s) for s in spread[1:]]
+    assert costs == sorted(costs)
+    pool = random_subnets(shape, 16 * 8, seed=3)
+    assert costs[0] == min(map(macs, pool)) and costs[-1] == max(map(macs, pool))
+    assert costs[0] < min(map(macs, random_subnets(shape, 8, seed=3)))
 
 
 @pytest.fixture(scope="module")

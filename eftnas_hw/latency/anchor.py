@@ -24,7 +24,7 @@ from ..models import build_subnet, random_bert
 from ..settings import AnchorSettings
 from .fingerprint import hardware_fingerprint
 from .measure import measure_models_ms
-from .profiler import errors, leave_one_out, random_subnets, relative_fit
+from .profiler import errors, leave_one_out, relative_fit, spread_subnets
 from .table import LatencyTable
 
 
@@ -38,10 +38,7 @@ def anchor_table(table: LatencyTable, settings: AnchorSettings = AnchorSettings(
     n, rounds, seed = settings.subnets, settings.rounds, settings.seed
     started = time.time()
     shape, profile = table.shape, table.profile
-    # spread over the table's whole range (evenly spaced quantiles of 16x as many random subnets): a fit on subnets
-    # that happen to be mid-sized extrapolates badly to the small ones
-    pool = sorted(random_subnets(shape, 16 * n, seed), key=table.calibrated_ms)
-    subnets = [shape.full_subnet()] + [pool[round(i)] for i in np.linspace(0, len(pool) - 1, n - 1)]
+    subnets = spread_subnets(shape, n, seed, table.calibrated_ms)
     model = random_bert(shape, seed)
     stats = measure_models_ms([build_subnet(model, s) for s in subnets], profile, rounds,
                               desc="re-anchoring" if progress else None)

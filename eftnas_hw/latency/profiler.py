@@ -10,8 +10,9 @@ Why blocks are measured this way (decided from measurements on this machine):
   its own, at the real size.
 - Summing blocks misses interactions (a removed sub-block leaves residual adds and layer norms behind, fused
   kernels differ at the seams, caches are warmer inside one model). A linear calibration on whole random
-  subnets measured end to end absorbs them (`table.py`, step 2). Two candidate calibrations are fitted, the scaled
-  block sum and the scaled block sum plus a cost per attention/FFN block kept, and the one with the lower
+  subnets measured end to end, spread from the smallest to the full model (`spread_subnets`), absorbs them
+  (`table.py`, step 2). Three candidate calibrations are fitted, the block sum times a scale, the scaled block sum
+  plus an offset, and that plus a cost per attention/FFN block kept, and the one with the lower
   leave-one-out error is stored, fitted on all subnets; the leave-one-out predictions are the table's validation
   (each subnet predicted by a calibration that never saw it), beside a MAC count calibrated the same way, so the
   table shows whether it beats MACs. Why leave-one-out rather than a split: on the EPYC's bf16 table a calibration
@@ -44,6 +45,9 @@ from .profiles import Profile
 from .table import CALIBRATION_FEATURES, FORMAT, VERSION, LatencyTable
 
 BLOCK_VOCAB = 512
+# How the calibration subnets are chosen (recorded with the build settings: a partial build of another selection is
+# not resumed).
+SELECTION = "spread over the block-sum range (spread_subnets)"
 
 
 def random_subnets(shape: BertShape, n: int, seed: int, width_step: int = 64,
@@ -68,6 +72,19 @@ def random_subnets(shape: BertShape, n: int, seed: int, width_step: int = 64,
             ffn.append(min(f, shape.intermediate_size))
         nets.append(SubnetConfig(tuple(heads), tuple(ffn)))
     return nets
+
+
+def spread_subnets(shape: BertShape, n: int, seed: int, cost) -> list[SubnetConfig]:
+    """The full model and n-1 random subnets at evenly spaced quantiles of `cost` among 16n random ones.
+
+    Why: a fit on subnets that happen to be mid-sized extrapolates badly to the small ones. On this EPYC's bf16
+    tables, calibrations fitted on 32 plain random subnets (the smallest 3.3 ms) put an offset into every
+    prediction that made a 1.0 ms subnet 1.25-1.42 ms, and the re-anchoring, which times such subnets, then
+    refused tables built minutes earlier on the same machine (leave-one-out 9-11%, the same on every repetition:
+    the table, not the measurement noise). Calibration and anchor both draw their subnets this way.
+    """
+    pool = sorted(random_subnets(shape, 16 * n, seed), key=cost)
+    return [shape.full_subnet()] + [pool[round(i)] for i in np.linspace(0, len(pool) - 1, n - 1)]
 
 
 def ffn_grid(shape: BertShape, step: int) -> list[int]:
@@ -108,7 +125,8 @@ def _measure_group(progress: _Progress, key: str, build, profile: Profile, round
 
 
 # The candidate calibrations (`table.CALIBRATION_FEATURES` they use); the unused features get coefficient 0.
-CALIBRATIONS = {"scaled block sum": ("block_sum_ms", "one"),
+CALIBRATIONS = {"block sum x scale": ("block_sum_ms",),
+                "scaled block sum": ("block_sum_ms", "one"),
                 "scaled block sum + cost per kept block": CALIBRATION_FEATURES}
 
 
@@ -153,7 +171,7 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
     started = time.time()
     out = check_writable(out)
     grid = ffn_grid(shape, settings.ffn_step)
-    recorded = {**settings.to_dict(), "burst": BURST}
+    recorded = {**settings.to_dict(), "burst": BURST, "subnet_selection": SELECTION}
     header = {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),
               "fingerprint": hardware_fingerprint(profile), "settings": recorded}
     state = _Progress(out, header, resume)
@@ -161,9 +179,11 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
         return LatencyTable(state.data)
     label = (lambda text: text) if progress else (lambda text: None)
     blocks, block_stats = _measure_blocks(state, shape, profile, settings, grid, label)
-    subnets = random_subnets(shape, settings.subnets, settings.seed)
-    # The full model is always a calibration point: it anchors the top of the range the search cares about.
-    subnets[0] = shape.full_subnet()
+    # The full model is always a calibration point: it anchors the top of the range the search cares about; the
+    # others spread over the whole range by their block sums.
+    identity = dict(zip(CALIBRATION_FEATURES, (1.0, 0.0, 0.0, 0.0)))
+    raw = LatencyTable(dict(state.data, blocks=blocks, complete=True, calibration={"coef": identity}))
+    subnets = spread_subnets(shape, settings.subnets, settings.seed, raw.raw_ms)
     full = random_bert(shape, settings.seed)
     groups, references = [], []
     for start in range(0, len(subnets), settings.group_size):
@@ -179,9 +199,7 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
     measured = [dict(m, ms=m["ms"] * level / ref, unscaled_ms=m["ms"]) for ref, g in zip(references, groups)
                 for m in g]
     data = dict(state.data, blocks=blocks)
-    identity = dict(zip(CALIBRATION_FEATURES, (1.0, 0.0, 0.0, 0.0)))
-    data.update(_calibrate_and_validate(LatencyTable(dict(data, complete=True, calibration={"coef": identity})),
-                                        subnets, measured, block_stats))
+    data.update(_calibrate_and_validate(raw, subnets, measured, block_stats))
     data["validation"]["stability"]["drift_reference_ms"] = references
     data["build_minutes"] = data.get("build_minutes", 0.0) + (time.time() - started) / 60
     data["complete"] = True
