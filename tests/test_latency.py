@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from eftnas_hw.cli import main
@@ -200,6 +202,40 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
         build_table(MICRO, PROFILE, out, replace(settings, ffn_step=64), progress=False)
 
 
+def test_a_machine_whose_latency_curves_gets_the_log_curve_calibration(tmp_path, monkeypatch):
+    """Where whole subnets' latency is not linear in the block sum (here: a power of their additive cost, while the
+    1-layer block models stay additive, as bf16 on the EPYC bends whole models), the curve candidate wins the
+    leave-one-out; on an additive machine a linear one wins."""
+    def machine(power):
+        def measure(models, profile, rounds=5, desc=None):
+            cost = [1e-3 * sum(p.numel() for p in m.parameters()) for m in models]
+            return [dict(ms=c if m.config.num_hidden_layers == 1 else c ** power, spread=0.1, disagreement=0.0,
+                         wall_over_cpu=1.0, unstable=False) for c, m in zip(cost, models)]
+        return measure
+
+    shape, settings = replace(MICRO, num_layers=3), TableBuildSettings(ffn_step=32, subnets=10, group_size=4)
+    monkeypatch.setattr(profiler, "measure_models_ms", machine(0.7))
+    curved = build_table(shape, PROFILE, tmp_path / "curved.json", settings, progress=False)
+    assert curved.data["calibration"]["model"] == profiler.LOG_CURVE and curved.log_curve is not None
+    assert curved.validation["mape_pct"] < curved.validation["candidates"]["scaled block sum"]["mape_pct"]
+    assert "a +" in profiler.summary_lines(curved)[0] or "a -" in profiler.summary_lines(curved)[0]
+    reloaded = LatencyTable.load(tmp_path / "curved.json")
+    for row in curved.validation["subnets"]:
+        subnet = SubnetConfig(tuple(row["subnet"]["heads"]), tuple(row["subnet"]["ffn"]))
+        assert reloaded.predict_ms(subnet) == pytest.approx(curved.predict_ms(subnet))
+        assert curved.predict_ms(subnet) == pytest.approx(row["measured"]["ms"], rel=0.05)  # the curve holds
+    monkeypatch.setattr(profiler, "measure_models_ms", machine(1.0))
+    linear = build_table(shape, PROFILE, tmp_path / "linear.json", settings, progress=False)
+    assert linear.data["calibration"]["model"] != profiler.LOG_CURVE and linear.log_curve is None
+
+
+def test_fit_log_curve_recovers_a_curve():
+    x = np.linspace(1.0, 20.0, 12)
+    y = np.exp(0.3 + 0.9 * np.log(x) - 0.02 * np.log(x) ** 2)
+    assert profiler.fit_log_curve(x, y) == pytest.approx({"a": 0.3, "b": 0.9, "c": -0.02}, abs=1e-9)
+    assert profiler.leave_one_out(x, y, profiler.log_curve_prediction) == pytest.approx(y, rel=1e-9)
+
+
 def test_random_subnets_are_seeded_and_valid():
     shape = BertShape(6, 384, 12, 32, 1536)
     a, b = random_subnets(shape, 20, seed=3), random_subnets(shape, 20, seed=3)
@@ -273,6 +309,8 @@ def slower_machine_table(real_table: Path, tmp_path: Path) -> Path:
     builder's fingerprint names another CPU."""
     data = json.loads(real_table.read_text())
     data["calibration"]["coef"] = {k: 3 * v for k, v in data["calibration"]["coef"].items()}
+    if data["calibration"].get("log_curve"):
+        data["calibration"]["log_curve"]["a"] += math.log(3)
     data["fingerprint"]["cpu"] = "Same Kind, Other Machine"
     path = tmp_path / "carried.json"
     path.write_text(json.dumps(data))

@@ -9,10 +9,11 @@ Why blocks are measured this way (decided from measurements on this machine):
   beside other work); the fixed part (embeddings with the real vocabulary, pooler, classifier) is measured on
   its own, at the real size.
 - Summing blocks misses interactions (a removed sub-block leaves residual adds and layer norms behind, fused
-  kernels differ at the seams, caches are warmer inside one model). A linear calibration on whole random
+  kernels differ at the seams, caches are warmer inside one model). A calibration on whole random
   subnets measured end to end, spread from the smallest to the full model (`spread_subnets`), absorbs them
-  (`table.py`, step 2). Three candidate calibrations are fitted, the block sum times a scale, the scaled block sum
-  plus an offset, and that plus a cost per attention/FFN block kept, and the one with the lower
+  (`table.py`, step 2). Four candidate calibrations are fitted, the block sum times a scale, the scaled block sum
+  plus an offset, that plus a cost per attention/FFN block kept, and a quadratic curve in the log of the block sum,
+  and the one with the lowest
   leave-one-out error is stored, fitted on all subnets; the leave-one-out predictions are the table's validation
   (each subnet predicted by a calibration that never saw it), beside a MAC count calibrated the same way, so the
   table shows whether it beats MACs. Why leave-one-out rather than a split: on the EPYC's bf16 table a calibration
@@ -42,7 +43,7 @@ from ..subnet import BertShape, SubnetConfig
 from .fingerprint import hardware_fingerprint
 from .measure import BURST, measure_models_ms
 from .profiles import Profile
-from .table import CALIBRATION_FEATURES, FORMAT, VERSION, LatencyTable
+from .table import CALIBRATION_FEATURES, FORMAT, VERSION, LatencyTable, log_curve_ms
 
 BLOCK_VOCAB = 512
 # How the calibration subnets are chosen (recorded with the build settings: a partial build of another selection is
@@ -130,18 +131,39 @@ CALIBRATIONS = {"block sum x scale": ("block_sum_ms",),
                 "scaled block sum + cost per kept block": CALIBRATION_FEATURES}
 
 
+# The curve candidate (`table.py`, step 2): a quadratic in the log of the block sum, fitted to the log of the measured
+# latency (least squares of log errors: relative errors, as `relative_fit`).
+LOG_CURVE = "log-quadratic in the block sum"
+
+
+def fit_log_curve(block_sum_ms: np.ndarray, y: np.ndarray) -> dict:
+    """{"a", "b", "c"} of ln(y) ~ a + b ln(sum) + c ln(sum)^2."""
+    c, b, a = np.polyfit(np.log(block_sum_ms), np.log(y), 2)
+    return {"a": float(a), "b": float(b), "c": float(c)}
+
+
 def relative_fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Coefficients c of `y ~ x @ c` by least squares of the relative errors (each row divided by its measurement,
     so a 1 ms subnet counts as much as the full model): what the calibration, the MAC baseline and the anchor fit."""
     return np.linalg.lstsq(x / y[:, None], np.ones(len(y)), rcond=None)[0]
 
 
-def leave_one_out(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Each row's prediction by `relative_fit` on all the other rows."""
+def linear_prediction(x_fit: np.ndarray, y_fit: np.ndarray, x: np.ndarray) -> float:
+    """`x @ c`, c fitted by `relative_fit` on the other rows."""
+    return float(x @ relative_fit(x_fit, y_fit))
+
+
+def log_curve_prediction(x_fit: np.ndarray, y_fit: np.ndarray, x: float) -> float:
+    """The log curve fitted on the other block sums, at block sum `x`."""
+    return log_curve_ms(fit_log_curve(x_fit, y_fit), x)
+
+
+def leave_one_out(x: np.ndarray, y: np.ndarray, prediction=linear_prediction) -> np.ndarray:
+    """Each row's prediction by a fit on all the other rows (`prediction(x_others, y_others, x_row)`)."""
     out = np.empty(len(y))
     for i in range(len(y)):
         mask = np.arange(len(y)) != i
-        out[i] = x[i] @ relative_fit(x[mask], y[mask])
+        out[i] = prediction(x[mask], y[mask], x[i])
     return out
 
 
@@ -239,13 +261,18 @@ def _calibrate_and_validate(table: LatencyTable, subnets: list[SubnetConfig], me
     macs = np.array([[s.macs(shape, profile.seq_len, profile.batch) / 1e9, 1.0] for s in subnets])
     candidates = {name: leave_one_out(_features(table, subnets, features), y)
                   for name, features in CALIBRATIONS.items()}
+    block_sums = _features(table, subnets, ("block_sum_ms",))[:, 0]
+    candidates[LOG_CURVE] = leave_one_out(block_sums, y, log_curve_prediction)
     scores = {name: errors(p, y) for name, p in candidates.items()}
     chosen = min(scores, key=lambda name: scores[name]["mape_pct"])
     mac_fit = leave_one_out(macs, y)
     everything = block_stats + measured
     unstable = [m for m in everything if m["unstable"]]
-    calibration = {"coef": fit_calibration(table, subnets, y, CALIBRATIONS[chosen]), "model": chosen,
-                   "method": "least squares of relative error on all measured subnets"}
+    if chosen == LOG_CURVE:  # the linear coefficients are kept at 0: the curve replaces them
+        calibration = {"coef": dict.fromkeys(CALIBRATION_FEATURES, 0.0), "log_curve": fit_log_curve(block_sums, y)}
+    else:
+        calibration = {"coef": fit_calibration(table, subnets, y, CALIBRATIONS[chosen])}
+    calibration.update(model=chosen, method="least squares of relative (log) error on all measured subnets")
     validation = {
         "n": len(subnets), "method": "leave-one-out: each subnet predicted by the calibration fitted without it",
         **scores[chosen], "candidates": scores,
@@ -271,7 +298,8 @@ def summary_lines(table: LatencyTable) -> list[str]:
         f"table for {table.shape.describe()} under {table.profile.name} "
         f"({table.profile.threads} thread(s), batch {table.profile.batch}, seq {table.profile.seq_len}, "
         f"{table.profile.precision}); calibration ({table.data['calibration']['model']}): "
-        + ", ".join(f"{name} {c:+.4f}" for name, c in zip(CALIBRATION_FEATURES, table.coef)),
+        + (", ".join(f"{name} {c:+.4f}" for name, c in zip("abc", table.log_curve)) if table.log_curve else
+           ", ".join(f"{name} {c:+.4f}" for name, c in zip(CALIBRATION_FEATURES, table.coef))),
         f"validated leave-one-out on {v['n']} random subnets (lowest round median of interleaved runs):",
         f"  table:           MAPE {v['mape_pct']:.2f}%  worst {v['worst_pct']:.2f}%  within 5% "
         f"{100 * v['within_5pct']:.0f}%  within 10% {100 * v['within_10pct']:.0f}%  Spearman {v['spearman']:.4f}",
