@@ -298,7 +298,7 @@ def summary_lines(table: LatencyTable) -> list[str]:
         f"table for {table.shape.describe()} under {table.profile.name} "
         f"({table.profile.threads} thread(s), batch {table.profile.batch}, seq {table.profile.seq_len}, "
         f"{table.profile.precision}); calibration ({table.data['calibration']['model']}): "
-        + (", ".join(f"{name} {c:+.4f}" for name, c in zip("abc", table.log_curve)) if table.log_curve else
+        + (", ".join(f"{name} {c:+.4f}" for name, c in table.log_curve.items()) if table.log_curve else
            ", ".join(f"{name} {c:+.4f}" for name, c in zip(CALIBRATION_FEATURES, table.coef))),
         f"validated leave-one-out on {v['n']} random subnets (lowest round median of interleaved runs):",
         f"  table:           MAPE {v['mape_pct']:.2f}%  worst {v['worst_pct']:.2f}%  within 5% "

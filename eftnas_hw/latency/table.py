@@ -9,7 +9,7 @@ Prediction (microseconds, no model in sight), in three steps:
    (`log_curve`: ms = exp(a + b ln(sum) + c ln(sum)^2)). Why the curve: in bf16 on the EPYC the measured/summed ratio
    rises from the full model to mid-sized subnets and falls again for the smallest, a wave no linear form of these
    features follows (mid-sized subnets 4-9% above the linear table); the curve predicts the default run's front within
-   1.8% where the linear table missed by up to 9%. Why the counts: a removed sub-block does
+   1.6% where the linear table missed by up to 9%. Why the counts: a removed sub-block does
    not remove all of its cost once it sits in a real model (fused kernels and layer norms at the seams, and in
    bf16/INT8 the conversions and fixed per-operation costs that dominate small blocks), so subnets with removed
    blocks came out under-predicted by 15-25% from the block sum alone;
@@ -72,12 +72,12 @@ class LatencyTable:
                                 "earlier versions used another protocol and cost model): build it again")
             coef = data["calibration"]["coef"]
             self.coef = [float(coef[name]) for name in CALIBRATION_FEATURES]
-            curve = data["calibration"].get("log_curve")  # (a, b, c), replaces the linear coefficients when set
-            self.log_curve = None if curve is None else tuple(float(curve[k]) for k in "abc")
+            curve = data["calibration"].get("log_curve")  # {a, b, c}: replaces the linear coefficients when set
+            self.log_curve = None if curve is None else {k: float(curve[k]) for k in "abc"}
             anchor = data.get("anchor") or {"scale": 1.0, "offset_ms": 0.0}
             self.anchor_scale, self.anchor_offset_ms = float(anchor["scale"]), float(anchor["offset_ms"])
-            if not np.all(np.isfinite([*self.coef, *(self.log_curve or ()), self.anchor_scale, self.anchor_offset_ms])) \
-                    or self.anchor_scale <= 0:
+            numbers = [*self.coef, *(self.log_curve or {}).values(), self.anchor_scale, self.anchor_offset_ms]
+            if not np.all(np.isfinite(numbers)) or self.anchor_scale <= 0:
                 raise ValueError("calibration and anchor coefficients must be finite (anchor scale positive)")
             if self.predict_ms(self.shape.full_subnet()) <= 0:
                 raise ValueError("the full model is predicted at no time or less")
@@ -137,7 +137,7 @@ class LatencyTable:
     def calibrated_ms(self, subnet: SubnetConfig) -> float:
         """The prediction on the machine the table was built on (steps 1-2, no anchor)."""
         if self.log_curve is not None:
-            return log_curve_ms(dict(zip("abc", self.log_curve)), self.raw_ms(subnet))
+            return log_curve_ms(self.log_curve, self.raw_ms(subnet))
         return sum(c * x for c, x in zip(self.coef, self.features(subnet)))
 
     def predict_ms(self, subnet: SubnetConfig) -> float:
