@@ -26,14 +26,21 @@ from .evaluate import SubnetEvaluator, ir_logits, runtime_config
 from .evolution import select_subnet, spread_along_front
 from .export import export_openvino, export_task
 from .files import check_writable, read_json, write_json_atomic, write_text_atomic
-from .latency import STATISTIC, LatencyTable, Profile, anchor_line, hardware_fingerprint, measure_ir_ms
+from .latency import STATISTIC, LatencyTable, Profile, anchor_line, hardware_fingerprint
+from .latency.measure import ir_path, measure_compiled
 from .reports import EXPORT_SUMMARY, write_export_summary
 from .search import load_search
 from .subnet import EvaluatedSubnet, SubnetConfig
 from .supernet import REPORT_FILE, load_supernet
 
 RECORD_NAME = "eftnas_export.json"
+PENDING_NAME = "eftnas_export.pending.json"  # exported and evaluated, not yet measured (removed once it is)
 RUN_NAME = "export.json"
+# The exported models are timed together in interleaved rounds once all are exported, not one by one after each
+# export: on a 2-vCPU VM a noisy period then inflates rounds of every model alike, and the lowest round median drops
+# them. Timed one by one, the default run's front on an AVX2 EPYC read -3% to +22% off the same IRs re-timed
+# interleaved minutes later (MAPE 7.2% against the table, 2.4% re-timed; README "Latency tables").
+MEASURE_ROUNDS = 8
 # Profile fields that change latency: a table built under other values cannot predict this measurement.
 LATENCY_FIELDS = ("device", "threads", "streams", "batch", "seq_len", "hint")
 
@@ -106,8 +113,9 @@ def export_subnets(ctx: RunContext, supernet: ElasticBert, subnets: Sequence[Eva
     """Export each subnet to out_dir/subnet-NN/, resumably, under `ctx`'s profile and latency table.
 
     Per model: extract (no fine-tuning), export (dynamic shapes, optional NNCF INT8 calibrated on training
-    sentences), measure latency under the profile, evaluate the IR and the PyTorch subnet on the dev set, write
-    README.md (model card) and eftnas_export.json. Writes out_dir/summary.{json,csv}; returns the records.
+    sentences), evaluate the IR and the PyTorch subnet on the dev set. Then all of them are timed together under
+    the profile (MEASURE_ROUNDS interleaved rounds) and each gets README.md (model card) and eftnas_export.json.
+    Writes out_dir/summary.{json,csv}; returns the records.
     """
     if supernet.shape.num_labels != ctx.spec.num_labels:
         raise UserError(f"the super-network has {supernet.shape.num_labels} outputs, task {ctx.spec.name} needs "
@@ -130,25 +138,33 @@ def export_subnets(ctx: RunContext, supernet: ElasticBert, subnets: Sequence[Eva
     calibration = calibration_texts(ctx.spec, ctx.splits["train"], calibration_size) if int8 else None
     evaluator = SubnetEvaluator(supernet, ctx.dev, ctx.spec, batch_size)  # dev batches: once for all models
     fingerprint = hardware_fingerprint(profile)
-    done = []
-    for i, record in enumerate(tqdm(records, desc="export", unit="model", disable=not progress)):
-        folder = out_dir / f"subnet-{i:02d}"
-        if (folder / RECORD_NAME).exists():  # finished by an interrupted run with the same settings (checked above)
-            done.append(ExportedModel.from_dict(read_json(folder / RECORD_NAME, "export record")))
-            continue
-        done.append(_export_one(ctx, evaluator, record, folder, profile, calibration, source, fingerprint))
+    folders = [out_dir / f"subnet-{i:02d}" for i in range(len(records))]
+    for record, folder in zip(tqdm(records, desc="export", unit="model", disable=not progress), folders):
+        # a folder with a record or a pending one was finished that far by an interrupted run with the same
+        # settings (checked above)
+        if not (folder / RECORD_NAME).exists() and not (folder / PENDING_NAME).exists():
+            _export_and_evaluate(ctx, evaluator, record, folder, profile, calibration, source, fingerprint)
+    pending = [f for f in folders if not (f / RECORD_NAME).exists()]
+    if pending:
+        stats = measure_compiled([ir_path(f) for f in pending], profile, MEASURE_ROUNDS,
+                                 desc="measuring" if progress else None)
+        for folder, measured in zip(pending, stats):
+            result = replace(ExportedModel.from_dict(read_json(folder / PENDING_NAME, "pending export record")),
+                             measured_ms=measured["ms"], measured=measured)
+            write_text_atomic(folder / "README.md", model_card(result, supernet.shape))
+            write_json_atomic(folder / RECORD_NAME, result.to_dict())  # the marker of a finished model
+            (folder / PENDING_NAME).unlink()
+    done = [ExportedModel.from_dict(read_json(f / RECORD_NAME, "export record")) for f in folders]
     write_export_summary(done, out_dir)
     return done
 
 
-def _export_one(ctx: RunContext, evaluator: SubnetEvaluator, record: EvaluatedSubnet, folder: Path,
-                profile: Profile, calibration: list | None, source: dict, fingerprint: dict) -> ExportedModel:
-    """Extract, export, measure and evaluate one subnet; its card and record are written last (the marker of a
-    finished model for a resumed export)."""
+def _export_and_evaluate(ctx: RunContext, evaluator: SubnetEvaluator, record: EvaluatedSubnet, folder: Path,
+                         profile: Profile, calibration: list | None, source: dict, fingerprint: dict) -> None:
+    """Extract, export and evaluate one subnet; writes its record, still without a measurement, as PENDING_NAME."""
     cfg, table, task, supernet = record.config, ctx.table, ctx.spec.name, evaluator.supernet
     model = supernet.set_active_subnet(cfg).get_active_subnet().eval()
     export_openvino(model, folder, ctx.tokenizer, static_shape=None, calibration_texts=calibration, overwrite=True)
-    measured = measure_ir_ms(folder, profile)
     ir_metrics = evaluator.score(ir_logits(folder, evaluator, runtime_config(profile)))
     torch_metrics = evaluator(cfg)
     predicted = table.predict_ms(cfg) if table is not None else record.latency_ms
@@ -156,7 +172,7 @@ def _export_one(ctx: RunContext, evaluator: SubnetEvaluator, record: EvaluatedSu
         name=folder.name, subnet=replace(record, gmacs=cfg.gmacs(supernet.shape, profile.seq_len),
                                          latency_ms=predicted),
         task=task, metric_name=ctx.spec.main_metric, precision=profile.precision,
-        measured_ms=measured["ms"], measured_statistic=STATISTIC, measured=measured,
+        measured_ms=0.0, measured_statistic=STATISTIC, measured={},
         ir_dev_metric=ir_metrics["metric"], ir_dev_metrics=ir_metrics, torch_dev_metric=torch_metrics["metric"],
         params=cfg.params(supernet.shape), profile=profile.to_dict(), fingerprint=fingerprint,
         table_fingerprint=table.machine if table is not None else None,
@@ -166,9 +182,7 @@ def _export_one(ctx: RunContext, evaluator: SubnetEvaluator, record: EvaluatedSu
         label_names=() if ctx.spec.qa else tuple(str(model.config.id2label[i])
                                                  for i in range(model.config.num_labels)),
         head=export_task(model))
-    write_text_atomic(folder / "README.md", model_card(result, supernet.shape))
-    write_json_atomic(folder / RECORD_NAME, result.to_dict())
-    return result
+    write_json_atomic(folder / PENDING_NAME, result.to_dict())
 
 
 def load_exports(out_dir: str | os.PathLike) -> list[ExportedModel]:

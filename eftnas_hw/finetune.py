@@ -19,7 +19,7 @@ from .errors import UserError
 from .files import atomic_output_dir, check_writable, json_digest, write_json_atomic
 from .importance import SCORES_NAME, ImportanceCallback, save_scores
 from .models import check_head, load_config, load_model, save_model
-from .runtime import CheckpointEveryMinutes, LengthBucketing, check_bf16, cpu_only, prepare_checkpoints, sampling
+from .runtime import CheckpointEveryMinutes, LengthBucketing, batching_args, prepare_checkpoints
 from .settings import FinetuneSettings
 
 METRICS_NAME = "metrics.json"
@@ -69,13 +69,12 @@ def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSett
         learning_rate=0.0 if scoring_only else settings.lr, weight_decay=0.0,
         per_device_eval_batch_size=2 * settings.batch_size, seed=config.seed, save_strategy="no",
         save_total_limit=1, logging_steps=50, eval_strategy="no", report_to="none", dataloader_num_workers=0,
-        use_cpu=cpu_only(), bf16=check_bf16(settings.bf16),
-        train_sampling_strategy=sampling(settings.group_by_length))
+        **batching_args(settings))
     importance = ImportanceCallback(settings.alpha)
     trainer = BucketedTrainer(model=model, args=args, train_dataset=train, processing_class=ctx.tokenizer,
                               data_collator=DataCollatorWithPadding(ctx.tokenizer),
                               callbacks=[importance, CheckpointEveryMinutes(settings.save_minutes)],
-                              length_buckets=settings.length_buckets, bucket_batches=settings.bucket_batches)
+                              batching=settings)
     checkpoint = get_last_checkpoint(str(work)) if resume and work.is_dir() else None
     if checkpoint:
         importance.resume_from(checkpoint)

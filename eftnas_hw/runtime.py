@@ -43,10 +43,12 @@ def check_bf16(bf16: bool | str) -> bool:
     return bool(bf16)
 
 
-def sampling(group_by_length: bool) -> str:
-    """The Trainer's sampling strategy: HF's LengthGroupedSampler with `group_by_length`, else random batches
-    (`length_buckets` replaces either, see `LengthBucketing`)."""
-    return "group_by_length" if group_by_length else "random"
+def batching_args(settings) -> dict:
+    """The TrainingArguments both training stages derive alike from their settings (`bf16`, `group_by_length`):
+    the CPU when there is no GPU, bf16 resolved (`check_bf16`), and the sampler: HF's LengthGroupedSampler with
+    `group_by_length`, else random batches (`length_buckets` replaces either, see `LengthBucketing`)."""
+    return {"use_cpu": cpu_only(), "bf16": check_bf16(settings.bf16),
+            "train_sampling_strategy": "group_by_length" if settings.group_by_length else "random"}
 
 
 class LengthBuckets(torch.utils.data.Sampler):
@@ -82,9 +84,10 @@ class LengthBucketing:
     """Trainer mixin: `length_buckets=True` draws the training batches from `LengthBuckets` over the examples'
     token counts, instead of the sampler `train_sampling_strategy` names."""
 
-    def __init__(self, *args, length_buckets: bool = False, bucket_batches: int = 50, **kwargs):
+    def __init__(self, *args, batching, **kwargs):
+        """`batching`: the stage's settings (fields `length_buckets`, `bucket_batches`)."""
         super().__init__(*args, **kwargs)
-        self.length_buckets, self.bucket_batches = length_buckets, bucket_batches
+        self.length_buckets, self.bucket_batches = batching.length_buckets, batching.bucket_batches
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset

@@ -37,7 +37,7 @@ from .files import atomic_output_dir, check_writable, read_json, write_json_atom
 from .importance import SCORES_NAME, load_scores
 from .models import head_logits, load_model, save_model
 from .reorder import reorder_model
-from .runtime import (CheckpointEveryMinutes, LengthBucketing, check_bf16, cpu_only, prepare_checkpoints, sampling,
+from .runtime import (CheckpointEveryMinutes, LengthBucketing, batching_args, check_bf16, prepare_checkpoints,
                       training_processes)
 from .settings import SupernetSettings
 from .subnet import BertShape, SearchSpace, SubnetConfig
@@ -136,14 +136,13 @@ def fit_supernet(supernet: ElasticBert, teacher: nn.Module, space: SearchSpace, 
         output_dir=str(work_dir), per_device_train_batch_size=settings.batch_size, learning_rate=settings.lr,
         weight_decay=settings.weight_decay, num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
         lr_scheduler_type="cosine", optim="adamw_torch", seed=seed, save_strategy="no", save_total_limit=2, logging_steps=settings.logging_steps,
-        report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False, use_cpu=cpu_only(),
-        bf16=check_bf16(settings.bf16), train_sampling_strategy=sampling(settings.group_by_length),
-        ddp_find_unused_parameters=True)  # a small subnet leaves most weights without gradient
+        report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False,
+        ddp_find_unused_parameters=True, **batching_args(settings))  # a small subnet leaves most weights without gradient
     trainer = SandwichTrainer(args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
                               processing_class=tokenizer, supernet=supernet, space=space,
                               callbacks=[CheckpointEveryMinutes(settings.save_minutes), *callbacks],
                               teacher=teacher, settings=settings, is_regression=is_regression,
-                              length_buckets=settings.length_buckets, bucket_batches=settings.bucket_batches)
+                              batching=settings)
     checkpoint = get_last_checkpoint(str(work_dir)) if resume and Path(work_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=checkpoint)
     supernet.model.eval()

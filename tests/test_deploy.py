@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -134,6 +135,28 @@ def test_rerun_resumes_without_exporting_again(exported, supernet, tiny_model_di
     assert again == records
     with pytest.raises(UserError, match="other settings"):
         export_subnets(make_ctx(tiny_model_dir, sst2_dir), supernet, SUBNETS[:1], out, progress=False)
+
+
+def test_models_exported_but_not_measured_are_timed_together_on_resume(exported, supernet, tiny_model_dir, sst2_dir,
+                                                                       tiny_shape, tmp_path, monkeypatch):
+    """A kill between export and measurement leaves pending records: a rerun exports nothing again and times the
+    pending models together, in one interleaved measurement."""
+    out, records = exported
+    copy = tmp_path / "front"
+    shutil.copytree(out, copy)
+    for record in records:
+        (copy / record.name / deploy.RECORD_NAME).rename(copy / record.name / deploy.PENDING_NAME)
+    monkeypatch.setattr(deploy, "export_openvino", lambda *a, **k: pytest.fail("re-exported an evaluated model"))
+    calls, real = [], deploy.measure_compiled
+    monkeypatch.setattr(deploy, "measure_compiled", lambda paths, *a, **k: calls.append(paths) or real(paths, *a, **k))
+    ctx = make_ctx(tiny_model_dir, sst2_dir, synthetic_table(tiny_shape))
+    again = export_subnets(ctx, supernet, SUBNETS, copy, progress=False, source={"supernet": "tiny"})
+    assert [[p.parent.name for p in paths] for paths in calls] == [[r.name for r in records]]
+    for old, new in zip(records, again):
+        assert new.measured_ms > 0 and new.measured_ms == new.measured["ms"] != old.measured_ms
+        assert replace(new, measured_ms=old.measured_ms, measured=old.measured) == old
+        assert not (copy / new.name / deploy.PENDING_NAME).exists()
+        assert f"{new.measured_ms:.2f} ms" in (copy / new.name / "README.md").read_text()
 
 
 def test_mismatched_table_is_refused(supernet, tiny_model_dir, sst2_dir, tiny_shape, tmp_path):

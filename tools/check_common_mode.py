@@ -1,0 +1,73 @@
+"""Would a noisy table build come out right with another estimator? Re-fits tables from their stored measurements.
+
+    python tools/check_common_mode.py TABLE [TABLE ...]
+
+A table keeps every measurement's round medians (`measurements` in its JSON). The protocol takes each candidate's
+lowest round median. When a slow period of the machine hits every candidate of a round alike (on the AVX2 EPYC of
+session 13, rounds 2-4 of a block build all ran ~40% slow), the per-round factor can be estimated from all
+candidates together and divided out: log(round median) = candidate + round, fitted by median polish, each candidate
+then taken at the fastest round's level. This tool rebuilds the blocks, the drift references and the calibration
+from the stored numbers under both estimators and prints the leave-one-out validation of each; nothing is measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from eftnas_hw.latency import LatencyTable
+from eftnas_hw.latency.profiler import _calibrate_and_validate
+from eftnas_hw.latency.table import CALIBRATION_FEATURES
+from eftnas_hw.subnet import SubnetConfig
+
+
+def common_mode(round_medians: np.ndarray, iterations: int = 10) -> np.ndarray:
+    """Per candidate (rows) its latency at the fastest round's level, with each round's common factor removed."""
+    logs = np.log(round_medians)
+    candidate, round_ = np.median(logs, axis=1), np.zeros(logs.shape[1])
+    for _ in range(iterations):
+        round_ = np.median(logs - candidate[:, None], axis=0)
+        candidate = np.median(logs - round_[None, :], axis=1)
+    return np.exp(candidate + round_.min())
+
+
+ESTIMATORS = {"lowest round median": lambda m: m.min(axis=1), "common-mode per round": common_mode}
+
+
+def refit(data: dict, estimator) -> tuple[LatencyTable, dict]:
+    """The table rebuilt from its stored measurements with `estimator`, and its leave-one-out validation."""
+    shape, heads = LatencyTable(data).shape, LatencyTable(data).shape.num_heads
+    stored = data["measurements"]
+    value = estimator(np.array([s["round_medians"] for s in stored["blocks"]]))
+    blocks = dict(data["blocks"], fixed_ms=float(value[0]),
+                  attention_ms=[0.0] + [float(v - value[1]) for v in value[2:2 + heads]],
+                  ffn_ms=[0.0] + [float(v - value[1]) for v in value[2 + heads:]])
+    raw = LatencyTable(dict(data, blocks=blocks, complete=True,
+                            calibration={"coef": dict(zip(CALIBRATION_FEATURES, (1.0, 0.0, 0.0, 0.0)))}))
+    groups = sorted((k for k in stored if k.startswith("subnets/")), key=lambda k: int(k.split("/")[1]))
+    estimates = [estimator(np.array([s["round_medians"] for s in stored[k]])) for k in groups]
+    references = [e[0] for e in estimates]  # every group's first model is the full one (the drift reference)
+    level = float(np.median(references))
+    ms = np.concatenate([e[1:] * level / r for e, r in zip(estimates, references)])
+    validated = data["validation"]["subnets"]
+    subnets = [SubnetConfig.from_dict(s["subnet"]) for s in validated]
+    measured = [dict(s["measured"], ms=float(m)) for s, m in zip(validated, ms)]
+    validation = _calibrate_and_validate(raw, subnets, measured, stored["blocks"])["validation"]
+    return raw, validation
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tables", nargs="+")
+    for path in parser.parse_args().tables:
+        data = json.load(open(path))
+        for name, estimator in ESTIMATORS.items():
+            raw, v = refit(data, estimator)
+            print(f"{path}: {name}: leave-one-out MAPE {v['mape_pct']:.2f}%, worst {v['worst_pct']:.1f}%, "
+                  f"within 5% {v['within_5pct']:.0%} ({v['calibrated_macs']['mape_pct']:.2f}% for calibrated MACs); "
+                  f"block sum of the full model {raw.raw_ms(raw.shape.full_subnet()):.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
