@@ -137,7 +137,8 @@ def fit_supernet(supernet: ElasticBert, teacher: nn.Module, space: SearchSpace, 
         weight_decay=settings.weight_decay, num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
         lr_scheduler_type="cosine", optim="adamw_torch", seed=seed, save_strategy="no", save_total_limit=2, logging_steps=settings.logging_steps,
         report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False,
-        ddp_find_unused_parameters=True, **batching_args(settings))  # a small subnet leaves most weights without gradient
+        ddp_find_unused_parameters=True,  # a small subnet leaves most weights without gradient
+        **batching_args(settings))
     trainer = SandwichTrainer(args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
                               processing_class=tokenizer, supernet=supernet, space=space,
                               callbacks=[CheckpointEveryMinutes(settings.save_minutes), *callbacks],

@@ -17,8 +17,7 @@ import json
 import numpy as np
 
 from eftnas_hw.latency import LatencyTable
-from eftnas_hw.latency.profiler import _calibrate_and_validate
-from eftnas_hw.latency.table import CALIBRATION_FEATURES
+from eftnas_hw.latency.profiler import blocks_from_ms, calibrate_and_validate, drift_factors, uncalibrated
 from eftnas_hw.subnet import SubnetConfig
 
 
@@ -36,25 +35,20 @@ ESTIMATORS = {"lowest round median": lambda m: m.min(axis=1), "common-mode per r
 
 
 def refit(data: dict, estimator) -> tuple[LatencyTable, dict]:
-    """The table rebuilt from its stored measurements with `estimator`, and its leave-one-out validation."""
-    shape, heads = LatencyTable(data).shape, LatencyTable(data).shape.num_heads
-    stored = data["measurements"]
-    value = estimator(np.array([s["round_medians"] for s in stored["blocks"]]))
-    blocks = dict(data["blocks"], fixed_ms=float(value[0]),
-                  attention_ms=[0.0] + [float(v - value[1]) for v in value[2:2 + heads]],
-                  ffn_ms=[0.0] + [float(v - value[1]) for v in value[2 + heads:]])
-    raw = LatencyTable(dict(data, blocks=blocks, complete=True,
-                            calibration={"coef": dict(zip(CALIBRATION_FEATURES, (1.0, 0.0, 0.0, 0.0)))}))
+    """The table rebuilt from its stored measurements with `estimator` (the build's own steps, `profiler`), and its
+    leave-one-out validation."""
+    stored, shape = data["measurements"], LatencyTable(data).shape
+    blocks = blocks_from_ms(shape, data["blocks"]["ffn_grid"],
+                            estimator(np.array([s["round_medians"] for s in stored["blocks"]])))
+    raw = uncalibrated(dict(data, blocks=blocks))
     groups = sorted((k for k in stored if k.startswith("subnets/")), key=lambda k: int(k.split("/")[1]))
     estimates = [estimator(np.array([s["round_medians"] for s in stored[k]])) for k in groups]
-    references = [e[0] for e in estimates]  # every group's first model is the full one (the drift reference)
-    level = float(np.median(references))
-    ms = np.concatenate([e[1:] * level / r for e, r in zip(estimates, references)])
+    factors = drift_factors([e[0] for e in estimates])  # every group's first model is the full one
+    ms = np.concatenate([e[1:] * f for e, f in zip(estimates, factors)])
     validated = data["validation"]["subnets"]
     subnets = [SubnetConfig.from_dict(s["subnet"]) for s in validated]
     measured = [dict(s["measured"], ms=float(m)) for s, m in zip(validated, ms)]
-    validation = _calibrate_and_validate(raw, subnets, measured, stored["blocks"])["validation"]
-    return raw, validation
+    return raw, calibrate_and_validate(raw, subnets, measured, stored["blocks"])["validation"]
 
 
 def main() -> None:

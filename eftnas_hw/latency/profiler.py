@@ -203,8 +203,7 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
     blocks, block_stats = _measure_blocks(state, shape, profile, settings, grid, label)
     # The full model is always a calibration point: it anchors the top of the range the search cares about; the
     # others spread over the whole range by their block sums.
-    identity = dict(zip(CALIBRATION_FEATURES, (1.0, 0.0, 0.0, 0.0)))
-    raw = LatencyTable(dict(state.data, blocks=blocks, complete=True, calibration={"coef": identity}))
+    raw = uncalibrated(dict(state.data, blocks=blocks))
     subnets = spread_subnets(shape, settings.subnets, settings.seed, raw.raw_ms)
     full = random_bert(shape, settings.seed)
     groups, references = [], []
@@ -215,13 +214,10 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
                                label(f"subnets {start + 1}-{start + len(group) - 1}/{len(subnets)}"))
         references.append(stats[0]["ms"])
         groups.append(stats[1:])
-    # Drift: the machine's speed changes between groups (a whole group 9-10% slower than the next, seen here);
-    # every group carries the full model, and each group is rescaled so that its full model takes the median.
-    level = float(np.median(references))
-    measured = [dict(m, ms=m["ms"] * level / ref, unscaled_ms=m["ms"]) for ref, g in zip(references, groups)
-                for m in g]
+    measured = [dict(m, ms=m["ms"] * factor, unscaled_ms=m["ms"])
+                for factor, g in zip(drift_factors(references), groups) for m in g]
     data = dict(state.data, blocks=blocks)
-    data.update(_calibrate_and_validate(raw, subnets, measured, block_stats))
+    data.update(calibrate_and_validate(raw, subnets, measured, block_stats))
     data["validation"]["stability"]["drift_reference_ms"] = references
     data["build_minutes"] = data.get("build_minutes", 0.0) + (time.time() - started) / 60
     data["complete"] = True
@@ -243,15 +239,33 @@ def _measure_blocks(state: _Progress, shape: BertShape, profile: Profile, settin
         return [build_subnet(random_bert(one, seed), nets[0])] + [build_subnet(small, n) for n in nets]
 
     stats = _measure_group(state, "blocks", models, profile, settings.block_rounds, label("blocks"))
-    value = [s["ms"] for s in stats]
-    fixed, base = value[0], value[1]
-    blocks = {"fixed_ms": fixed, "attention_ms": [0.0] + [v - base for v in value[2:2 + shape.num_heads]],
-              "ffn_grid": grid, "ffn_ms": [0.0] + [v - base for v in value[2 + shape.num_heads:]],
-              "interpolation": "FFN latency is linear in width between grid points"}
-    return blocks, stats
+    return blocks_from_ms(shape, grid, [s["ms"] for s in stats]), stats
 
 
-def _calibrate_and_validate(table: LatencyTable, subnets: list[SubnetConfig], measured: list[dict],
+def blocks_from_ms(shape: BertShape, grid: list[int], value: Sequence[float]) -> dict:
+    """The table's blocks from the block models' latencies, in `_measure_blocks`' order: the fixed part, the 1-layer
+    model with both sub-blocks removed (subtracted from the rest), attention with 1..H heads, FFN at grid[1:]."""
+    fixed, base = float(value[0]), float(value[1])
+    return {"fixed_ms": fixed, "attention_ms": [0.0] + [float(v) - base for v in value[2:2 + shape.num_heads]],
+            "ffn_grid": grid, "ffn_ms": [0.0] + [float(v) - base for v in value[2 + shape.num_heads:]],
+            "interpolation": "FFN latency is linear in width between grid points"}
+
+
+def uncalibrated(data: dict) -> LatencyTable:
+    """A table document's blocks as a table predicting their plain sum (calibration = the block sum x 1)."""
+    identity = dict(zip(CALIBRATION_FEATURES, (1.0, 0.0, 0.0, 0.0)))
+    return LatencyTable(dict(data, complete=True, calibration={"coef": identity}))
+
+
+def drift_factors(references: Sequence[float]) -> list[float]:
+    """Per group of subnets, the factor its measurements are rescaled by. Drift: the machine's speed changes between
+    groups (a whole group 9-10% slower than the next, seen here); every group carries the full model, and each group
+    is rescaled so that its full model takes the median of them."""
+    level = float(np.median(references))
+    return [level / ref for ref in references]
+
+
+def calibrate_and_validate(table: LatencyTable, subnets: list[SubnetConfig], measured: list[dict],
                             block_stats: list[dict]) -> dict:
     """The calibration with the lower leave-one-out error (see the module docstring), fitted on all subnets; its
     leave-one-out predictions as the validation, beside the other candidate's and a MAC count's (fitted the same
