@@ -115,7 +115,8 @@ class Evaluator:
         rng = np.random.default_rng(seed)
         if self.spec.qa is None:
             n = self.num_examples
-            values = [compute_metrics(self.spec, outputs[i], self.labels[i])["metric"]
+            predictions = outputs if self.spec.is_regression else outputs.argmax(-1)
+            values = [compute_metrics(self.spec, predictions[i], self.labels[i], main_only=True)["metric"]
                       for i in rng.integers(0, n, (resamples, n))]
         else:  # per-question scores, then the mean of resampled questions
             scores = question_scores(self._answers(outputs), self.gold)[self.spec.main_metric]

@@ -41,7 +41,7 @@ def export_openvino(model: nn.Module, out: str | os.PathLike, tokenizer: PreTrai
 
     with atomic_output_dir(out, overwrite) as tmp:
         model = model.eval()
-        with _quiet_export():
+        with _quiet_export(), _unchecked_trace(model):
             export_from_model(model, output=tmp, task=export_task(model))
         ir = ov.Core().read_model(tmp / IR_NAME)
         if static_shape is not None:
@@ -96,3 +96,23 @@ def _quiet_export() -> Iterator[None]:
             yield
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+@contextlib.contextmanager
+def _unchecked_trace(model: nn.Module) -> Iterator[None]:
+    """Export without torch.jit.trace's check run, as optimum-intel already does for its SKIP_CHECK_TRACE_MODELS.
+
+    The check traces the model a second time and compares outputs: ~2 s of a ~5 s MiniLM-L6 export, paid by every
+    model a latency table, a re-anchoring and an export stage converts. A BERT classifier in eval mode traces
+    deterministically (no dropout, no data-dependent control flow), and every exported IR is evaluated on the dev
+    set against its PyTorch model anyway (`deploy.export_subnets`), which catches a wrong graph where it matters.
+    optimum reads the tuple at call time; it is restored afterwards.
+    """
+    from optimum.exporters.openvino import utils
+
+    saved = utils.SKIP_CHECK_TRACE_MODELS
+    utils.SKIP_CHECK_TRACE_MODELS = (*saved, model.config.model_type)
+    try:
+        yield
+    finally:
+        utils.SKIP_CHECK_TRACE_MODELS = saved

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .context import RunContext
@@ -153,16 +154,27 @@ def search_supernet(ctx: RunContext, supernet_dir: str | os.PathLike, out_dir: s
     write_json_atomic(out_dir / SEARCH_SETTINGS, record)
 
     evaluator = SubnetEvaluator(supernet, tokenized, ctx.spec, settings.batch_size, bf16=numerics == "bf16")
+    # Outputs of this run's evaluations, kept for the front's standard errors (a classifier's are [examples,
+    # classes]: kilobytes; a QA model's hold every window's token logits, so those are computed again instead).
+    kept: dict[SubnetConfig, np.ndarray] = {}
+
+    def metric(cfg: SubnetConfig) -> float:
+        outputs = evaluator.subnet_outputs(cfg)
+        if ctx.spec.qa is None:
+            kept[cfg] = outputs
+        return evaluator.score(outputs)["metric"]
+
     cache = EvaluationCache(out_dir / CACHE_NAME)
     start = time.perf_counter()
     try:
-        finder = EvolutionFinder(space, cache.accuracy(lambda cfg: evaluator(cfg)["metric"]), efficiency,
+        finder = EvolutionFinder(space, cache.accuracy(metric), efficiency,
                                  [c for c in (gmacs, latency) if c is not None])
         result = finder.run(settings.pop_size, settings.n_evals, ctx.config.seed, progress)
     finally:
         cache.close()
     # how far apart front points must be before the search split can tell them apart
-    result.front = [replace(r, metric_se=evaluator.standard_error(evaluator.subnet_outputs(r.config)))
+    result.front = [replace(r, metric_se=evaluator.standard_error(
+                        kept[r.config] if r.config in kept else evaluator.subnet_outputs(r.config)))
                     for r in tqdm(result.front, desc="front standard errors", disable=not progress)]
     run = SearchRun(result, cache.fresh, cache.replayed,
                     60 * cache.fresh / cache.eval_seconds if cache.eval_seconds else math.nan,

@@ -135,7 +135,12 @@ def fit_supernet(supernet: ElasticBert, teacher: nn.Module, space: SearchSpace, 
     args = TrainingArguments(
         output_dir=str(work_dir), per_device_train_batch_size=settings.batch_size, learning_rate=settings.lr,
         weight_decay=settings.weight_decay, num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
-        lr_scheduler_type="cosine", optim="adamw_torch", seed=seed, save_strategy="no", save_total_limit=2, logging_steps=settings.logging_steps,
+        lr_scheduler_type="cosine", seed=seed, save_strategy="no", save_total_limit=2,
+        logging_steps=settings.logging_steps,
+        # torch's fused AdamW (transformers' default, which fine-tuning uses): the same update as "adamw_torch",
+        # whose per-tensor loop took 128 ms of every ~1 s step here, fused 17 ms (MiniLM-L6's 22.7M weights, the
+        # embeddings' dense gradients included; 2-vCPU AVX2 EPYC)
+        optim="adamw_torch_fused",
         report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False,
         ddp_find_unused_parameters=True,  # a small subnet leaves most weights without gradient
         **batching_args(settings))

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from datasets import ClassLabel, Dataset, Features, Value
 
 from eftnas_hw.context import RunContext
-from eftnas_hw.data import calibration_texts, compute_metrics, glue_spec, load_task, tokenize
+from eftnas_hw.data import _carve, calibration_texts, compute_metrics, glue_spec, load_task, tokenize
 from eftnas_hw.errors import UserError
 from eftnas_hw.models import load_tokenizer
 from eftnas_hw.settings import RunConfig
@@ -46,6 +47,24 @@ def test_search_split_is_disjoint_stratified_and_seeded(glue_dir):
     assert list(again["search"]["idx"]) == list(data["search"]["idx"])  # the training budget does not move the search split
     assert len(again["train"]) == 100 and not set(again["train"]["idx"]) & search
     assert list(load_task("rte", glue_dir, search_fraction=0.2, seed=4)["search"]["idx"]) != list(data["search"]["idx"])
+
+
+@pytest.mark.parametrize("seed,fraction", [(0, 0.1), (1, 0.1), (7, 0.33)])
+def test_carved_split_is_the_datasets_stratified_split(seed, fraction):
+    """`_carve` reads the labels as one column but must select exactly what datasets' own stratified
+    train_test_split selects (earlier runs' splits, stage keys and result configs depend on it)."""
+    rng = np.random.default_rng(seed)
+    spec = glue_spec("mrpc")
+    dataset = Dataset.from_dict({"idx": list(range(500)), "label": rng.choice(2, 500, p=[0.3, 0.7]).tolist()},
+                                features=Features({"idx": Value("int64"), "label": ClassLabel(names=["0", "1"])}))
+    rest, share = _carve(dataset.select(range(10, 500)), fraction, seed, spec, "search")  # an indices mapping too
+    expected = dataset.select(range(10, 500)).train_test_split(test_size=fraction, seed=seed,
+                                                               stratify_by_column="label")
+    assert list(rest["idx"]) == list(expected["train"]["idx"])
+    assert list(share["idx"]) == list(expected["test"]["idx"])
+    few = Dataset.from_dict({"idx": [0, 1, 2], "label": [0, 1, 1]}, features=dataset.features)
+    with pytest.raises(UserError, match="cannot carve a 10% search split from 3 training examples"):
+        _carve(few, 0.1, seed, spec, "search")
 
 
 def test_tokenize_keeps_only_model_inputs(glue_dir):
@@ -107,6 +126,15 @@ def test_metrics():
     # a subnet that collapsed to a constant output must rank last in the search, not poison it with NaN
     flat = compute_metrics(glue_spec("stsb"), np.array([[0.5], [0.5], [0.5]]), np.array([1.5, 2.0, 4.0]))
     assert flat["spearman"] == 0.0 and flat["pearson"] == 0.0 and flat["metric"] == 0.0
+    # the bootstrap's shortcut: the main metric alone, the same value
+    rng = np.random.default_rng(0)
+    for task in ("sst2", "mrpc", "cola", "stsb"):
+        spec = glue_spec(task)
+        outputs = rng.normal(size=(50, 1 if spec.is_regression else 2))
+        labels = rng.normal(size=50) if spec.is_regression else rng.integers(0, 2, 50)
+        main = compute_metrics(spec, outputs, labels, main_only=True)
+        assert main == {spec.main_metric: compute_metrics(spec, outputs, labels)[spec.main_metric],
+                        "metric": compute_metrics(spec, outputs, labels)["metric"]}
 
 
 def test_malformed_local_file_is_a_user_error(tmp_path):

@@ -39,6 +39,31 @@ def test_cli_export_subnet_matches_pytorch(tiny_model_dir, tmp_path):
     np.testing.assert_allclose(ir(**enc).logits, expected, atol=1e-4)
 
 
+def test_export_without_the_trace_check_writes_the_same_graph(tiny_model_dir, tmp_path, monkeypatch):
+    """`_unchecked_trace` skips torch.jit.trace's second run; the graph (ops, shapes, weights) must be the one the
+    checked trace gives, and optimum's own list must be left as it was."""
+    import contextlib
+
+    from optimum.exporters.openvino import utils
+
+    from eftnas_hw import export
+
+    before = utils.SKIP_CHECK_TRACE_MODELS
+    model = build_subnet(load_model(tiny_model_dir), SubnetConfig((3, 0), (0, 96)))
+    export_openvino(model, tmp_path / "unchecked", static_shape=(1, 16))
+    assert utils.SKIP_CHECK_TRACE_MODELS is before and "bert" not in before
+    monkeypatch.setattr(export, "_unchecked_trace", lambda model: contextlib.nullcontext())
+    export_openvino(model, tmp_path / "checked", static_shape=(1, 16))
+
+    def graph(name):
+        ir = ov.Core().read_model(tmp_path / name / "openvino_model.xml")
+        return [(op.get_type_name(), [str(o.get_partial_shape()) for o in op.outputs()]) for op in ir.get_ordered_ops()]
+
+    assert graph("unchecked") == graph("checked")
+    assert (tmp_path / "unchecked" / "openvino_model.bin").read_bytes() == \
+        (tmp_path / "checked" / "openvino_model.bin").read_bytes()
+
+
 class _Lines(logging.Handler):
     def __init__(self):
         super().__init__()

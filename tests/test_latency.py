@@ -1,6 +1,7 @@
 """Latency tables: profiles, table format, interpolation, fingerprint refusal, resume, a real tiny profile, CLI."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import replace
@@ -330,8 +331,9 @@ def test_anchoring_refits_a_carried_table_to_this_machine(real_table, tmp_path, 
     here, seen = LatencyTable.load(real_table), []
     real_build = anchor_module.build_subnet
     monkeypatch.setattr(anchor_module, "build_subnet", lambda model, s: seen.append(s) or real_build(model, s))
-    monkeypatch.setattr(anchor_module, "measure_models_ms", lambda models, *a, **k: [
-        {"ms": here.calibrated_ms(s) * (1 + 0.02 * (-1) ** i), "unstable": False} for i, s in enumerate(seen)])
+    monkeypatch.setattr(anchor_module, "exported_irs", lambda models, profile: contextlib.nullcontext(list(seen)))
+    monkeypatch.setattr(anchor_module, "measure_compiled", lambda irs, *a, **k: [
+        {"ms": here.calibrated_ms(s) * (1 + 0.02 * (-1) ** i), "unstable": False} for i, s in enumerate(irs)])
     carried = slower_machine_table(real_table, tmp_path)
     source = carried.read_text()
     with pytest.raises(UserError, match="Same Kind"):
@@ -436,14 +438,48 @@ def test_anchor_never_fits_a_falling_line(real_table, monkeypatch):
     table, seen = LatencyTable.load(real_table), []
     real_build = anchor_module.build_subnet
     monkeypatch.setattr(anchor_module, "build_subnet", lambda model, s: seen.append(s) or real_build(model, s))
-    monkeypatch.setattr(anchor_module, "measure_models_ms", lambda models, *a, **k: [
-        {"ms": 1.0 / max(table.calibrated_ms(s), 1e-3), "unstable": False} for s in seen])
+    monkeypatch.setattr(anchor_module, "exported_irs", lambda models, profile: contextlib.nullcontext(list(seen)))
+    monkeypatch.setattr(anchor_module, "measure_compiled", lambda irs, *a, **k: [
+        {"ms": 1.0 / max(table.calibrated_ms(s), 1e-3), "unstable": False} for s in irs])
     anchored = anchor_module.anchor_table(table, AnchorSettings(subnets=4, rounds=1, bound_pct=1e6), progress=False)
     a = anchored.data["anchor"]
     assert a["model"] == "scale" and a["scale"] > 0 and a["candidates"]["scale + offset"]  # (recorded, not used)
     seen.clear()
     with pytest.raises(anchor_module.TableDoesNotFit, match="does not fit"):  # and the default bound refuses it
         anchor_module.anchor_table(table, AnchorSettings(subnets=4, rounds=1), progress=False)
+
+
+def test_anchor_measures_again_before_refusing(real_table, monkeypatch):
+    """A slow spell that spoils one of the anchor's measurements fails the fit; the same IRs are timed once more
+    and the lower of the two latencies per subnet kept: the table is anchored, not refused (and rebuilt). Spoiled
+    both times, it is refused, saying so."""
+    from eftnas_hw.latency import anchor as anchor_module
+    from eftnas_hw.settings import AnchorSettings
+
+    table, calls, seen = LatencyTable.load(real_table), [], []
+
+    def measure(irs, *args, **kwargs):  # subnet 2 runs 60% slow on the spoiled calls
+        spoiled = calls.pop(0)
+        return [{"ms": table.calibrated_ms(s) * (1.6 if spoiled and i == 2 else 1.0), "unstable": spoiled and i == 2}
+                for i, s in enumerate(irs)]
+
+    real_build = anchor_module.build_subnet
+    monkeypatch.setattr(anchor_module, "build_subnet", lambda model, s: seen.append(s) or real_build(model, s))
+    monkeypatch.setattr(anchor_module, "exported_irs", lambda models, profile: contextlib.nullcontext(list(seen)))
+    monkeypatch.setattr(anchor_module, "measure_compiled", measure)
+    settings = AnchorSettings(subnets=6, rounds=1)
+    calls[:] = [True, False]
+    a = anchor_module.anchor_table(table, settings, progress=False).data["anchor"]
+    assert not calls and a["measured_twice"] and a["residual"]["mape_pct"] < 0.1 and a["unstable_measurements"] == 0
+    assert "measured twice" in anchor_module.anchor_line(LatencyTable({**table.data, "anchor": a}))
+    seen.clear()
+    calls[:] = [False]
+    assert not anchor_module.anchor_table(table, settings, progress=False).data["anchor"]["measured_twice"]
+    assert not calls  # a fit within the bound is not measured again
+    seen.clear()
+    calls[:] = [True, True]
+    with pytest.raises(anchor_module.TableDoesNotFit, match="on 6 subnets measured twice"):
+        anchor_module.anchor_table(table, settings, progress=False)
 
 
 def test_every_shipped_table_reads_with_its_validation():

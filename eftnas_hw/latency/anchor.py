@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..models import build_subnet, random_bert
 from ..settings import AnchorSettings
 from .fingerprint import hardware_fingerprint
-from .measure import measure_models_ms
+from .measure import exported_irs, measure_compiled
 from .profiler import errors, leave_one_out, relative_fit, spread_subnets
 from .table import LatencyTable
 
@@ -39,19 +39,22 @@ def anchor_table(table: LatencyTable, settings: AnchorSettings = AnchorSettings(
     started = time.time()
     shape, profile = table.shape, table.profile
     subnets = spread_subnets(shape, n, seed, table.calibrated_ms)
-    model = random_bert(shape, seed)
-    stats = measure_models_ms([build_subnet(model, s) for s in subnets], profile, rounds,
-                              desc="re-anchoring" if progress else None)
-    measured = np.array([s["ms"] for s in stats])
+    weights = random_bert(shape, seed)
     before = np.array([table.calibrated_ms(s) for s in subnets])
-    fits = {name: _fit(before, measured, with_offset) for name, with_offset in ANCHOR_MODELS.items()}
-    # a line that falls as the table's prediction grows (noise on a handful of tiny models can fit one) is no
-    # candidate; the offset must earn its place: a clearly lower leave-one-out error, not noise-level gains
-    rising = [name for name, fit in fits.items() if fit[0] > 0]
-    if not rising:
-        raise TableDoesNotFit(f"latency table does not fit this machine: measured on {n} subnets here, their latency "
-                              "does not grow with the table's predictions; build one here with `eftnas-hw profile`")
-    model = min(rising, key=lambda name: fits[name][2]["mape_pct"] * (1 if name == "scale + offset" else OFFSET_GAIN))
+    with exported_irs([build_subnet(weights, s) for s in subnets], profile) as irs:
+        stats = measure_compiled(irs, profile, rounds, desc="re-anchoring" if progress else None)
+        measured = np.array([s["ms"] for s in stats])
+        model, fits = _choose_fit(before, measured, n)
+        remeasured = fits[model][2]["mape_pct"] > settings.bound_pct
+        if remeasured:
+            # A slow spell of a shared VM can spoil a few of the handful of measurements (an AVX2 EPYC refused its
+            # own shipped table at 6.2% once, 3.1% the day before): the same IRs are timed once more, the lowest
+            # round median of twice the rounds kept, before the table is refused and `run` spends minutes on a
+            # build. ~20 s, only where the first fit failed.
+            again = measure_compiled(irs, profile, rounds, desc="re-anchoring, measured again" if progress else None)
+            measured = np.minimum(measured, [s["ms"] for s in again])
+            stats = [dict(a, unstable=a["unstable"] and b["unstable"]) for a, b in zip(stats, again)]
+            model, fits = _choose_fit(before, measured, n)
     scale, offset, residual = fits[model]
     anchor = {
         "fingerprint": hardware_fingerprint(profile), "scale": scale, "offset_ms": offset, "model": model,
@@ -61,21 +64,37 @@ def anchor_table(table: LatencyTable, settings: AnchorSettings = AnchorSettings(
         "before": errors(before, measured), "residual": residual,
         "subnets": [{"subnet": s.to_dict(), "measured_ms": float(m), "table_ms": float(b)}
                     for s, m, b in zip(subnets, measured, before)],
+        "measured_twice": remeasured,
         "unstable_measurements": sum(s["unstable"] for s in stats),
         "seconds": round(time.time() - started, 1),
     }
     anchored = LatencyTable({**table.data, "anchor": anchor})
     residual = anchor["residual"]["mape_pct"]
     if residual > settings.bound_pct:
+        twice = " measured twice" if remeasured else ""
         raise TableDoesNotFit(f"latency table does not fit this machine even re-anchored: leave-one-out MAPE "
-                              f"{residual:.1f}% on {n} subnets (bound {settings.bound_pct}%); build one here with "
-                              "`eftnas-hw profile`")
+                              f"{residual:.1f}% on {n} subnets{twice} (bound {settings.bound_pct}%); build one here "
+                              "with `eftnas-hw profile`")
     return anchored
 
 
 # The anchor's candidate fits: a speed factor, or a speed factor and an offset (chosen by leave-one-out error).
 ANCHOR_MODELS = {"scale": False, "scale + offset": True}
 OFFSET_GAIN = 0.7  # the offset is kept only if it cuts the leave-one-out MAPE by 30% or more
+
+
+def _choose_fit(before: np.ndarray, measured: np.ndarray, n: int) -> tuple[str, dict]:
+    """(name of the chosen anchor model, every candidate's (scale, offset_ms, leave-one-out errors)).
+
+    A line that falls as the table's prediction grows (noise on a handful of tiny models can fit one) is no
+    candidate; the offset must earn its place: a clearly lower leave-one-out error, not noise-level gains."""
+    fits = {name: _fit(before, measured, with_offset) for name, with_offset in ANCHOR_MODELS.items()}
+    rising = [name for name, fit in fits.items() if fit[0] > 0]
+    if not rising:
+        raise TableDoesNotFit(f"latency table does not fit this machine: measured on {n} subnets here, their latency "
+                              "does not grow with the table's predictions; build one here with `eftnas-hw profile`")
+    chosen = min(rising, key=lambda name: fits[name][2]["mape_pct"] * (1 if name == "scale + offset" else OFFSET_GAIN))
+    return chosen, fits
 
 
 def _fit(predicted: np.ndarray, measured: np.ndarray, with_offset: bool) -> tuple[float, float, dict]:
@@ -94,4 +113,5 @@ def anchor_line(table: LatencyTable) -> str:
     return (f"table re-anchored on this machine: full model {a['full_model_shift_pct']:+.1f}% against the table, "
             f"fitted {a['model']} ({a['scale']:.3f}, {a['offset_ms']:+.3f} ms), leave-one-out MAPE "
             f"{a['residual']['mape_pct']:.1f}% (worst {a['residual']['worst_pct']:.1f}%) on {a['n']} subnets (before: "
-            f"MAPE {a['before']['mape_pct']:.1f}%), {a['seconds']:.0f} s")
+            f"MAPE {a['before']['mape_pct']:.1f}%), {a['seconds']:.0f} s"
+            + (", measured twice" if a.get("measured_twice") else ""))

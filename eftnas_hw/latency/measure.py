@@ -14,11 +14,12 @@ threads the process's CPU time sums the threads, so no such correction exists: t
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import openvino as ov
@@ -172,9 +173,15 @@ def quantize_for_timing(xml: Path, profile: Profile, samples: int = 4) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def exported_irs(models: Sequence[nn.Module], profile: Profile) -> Iterator[list[Path]]:
+    """Torch BERT classifiers exported for timing (`export_ir`) into a temporary folder, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="eftnas-measure-") as tmp:
+        yield [export_ir(m, Path(tmp) / str(i), profile) for i, m in enumerate(models)]
+
+
 def measure_models_ms(models: Sequence[nn.Module], profile: Profile, rounds: int = 5,
                       desc: str | None = None) -> list[dict]:
     """Export torch BERT classifiers to IR and measure them together in interleaved rounds."""
-    with tempfile.TemporaryDirectory(prefix="eftnas-measure-") as tmp:
-        paths = [export_ir(m, Path(tmp) / str(i), profile) for i, m in enumerate(models)]
+    with exported_irs(models, profile) as paths:
         return measure_compiled(paths, profile, rounds, desc=desc)
