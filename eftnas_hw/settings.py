@@ -4,7 +4,7 @@ so a default lives in one place and a mistyped or unknown key is refused, at any
 
 The defaults are the full budget a user would run (the paper's epochs, population and evaluations).
 `QUICK_RUN` is the one named budget on top of them: what `eftnas-hw run` trains without a config (the README's
-main command: 7.7 minutes on 2 cores besides the latency table).
+main command: 8-9.5 minutes on 2 cores with a re-anchored latency table).
 """
 from __future__ import annotations
 
@@ -397,9 +397,9 @@ class RunConfig(Settings):
         return config.merged(overrides or {})
 
 
-# The budget of `eftnas-hw run` without --config (the README's main command: 7.7 minutes on 2 cores besides the
-# latency table). A run config file is applied on top of it; everything not named here takes the full-budget
-# defaults above.
+# The budget of `eftnas-hw run` without --config (the README's main command: 8.1-8.7 minutes on the AVX-512 EPYC,
+# 9.4 on the AVX2 one, with a re-anchored latency table). A run config file is applied on top of it; everything not
+# named here takes the full-budget defaults above.
 QUICK_RUN: dict[str, Any] = {
     "max_length": 64,
     "latency": {"build": {"ffn_step": 256}},
