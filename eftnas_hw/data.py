@@ -333,7 +333,7 @@ def _carve(dataset: Dataset, fraction: float, seed: int, spec: TaskSpec, what: s
     """(rest, seeded share) of `dataset`, stratified by class for a classifier.
 
     The same split as `dataset.train_test_split(test_size=fraction, seed=seed, stratify_by_column="label")`, whose
-    stratified path in datasets 5 reads the labels row by row (18 s of every run on SST-2's 67k rows); here they
+    stratified path in datasets 5 reads the labels row by row (9-11 s of every run on SST-2's 67k rows); here they
     are read as one column and handed to the same datasets routine with the same generator.
     """
     try:

@@ -27,6 +27,7 @@ from .evolution import select_subnet, spread_along_front
 from .export import export_openvino, export_task
 from .files import check_writable, read_json, write_json_atomic, write_text_atomic
 from .latency import STATISTIC, LatencyTable, Profile, anchor_line, hardware_fingerprint
+from .latency.fingerprint import warn_if_int8_is_slow
 from .latency.measure import ir_path, measure_compiled
 from .reports import EXPORT_SUMMARY, write_export_summary
 from .search import load_search
@@ -130,6 +131,7 @@ def export_subnets(ctx: RunContext, supernet: ElasticBert, subnets: Sequence[Eva
         r.config.validate(supernet.shape)
     if int8 or profile.precision == "int8":  # an INT8 profile measures INT8 models, and those carry no hint
         int8, profile = True, replace(profile, precision="int8")
+        warn_if_int8_is_slow()
     out_dir = Path(out_dir)
     source = source or {}
     _prepare_out_dir(out_dir, {"task": ctx.spec.name, "int8": int8, "calibration_size": calibration_size,

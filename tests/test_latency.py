@@ -482,6 +482,19 @@ def test_anchor_measures_again_before_refusing(real_table, monkeypatch):
         anchor_module.anchor_table(table, settings, progress=False)
 
 
+def test_int8_on_a_cpu_without_vnni_or_amx_warns_once(monkeypatch, capsys):
+    from eftnas_hw.latency import fingerprint
+
+    for flags, warned in (({"avx2", "avx512f"}, True), ({"avx2", "avx_vnni"}, False), ({"amx_int8"}, False)):
+        fingerprint.warn_if_int8_is_slow.cache_clear()
+        monkeypatch.setattr(fingerprint, "_cpuinfo", lambda: ("Some CPU", flags))
+        fingerprint.warn_if_int8_is_slow()
+        fingerprint.warn_if_int8_is_slow()
+        err = capsys.readouterr().err
+        assert err.count("eftnas-hw: warning: INT8 on a CPU without VNNI or AMX") == warned
+    fingerprint.warn_if_int8_is_slow.cache_clear()
+
+
 def test_every_shipped_table_reads_with_its_validation():
     """The shipped tables load in the current format, predict the full model, carry their own leave-one-out
     validation, and tools/shipped_tables.py prints a row for each (the README's table is made from it)."""

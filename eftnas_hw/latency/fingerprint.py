@@ -5,11 +5,13 @@ VNNI and AMX; a table measured with one set predicts nothing about another.
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
 import openvino as ov
 
+from ..errors import warn
 from .profiles import Profile
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
@@ -22,6 +24,21 @@ ISA_LEVELS = ("amx_bf16", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "
 def isa_level(flags: list[str]) -> str:
     """The best kernel level `flags` enable (see ISA_LEVELS), e.g. "avx512_bf16"."""
     return next((level for level in ISA_LEVELS if level in flags), "none")
+
+
+# The instructions OpenVINO's INT8 kernels need to beat f32: without them INT8 MiniLM-L6 ran 11-24% *slower* than
+# f32 on an AVX2-only EPYC (43.6-47.6 against 38.5-39.4 ms, session 13).
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@functools.cache
+def warn_if_int8_is_slow() -> None:
+    """Warn (once per process) where this CPU has none of INT8_FLAGS: an INT8 deployment or table there is a
+    user's choice the measurements will not reward."""
+    _, flags = _cpuinfo()
+    if not flags & set(INT8_FLAGS):
+        warn(f"INT8 on a CPU without VNNI or AMX (kernel level {isa_level(sorted(flags))}): OpenVINO's INT8 kernels "
+             "are not faster than f32 here (an AVX2-only EPYC ran INT8 MiniLM-L6 11-24% slower than f32)")
 
 
 def _cpuinfo() -> tuple[str, set[str]]:

@@ -40,7 +40,7 @@ from ..files import check_writable, read_json, write_json_atomic
 from ..models import build_subnet, random_bert
 from ..settings import TableBuildSettings
 from ..subnet import BertShape, SubnetConfig
-from .fingerprint import hardware_fingerprint
+from .fingerprint import hardware_fingerprint, warn_if_int8_is_slow
 from .measure import BURST, measure_models_ms
 from .profiles import Profile
 from .table import CALIBRATION_FEATURES, FORMAT, VERSION, LatencyTable, log_curve_ms
@@ -192,6 +192,8 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
     """Measure, calibrate and validate a table for `shape` under `profile`; written atomically to `out`."""
     started = time.time()
     out = check_writable(out)
+    if profile.precision == "int8":
+        warn_if_int8_is_slow()
     grid = ffn_grid(shape, settings.ffn_step)
     recorded = {**settings.to_dict(), "burst": BURST, "subnet_selection": SELECTION}
     header = {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),
