@@ -43,8 +43,8 @@ Dev metrics: every example of the task's evaluation split (GLUE dev, or the user
 ## Latency
 Measured with the project's protocol (`eftnas_hw.latency.measure_compiled`), which is `benchmark_app`'s: compiled
 with the profile's OpenVINO settings, input tensors set once, `infer()` back to back, the runtime's own per-call
-latency; {n} timed calls in rounds interleaved with the other models of its export, reported: {statistic}. To check it yourself (static shape, the
-profile's threads and precision):
+latency; {n} timed calls in rounds interleaved with the other models of its export, reported: {statistic}. To
+check it yourself (static shape, the profile's threads and precision):
 `benchmark_app -m openvino_model.xml -d CPU -hint none -nthreads {threads} -nstreams 1 -nireq 1 -api sync -shape [{batch},{seq}] {bapp_precision}`
 
 - precision: {precision_note}

@@ -341,10 +341,11 @@ def _carve(dataset: Dataset, fraction: float, seed: int, spec: TaskSpec, what: s
             split = dataset.train_test_split(test_size=fraction, seed=seed)
             return split["train"], split["test"]
         n_test = math.ceil(fraction * len(dataset))
-        labels = np.asarray(dataset.select_columns(["label"]).to_dict()["label"])
-        if len(dataset) - n_test <= 0:
+        n_train = len(dataset) - n_test
+        if n_train <= 0:
             raise ValueError("the resulting train set would be empty")
-        train, test = next(stratified_shuffle_split_generate_indices(labels, len(dataset) - n_test, n_test,
+        labels = np.asarray(dataset.select_columns(["label"]).to_dict()["label"])
+        train, test = next(stratified_shuffle_split_generate_indices(labels, n_train, n_test,
                                                                      rng=np.random.default_rng(seed)))
     except ValueError as e:  # too few examples (per class)
         reason = "a class has a single example" if str(e) == "Minimum class count error" else str(e).splitlines()[0]

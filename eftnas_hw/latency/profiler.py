@@ -268,7 +268,7 @@ def drift_factors(references: Sequence[float]) -> list[float]:
 
 
 def calibrate_and_validate(table: LatencyTable, subnets: list[SubnetConfig], measured: list[dict],
-                            block_stats: list[dict]) -> dict:
+                           block_stats: list[dict]) -> dict:
     """The calibration with the lower leave-one-out error (see the module docstring), fitted on all subnets; its
     leave-one-out predictions as the validation, beside the other candidate's and a MAC count's (fitted the same
     way), plus the stability of all measurements."""
