@@ -83,8 +83,18 @@ class ElasticBertOutput(BertOutput):
         return input_tensor if self.active_width == 0 else super().forward(hidden_states, input_tensor)
 
 
-_ELASTIC_CLASS = {BertAttention: ElasticBertAttention, BertIntermediate: ElasticBertIntermediate,
-                  BertOutput: ElasticBertOutput}
+class ElasticBertLayer(BertLayer):
+    """A BertLayer that can return a known output instead of computing it: `replay`, set by evaluation when this
+    layer's output for the active prefix of layers was computed before (`evaluate.PrefixCache`)."""
+
+    replay: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.replay if self.replay is not None else super().forward(hidden_states, *args, **kwargs)
+
+
+_ELASTIC_CLASS = {BertLayer: ElasticBertLayer, BertAttention: ElasticBertAttention,
+                  BertIntermediate: ElasticBertIntermediate, BertOutput: ElasticBertOutput}
 
 
 def _layer_linears(layer: BertLayer) -> dict[str, nn.Linear]:
@@ -105,7 +115,7 @@ class ElasticBert(nn.Module):
         self.model = model
         self.shape = BertShape.from_config(model.config)
         for layer in self.layers:
-            for module in (layer.attention, layer.intermediate, layer.output):
+            for module in (layer, layer.attention, layer.intermediate, layer.output):
                 if type(module) in _ELASTIC_CLASS:
                     module.__class__ = _ELASTIC_CLASS[type(module)]
             for lin in _layer_linears(layer).values():
@@ -145,6 +155,8 @@ class ElasticBert(nn.Module):
         """A standalone copy of the active subnet: plain transformers modules with physically smaller layers."""
         sub = copy.deepcopy(self.model)
         for layer, heads, width in zip(sub.bert.encoder.layer, self.active.heads, self.active.ffn):
+            layer.__class__ = BertLayer
+            vars(layer).pop("replay", None)
             if heads == 0:
                 layer.attention = RemovedAttention()
             else:

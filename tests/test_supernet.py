@@ -16,7 +16,7 @@ from eftnas_hw.context import RunContext
 from eftnas_hw.data import compute_metrics, glue_spec
 from eftnas_hw.elastic import ElasticBert
 from eftnas_hw.errors import UserError
-from eftnas_hw.evaluate import evaluate_subnets
+from eftnas_hw.evaluate import SubnetEvaluator, evaluate_subnets
 from eftnas_hw.importance import SCORES_NAME, channel_importance, save_scores
 from eftnas_hw.models import load_model, load_tokenizer, random_bert
 from eftnas_hw.runtime import native_bf16
@@ -174,6 +174,27 @@ def test_evaluate_subnets_matches_one_by_one_predictions(tiny_shape):
         with torch.no_grad():
             preds = [int(standalone(input_ids=torch.tensor([ids])).logits.argmax()) for ids in dataset["input_ids"]]
         assert result == compute_metrics(glue_spec("sst2"), np.array(preds), np.array(dataset["label"]))
+
+
+def test_subnets_sharing_leading_layers_start_from_their_stored_output():
+    """The prefix cache skips the layers a subnet shares with one evaluated before, and changes no output."""
+    shape = BertShape(num_layers=4, hidden_size=64, num_heads=4, head_size=16, intermediate_size=128,
+                      max_position=128)
+    dataset = _token_dataset(n=13, seed=3)
+    cached = SubnetEvaluator(ElasticBert(random_bert(shape, seed=4)), dataset, glue_spec("sst2"), batch_size=4)
+    plain = SubnetEvaluator(ElasticBert(random_bert(shape, seed=4)), dataset, glue_spec("sst2"), batch_size=4,
+                            cache_bytes=0)
+    cfgs = [SubnetConfig((4, 2, 3, 1), (128, 64, 0, 32)), SubnetConfig((4, 2, 3, 4), (128, 64, 0, 128)),
+            SubnetConfig((4, 2, 1, 1), (128, 64, 32, 32)), SubnetConfig((4, 0, 3, 1), (128, 64, 0, 32))]
+    runs = {i: 0 for i in range(4)}
+    for i, layer in enumerate(cached.supernet.layers):
+        layer.attention.register_forward_hook(lambda *a, i=i: runs.__setitem__(i, runs[i] + 1))
+    for cfg in cfgs:
+        assert np.array_equal(cached.subnet_outputs(cfg), plain.subnet_outputs(cfg))
+    batches = len(cached.batches)  # 4 subnets ran layer 0 once; the 2nd reused 3 layers, the 3rd 2, the 4th 1
+    assert runs == {0: batches, 1: 2 * batches, 2: 3 * batches, 3: 4 * batches}
+    assert all(layer.replay is None for layer in cached.supernet.layers)
+    assert not plain.prefixes.entries and len(cached.prefixes.entries) == 3 + 0 + 1 + 2
 
 
 def test_train_supernet_writes_a_loadable_supernet(tiny_model_dir, glue_dir, tmp_path):
