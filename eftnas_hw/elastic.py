@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from transformers.models.bert.modeling_bert import BertAttention, BertIntermediate, BertLayer, BertOutput
 
 from .subnet import BertShape, SearchSpace, SubnetConfig
+from .unpadding import UnpaddedBertLayer, strip_unpadding, unpad_feed_forward
 
 
 class ElasticLinear(nn.Linear):
@@ -83,9 +84,10 @@ class ElasticBertOutput(BertOutput):
         return input_tensor if self.active_width == 0 else super().forward(hidden_states, input_tensor)
 
 
-class ElasticBertLayer(BertLayer):
+class ElasticBertLayer(UnpaddedBertLayer):
     """A BertLayer that can return a known output instead of computing it: `replay`, set by evaluation when this
-    layer's output for the active prefix of layers was computed before (`evaluate.PrefixCache`)."""
+    layer's output for the active prefix of layers was computed before (`evaluate.PrefixCache`). Its feed-forward
+    block runs on real tokens only in a sequence classifier (`unpadding.py`)."""
 
     replay: torch.Tensor | None = None
 
@@ -93,8 +95,9 @@ class ElasticBertLayer(BertLayer):
         return self.replay if self.replay is not None else super().forward(hidden_states, *args, **kwargs)
 
 
-_ELASTIC_CLASS = {BertLayer: ElasticBertLayer, BertAttention: ElasticBertAttention,
-                  BertIntermediate: ElasticBertIntermediate, BertOutput: ElasticBertOutput}
+_ELASTIC_CLASS = {BertLayer: ElasticBertLayer, UnpaddedBertLayer: ElasticBertLayer,
+                  BertAttention: ElasticBertAttention, BertIntermediate: ElasticBertIntermediate,
+                  BertOutput: ElasticBertOutput}
 
 
 def _layer_linears(layer: BertLayer) -> dict[str, nn.Linear]:
@@ -120,6 +123,7 @@ class ElasticBert(nn.Module):
                     module.__class__ = _ELASTIC_CLASS[type(module)]
             for lin in _layer_linears(layer).values():
                 lin.__class__ = ElasticLinear
+        unpad_feed_forward(model)
         self.active = self.shape.full_subnet()
 
     @property
@@ -154,8 +158,8 @@ class ElasticBert(nn.Module):
     def get_active_subnet(self) -> nn.Module:
         """A standalone copy of the active subnet: plain transformers modules with physically smaller layers."""
         sub = copy.deepcopy(self.model)
+        strip_unpadding(sub)
         for layer, heads, width in zip(sub.bert.encoder.layer, self.active.heads, self.active.ffn):
-            layer.__class__ = BertLayer
             vars(layer).pop("replay", None)
             if heads == 0:
                 layer.attention = RemovedAttention()

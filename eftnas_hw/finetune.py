@@ -21,6 +21,7 @@ from .importance import SCORES_NAME, ImportanceCallback, save_scores
 from .models import check_head, load_config, load_model, save_model
 from .runtime import CheckpointEveryMinutes, LengthBucketing, batching_args, prepare_checkpoints
 from .settings import FinetuneSettings
+from .unpadding import unpad_feed_forward
 
 METRICS_NAME = "metrics.json"
 
@@ -62,6 +63,7 @@ def finetune(ctx: RunContext, out_dir: str | os.PathLike, settings: FinetuneSett
     set_seed(config.seed)
     model = load_model(config.base_model, num_labels=spec.num_labels, label_names=spec.label_names, qa=qa,
                        problem_type="regression" if spec.is_regression else "single_label_classification")
+    unpad_feed_forward(model)  # random batches pad to 3x their tokens; the saved model is plain transformers
     train = ctx.tokenized(train)
     args = TrainingArguments(
         output_dir=str(work), per_device_train_batch_size=settings.batch_size,

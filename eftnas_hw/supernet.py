@@ -41,6 +41,7 @@ from .runtime import (CheckpointEveryMinutes, LengthBucketing, batching_args, ch
                       training_processes)
 from .settings import SupernetSettings
 from .subnet import BertShape, SearchSpace, SubnetConfig
+from .unpadding import unpad_feed_forward
 
 SPACE_FILE = "search_space.json"
 ORDERING_FILE = "ordering.json"
@@ -187,7 +188,7 @@ def train_supernet(ctx: RunContext, teacher_dir: str | os.PathLike, space: Searc
         raise UserError(f"output folder {out_dir} exists (pass --overwrite to replace it)")
     check_writable(out_dir)
     check_trained_task(teacher_dir / METRICS_NAME, ctx.spec.name, "teacher")
-    teacher = load_model(teacher_dir, qa=ctx.spec.qa is not None)  # (a teacher with the other head is refused)
+    teacher = unpad_feed_forward(load_model(teacher_dir, qa=ctx.spec.qa is not None))  # (other heads refused)
     shape = BertShape.from_config(teacher.config)
     space.validate(shape)
     if shape.num_labels != ctx.spec.num_labels:
