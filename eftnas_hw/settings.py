@@ -4,7 +4,7 @@ so a default lives in one place and a mistyped or unknown key is refused, at any
 
 The defaults are the full budget a user would run (the paper's epochs, population and evaluations).
 `QUICK_RUN` is the one named budget on top of them: what `eftnas-hw run` trains without a config (the README's
-main command: 8-11 minutes on 2 cores with a re-anchored latency table).
+main command: 8-10 minutes on 2 cores with a re-anchored latency table).
 """
 from __future__ import annotations
 
@@ -398,14 +398,15 @@ class RunConfig(Settings):
 
 
 # The budget of `eftnas-hw run` without --config (the README's main command: 8.1-8.7 minutes on the AVX-512 EPYC,
-# 11.2 on the AVX2 one, with a re-anchored latency table). A run config file is applied on top of it; everything not
+# 9.7 on the AVX2 one, with a re-anchored latency table). A run config file is applied on top of it; everything not
 # named here takes the full-budget defaults above.
 QUICK_RUN: dict[str, Any] = {
     "max_length": 64,
     "latency": {"build": {"ffn_step": 256}},
-    # Random batches in fine-tuning: length buckets fine-tune 2.3x faster with teachers as good (SST-2 dev, seeds 0-2:
-    # 0.8154, 0.8314, 0.8165 against 0.8222, 0.8257, 0.8165), but the fronts distilled from them came out 1-3 points
-    # lower at the same speed-ups on seeds 0 and 1 (README "Issue 16 in one place").
+    # Random batches in fine-tuning (their padding skipped by the feed-forward blocks, unpadding.py): length buckets
+    # fine-tune 2.3x faster with teachers as good (SST-2 dev, seeds 0-2: 0.8154, 0.8314, 0.8165 against 0.8222, 0.8257,
+    # 0.8165) and fronts 1-3 points lower in single runs, as far as a fine-tune computing the same function moved the
+    # same seed's front: no evidence either way (README "Issue 16 in one place").
     "finetune": {"epochs": 1.0, "max_train": 6000},
     # lr 1e-4, not the full budget's 3e-5: 200 steps are about one epoch of 6000 sentences, too few for the small
     # subnets to move far at 3e-5 (README "Super-network levers": +1-2 points along the INT8 fronts, same time).

@@ -1,8 +1,9 @@
 """How fast does the super-network train here: f32 or bf16 autocast, random or length-grouped batches, with or
-without a random subnet in the sandwich? And where does a run's time go?
+without a random subnet in the sandwich? How fast does the fine-tune, with and without its feed-forward blocks
+on real tokens only? And where does a run's time go?
 
     python tools/benchmark_training.py [--steps 24] [--rounds 2] [--max-length 64] [--num-random 1]
-        [--sampling random length_buckets] [--run RUN]
+        [--sampling random length_buckets] [--finetune] [--run RUN]
 
 Times the real training loop (`supernet.fit_supernet`: the sandwich rule, the teacher's forward, the distillation
 loss, AdamW) on the packaged MiniLM-L6 with SST-2 sentences (real ones from $EFTNAS_GLUE_DIR or
@@ -11,7 +12,9 @@ two epochs of 32 x steps sentences and times the second (the first builds the op
 epoch, because batch costs vary with their lengths), every mode interleaved in rounds; prints one JSON line per
 measurement, the medians (optimizer steps per second) and each mode's speed-up over f32 with random batches. bf16
 is measured only where the CPU computes in it (AVX512-BF16, AMX). With --run, it also prints the wall-clock each
-stage of that run folder took (its stages.json).
+stage of that run folder took (its stages.json). With --finetune, it also times the fine-tune's Trainer (HF
+Trainer, random batches of 32, the packaged MiniLM-L6 with a new head) with padded and unpadded feed-forward blocks
+(`unpadding.py`), interleaved, the last `steps` of 2 x steps optimizer steps.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from eftnas_hw.context import RunContext
 from eftnas_hw.data import DEFAULT_TASK
@@ -38,6 +41,7 @@ from eftnas_hw.runtime import native_bf16
 from eftnas_hw.settings import RunConfig, SupernetSettings
 from eftnas_hw.subnet import BertShape, SearchSpace
 from eftnas_hw.supernet import fit_supernet
+from eftnas_hw.unpadding import unpad_feed_forward
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +66,20 @@ def steps_per_second(ctx: RunContext, space: SearchSpace, train, steps: int, mod
     with tempfile.TemporaryDirectory(prefix="eftnas-bench-") as work:
         fit_supernet(supernet, teacher, space, train, ctx.tokenizer, work, settings, 0, False, resume=False,
                      callbacks=[timer])
+    return steps / (timer.ends[-1] - timer.ends[steps - 1])
+
+
+def finetune_steps_per_second(ctx: RunContext, train, steps: int, unpadded: bool) -> float:
+    """Fine-tuning optimizer steps per second over the last `steps` of 2 x steps (random batches of 32)."""
+    model = load_model(None, num_labels=2)
+    if unpadded:
+        unpad_feed_forward(model)
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory(prefix="eftnas-bench-") as work:
+        args = TrainingArguments(output_dir=work, per_device_train_batch_size=32, max_steps=2 * steps, seed=0,
+                                 learning_rate=5e-5, report_to="none", save_strategy="no", disable_tqdm=True)
+        Trainer(model=model, args=args, train_dataset=train, processing_class=ctx.tokenizer,
+                callbacks=[timer]).train()
     return steps / (timer.ends[-1] - timer.ends[steps - 1])
 
 
@@ -108,6 +126,8 @@ def main() -> int:
     parser.add_argument("--sampling", nargs="+", default=["random", "length_buckets"],
                         choices=["random", "length_buckets", "group_by_length"],
                         help="batch sampling to measure (group_by_length: HF's LengthGroupedSampler)")
+    parser.add_argument("--finetune", action="store_true",
+                        help="also time the fine-tune with padded and unpadded feed-forward blocks")
     parser.add_argument("--run", help="a run folder: print its stages' wall-clock too")
     args = parser.parse_args()
 
@@ -124,6 +144,12 @@ def main() -> int:
             results[mode].append(steps_per_second(ctx, space, train, args.steps, mode))
             print(json.dumps({"round": r, "mode": str(mode), "steps_per_s": round(results[mode][-1], 4)}),
                   flush=True)
+    finetune = {False: [], True: []}
+    for r in range(args.rounds if args.finetune else 0):
+        for unpadded in finetune:
+            finetune[unpadded].append(finetune_steps_per_second(ctx, train, args.steps, unpadded))
+            print(json.dumps({"round": r, "mode": f"fine-tune, {'unpadded' if unpadded else 'padded'} feed-forward",
+                              "steps_per_s": round(finetune[unpadded][-1], 4)}), flush=True)
     medians = {m: statistics.median(v) for m, v in results.items()}
     summary = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "data": source,
                "max_length": args.max_length, "batch": 32, "sentences": len(train),
@@ -131,6 +157,10 @@ def main() -> int:
                "speedup_over_f32_random_batches": {
                    str(m): round(v / medians[Mode(False, m.num_random, "random")], 3)
                    for m, v in medians.items() if Mode(False, m.num_random, "random") in medians}}
+    if args.finetune:
+        padded, unpadded = (statistics.median(finetune[u]) for u in (False, True))
+        summary["finetune_steps_per_s_median"] = {"padded": round(padded, 4), "unpadded": round(unpadded, 4)}
+        summary["finetune_unpadded_speedup"] = round(unpadded / padded, 3)
     if not native_bf16():
         summary["bf16"] = "not measured: this CPU has neither AVX512-BF16 nor AMX"
     if args.run:
