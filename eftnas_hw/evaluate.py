@@ -135,9 +135,10 @@ class PrefixCache:
     """Outputs of the first k layers of subnets evaluated before, keyed by those layers' (heads, FFN width).
 
     NSGA-II's children share their leading layers with parents and with each other: in a default SST-2 search 27%
-    of the layer compute re-ran layers some earlier subnet had run on the same inputs (21% with this memory bound).
-    A subnet whose first k layers were seen starts at layer k from the stored output (the same tensor its own
-    layers would compute: same weights, same inputs). Least recently used prefixes go first past `max_bytes`."""
+    of the layer compute re-ran layers some earlier subnet had run on the same inputs. A subnet whose first k layers
+    were seen starts at layer k from the stored output (the same tensor its own layers would compute: same weights,
+    same inputs). Least recently used prefixes go first past `max_bytes`; with the default, the same search's
+    evaluations took 92 s instead of 115 (AVX2 EPYC)."""
 
     def __init__(self, max_bytes: int = PREFIX_CACHE_BYTES):
         self.max_bytes, self.bytes = max_bytes, 0

@@ -127,8 +127,8 @@ def _frozen_gc() -> Iterator[None]:
 
     optimum-intel calls `gc.collect()` around every conversion to free the traced graph; each full collection walks
     every object the process holds (torch, transformers, datasets, the run's own state): 0.3-0.7 s per MiniLM-L6
-    export in a bare process (AVX2 EPYC), more inside a run. Objects created by the export itself are still
-    collected; frozen ones are returned to the collector afterwards.
+    export in a bare process (AVX2 EPYC), the more the more objects a process holds. Objects created by the export
+    itself are still collected; frozen ones are returned to the collector afterwards.
     """
     gc.freeze()
     try:
