@@ -160,7 +160,6 @@ class ElasticBert(nn.Module):
         sub = copy.deepcopy(self.model)
         strip_unpadding(sub)
         for layer, heads, width in zip(sub.bert.encoder.layer, self.active.heads, self.active.ffn):
-            vars(layer).pop("replay", None)
             if heads == 0:
                 layer.attention = RemovedAttention()
             else:

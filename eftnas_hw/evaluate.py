@@ -210,7 +210,7 @@ class SubnetEvaluator(Evaluator):
             for h in hooks:
                 h.remove()
             for m in modules:
-                m.replay = None
+                vars(m).pop("replay", None)
         for j, outputs in recorded.items():
             if len(outputs) == len(self.batches):
                 self.prefixes.put(layers[:j + 1], outputs)

@@ -23,13 +23,14 @@ from transformers.models.bert.modeling_bert import BertLayer, BertModel
 
 
 class UnpaddedBertLayer(BertLayer):
-    """A BertLayer whose feed-forward block runs on the tokens `token_mask` marks (set by UnpaddedBertModel)."""
+    """A BertLayer whose feed-forward block runs on the tokens `token_mask` marks (set by UnpaddedBertModel for the
+    length of one call, None where no token is padding)."""
 
     token_mask: torch.Tensor | None = None
 
     def feed_forward_chunk(self, attention_output: torch.Tensor) -> torch.Tensor:
         mask = self.token_mask
-        if mask is None or mask.shape != attention_output.shape[:2] or bool(mask.all()):
+        if mask is None or mask.shape != attention_output.shape[:2]:
             return super().feed_forward_chunk(attention_output)
         out = attention_output.new_zeros(attention_output.shape)
         out[mask] = super().feed_forward_chunk(attention_output[mask])
@@ -37,18 +38,21 @@ class UnpaddedBertLayer(BertLayer):
 
 
 class UnpaddedBertModel(BertModel):
-    """A BertModel that tells its layers which tokens are real (the 2-D attention mask of each call)."""
+    """A BertModel that tells its layers which tokens are real (the 2-D attention mask of each call), once per call
+    for all of them, and takes the mask back afterwards."""
 
     def forward(self, *args: Any, **kwargs: Any):
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        if mask is not None and bool(mask.all()):
+            mask = None  # nothing to skip
         for layer in self.encoder.layer:
             layer.token_mask = mask
         try:
             return super().forward(*args, **kwargs)
         finally:
             for layer in self.encoder.layer:
-                layer.token_mask = None
+                vars(layer).pop("token_mask", None)
 
 
 def unpad_feed_forward(model: nn.Module) -> nn.Module:
@@ -71,4 +75,3 @@ def strip_unpadding(model: nn.Module) -> None:
     for layer in model.bert.encoder.layer:
         if isinstance(layer, UnpaddedBertLayer):
             layer.__class__ = BertLayer
-        vars(layer).pop("token_mask", None)
