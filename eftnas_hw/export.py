@@ -42,7 +42,7 @@ def export_openvino(model: nn.Module, out: str | os.PathLike, tokenizer: PreTrai
 
     with atomic_output_dir(out, overwrite) as tmp:
         model = model.eval()
-        with _quiet_export(), _unchecked_trace(model), _frozen_gc():
+        with _quiet_export(), _unchecked_trace(model), _frozen_gc(), telemetry_only_with_consent():
             export_from_model(model, output=tmp, task=export_task(model))
         if static_shape is not None or calibration_texts:  # else optimum's IR is already the one to ship
             ir = ov.Core().read_model(tmp / IR_NAME)
@@ -75,8 +75,9 @@ def quantize_int8(ir: ov.Model, tokenizer: PreTrainedTokenizerBase,
         return {k: v for k, v in enc.items() if k in names}
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    return nncf.quantize(ir, nncf.Dataset(list(texts), encode), model_type=nncf.ModelType.TRANSFORMER,
-                         subset_size=len(texts))
+    with telemetry_only_with_consent():
+        return nncf.quantize(ir, nncf.Dataset(list(texts), encode), model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(texts))
 
 
 @contextlib.contextmanager
@@ -119,6 +120,34 @@ def _unchecked_trace(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         utils.SKIP_CHECK_TRACE_MODELS = saved
+
+
+@contextlib.contextmanager
+def telemetry_only_with_consent() -> Iterator[None]:
+    """OpenVINO's converter and NNCF send usage events only where the user recorded consent (`opt_in_out --opt_in`).
+
+    Why: both treat a machine where nobody was ever asked (no consent file: fresh installs, containers, CI) as
+    consenting, and `openvino_telemetry` sends each event from a forked copy of the whole Python process, ~37 forks
+    per conversion. On the AVX2 EPYC that was two thirds of a MiniLM-L6 export in a bare process (3.46 s -> 1.11 s
+    per export without it) and 80% in a process holding 4 GiB (6.74 s -> 1.33 s): page tables copied per fork,
+    copy-on-write faults after. A recorded opt-in is respected (events are sent as OpenVINO sends them); otherwise
+    the sender is a no-op inside this block only, so telemetry of the user's own OpenVINO calls is untouched.
+    """
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+        from openvino_telemetry.utils.sender import TelemetrySender
+    except ImportError:  # no telemetry package: OpenVINO uses its stub, nothing is sent
+        yield
+        return
+    if OptInChecker().check(enable_opt_in_dialog=False) == ConsentCheckResult.ACCEPTED:
+        yield
+        return
+    send = TelemetrySender.send
+    TelemetrySender.send = lambda self, backend, message: None
+    try:
+        yield
+    finally:
+        TelemetrySender.send = send
 
 
 @contextlib.contextmanager

@@ -64,6 +64,37 @@ def test_export_without_the_trace_check_writes_the_same_graph(tiny_model_dir, tm
         (tmp_path / "checked" / "openvino_model.bin").read_bytes()
 
 
+@pytest.mark.parametrize("consent", ["recorded opt-in", "never asked"])
+def test_export_forks_no_telemetry_senders_without_recorded_consent(tiny_model_dir, tmp_path, monkeypatch, consent):
+    """openvino_telemetry sends every event from a forked copy of the process (3x slower exports); an export or
+    INT8 quantization sends nothing unless the user opted in, and the sender is restored afterwards."""
+    import multiprocessing
+    import time
+
+    from openvino_telemetry import Telemetry
+    from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    from openvino_telemetry.utils.sender import TelemetrySender
+
+    opted_in = consent == "recorded opt-in"
+    result = ConsentCheckResult.ACCEPTED if opted_in else ConsentCheckResult.NO_FILE
+    monkeypatch.setattr(OptInChecker, "check", lambda self, *args, **kwargs: result)
+    monkeypatch.delenv("CI", raising=False)  # ovc and NNCF send nothing in CI jobs anyway
+    sent, send = [], TelemetrySender.send
+    monkeypatch.setattr(multiprocessing.Process, "start", lambda self: sent.append(self))  # nothing really sent
+    try:  # the process-wide singleton decides consent when an app (ovc, nncf) re-initializes it: make ovc do so
+        monkeypatch.setattr(Telemetry().backend, "app_name", "another app")
+    except RuntimeError:  # not created yet: the export creates it
+        pass
+    model = build_subnet(load_model(tiny_model_dir), SubnetConfig((3, 0), (0, 96)))
+    export_openvino(model, tmp_path / "ir", load_tokenizer(tiny_model_dir), static_shape=(1, 16),
+                    calibration_texts=SENTENCES)
+    deadline = time.time() + 30
+    while Telemetry().sender.queue_size and time.time() < deadline:  # events go out from a thread pool
+        time.sleep(0.05)
+    assert TelemetrySender.send is send
+    assert (len(sent) > 0) == opted_in, f"{len(sent)} telemetry processes started ({consent})"
+
+
 class _Lines(logging.Handler):
     def __init__(self):
         super().__init__()

@@ -4,7 +4,7 @@
 
 Builds (once, cached in --work) IRs from ~0.5 ms to ~70 ms: MiniLM-L6 subnets (one layer with 2 heads and FFN 256,
 quarter width, half width, full) and a BERT-medium shape (8 x 512), random weights, exported like deployed
-subnets, f32 and NNCF INT8, static shape. Each runs in f32, bf16 (where the CPU has it) and INT8 under
+subnets, f32 and NNCF INT8 (dynamic shapes, given as [1, seq-len] to both tools). Each runs in f32, bf16 (where the CPU has it) and INT8 under
 `benchmark_app -hint none -nthreads T -nstreams 1 -nireq 1 -api sync -niter 100` in --rounds interleaved rounds
 (the yardstick: lowest of the round medians) and under `eftnas_hw.latency.measure_compiled` (all IRs of one
 precision interleaved, as a table build times them). `--load N` starts N busy-loop processes during the project's
@@ -53,7 +53,8 @@ def build_irs(work: Path, seq_len: int) -> dict[tuple[str, str], Path]:
 
 
 def benchmark_app_ms(xml: Path, precision: str, threads: int, shape: tuple[int, int] | None = None) -> float:
-    """benchmark_app's median latency (ms) of one run of 100 synchronous iterations; `shape` for dynamic IRs."""
+    """benchmark_app's median latency (ms) of one run of 100 synchronous iterations; `shape` [batch, seq] for the
+    dynamic IRs `export_ir` writes."""
     cmd = ["benchmark_app", "-m", str(xml), "-d", "CPU", "-hint", "none", "-nthreads", str(threads),
            "-nstreams", "1", "-nireq", "1", "-api", "sync", "-niter", "100"]
     if shape is not None:
@@ -96,7 +97,7 @@ def main() -> None:
     yardstick = {(n, p): [] for n, p, _ in cases}
     for _ in range(args.rounds):
         for name, precision, xml in cases:
-            yardstick[(name, precision)].append(benchmark_app_ms(xml, precision, args.threads))
+            yardstick[(name, precision)].append(benchmark_app_ms(xml, precision, args.threads, (1, args.seq_len)))
     load = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.load)]
     for p in load:
         p.start()

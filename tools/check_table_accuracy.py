@@ -27,7 +27,7 @@ from eftnas_hw.models import build_subnet, random_bert
 from eftnas_hw.settings import AnchorSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_benchmark_app import benchmark_app_ms  # noqa: E402
+from check_benchmark_app import benchmark_app_interleaved  # noqa: E402
 
 CHECK_SEED = 7
 
@@ -36,8 +36,7 @@ def measure_benchmark_app(models, table: LatencyTable, rounds: int = 3) -> list[
     profile = table.profile
     with tempfile.TemporaryDirectory(prefix="eftnas-check-") as tmp:
         xmls = [export_ir(m, Path(tmp) / str(i), profile) for i, m in enumerate(models)]
-        times = [[benchmark_app_ms(x, profile.precision, profile.threads) for x in xmls] for _ in range(rounds)]
-    return np.min(np.array(times), axis=0).tolist()
+        return benchmark_app_interleaved([(x, profile) for x in xmls], rounds)
 
 
 def main() -> None:
