@@ -105,11 +105,11 @@ def _quiet_export() -> Iterator[None]:
 def _unchecked_trace(model: nn.Module) -> Iterator[None]:
     """Export without torch.jit.trace's check run, as optimum-intel already does for its SKIP_CHECK_TRACE_MODELS.
 
-    The check traces the model a second time and compares outputs: 0.3-0.7 s of a ~4 s MiniLM-L6 export (AVX2
-    EPYC), paid by every model a latency table, a re-anchoring and an export stage converts. A BERT classifier in
-    eval mode traces deterministically (no dropout, no data-dependent control flow), and every exported IR is
-    evaluated on the dev set against its PyTorch model anyway (`deploy.export_subnets`), which catches a wrong graph
-    where it matters.
+    The check traces the model a second time and compares outputs: 0.3-0.7 s per MiniLM-L6 export (AVX2 EPYC,
+    measured when an export took ~4 s, before `telemetry_only_with_consent`), paid by every model a latency table, a
+    re-anchoring and an export stage converts. A BERT classifier in eval mode traces deterministically (no dropout,
+    no data-dependent control flow), and every exported IR is evaluated on the dev set against its PyTorch model
+    anyway (`deploy.export_subnets`), which catches a wrong graph where it matters.
     optimum reads the tuple at call time; it is restored afterwards.
     """
     from optimum.exporters.openvino import utils

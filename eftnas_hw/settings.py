@@ -211,8 +211,8 @@ class AnchorSettings(Settings):
     """How a table is re-anchored to the machine it is used on (`latency/anchor.py`)."""
 
     subnets: int = setting(8, "subnets measured end to end: the full model and random ones", low=3)
-    rounds: int = setting(5, "interleaved measurement rounds (exporting takes most of the time: 5 rounds of 8 "
-                          "MiniLM-L6 subnets are ~10 s)", low=1)
+    rounds: int = setting(5, "interleaved measurement rounds (8 MiniLM-L6 subnets: 5 rounds ~20 s, their exports "
+                          "~8 s on an AVX2 EPYC)", low=1)
     bound_pct: float = setting(5.0, "residual MAPE in percent above which the table is refused here", above=0)
     seed: int = setting(1000, "seed of the random subnets (not the build's calibration ones)", low=0)
 

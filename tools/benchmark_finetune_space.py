@@ -77,11 +77,10 @@ def main() -> None:
         print(f"\n{task}: search space ({cost.unit})\n{result.format_table()}")
         measured = None
         if table and not args.no_measure:
-            from eftnas_hw.latency import measure_models_ms, statistic_for
+            from eftnas_hw.latency import measure_models_ms
 
             models = [build_subnet(model, s) for s in (shape.full_subnet(), *result.subnets)]
-            statistic = statistic_for(table.profile)  # the statistic the table was calibrated to predict
-            measured = [round(m[statistic], 3) for m in measure_models_ms(models, table.profile)]
+            measured = [round(m["ms"], 3) for m in measure_models_ms(models, table.profile)]
         print(json.dumps({
             "task": task, "train_examples": metrics["train_examples"], "epochs": budget["epochs"],
             "score_epochs": budget["score_epochs"], "optimizer_steps": metrics["optimizer_steps"],

@@ -2,8 +2,8 @@
 
     python tools/check_common_mode.py TABLE [TABLE ...]
 
-A table keeps every measurement's round medians (`measurements` in its JSON). The protocol takes each candidate's
-lowest round median. When a slow period of the machine hits every candidate of a round alike (on the AVX2 EPYC of
+A table keeps every measurement's round medians (`measurements` in its JSON). Tables built before session 16 took
+each candidate's lowest round median; the protocol now removes each round's common factor. When a slow period of the machine hits every candidate of a round alike (on the AVX2 EPYC of
 session 13, rounds 2-4 of a block build all ran ~40% slow), the per-round factor can be estimated from all
 candidates together and divided out: log(round median) = candidate + round, fitted by median polish, each candidate
 then taken at the fastest round's level. This tool rebuilds the blocks, the drift references and the calibration
@@ -17,19 +17,9 @@ import json
 import numpy as np
 
 from eftnas_hw.latency import LatencyTable
+from eftnas_hw.latency.measure import common_mode
 from eftnas_hw.latency.profiler import blocks_from_ms, calibrate_and_validate, drift_factors, uncalibrated
 from eftnas_hw.subnet import SubnetConfig
-
-
-def common_mode(round_medians: np.ndarray, iterations: int = 10) -> np.ndarray:
-    """Per candidate (rows) its latency at the fastest round's level, with each round's common factor removed."""
-    logs = np.log(round_medians)
-    candidate, round_ = np.median(logs, axis=1), np.zeros(logs.shape[1])
-    for _ in range(iterations):
-        round_ = np.median(logs - candidate[:, None], axis=0)
-        candidate = np.median(logs - round_[None, :], axis=1)
-    return np.exp(candidate + round_.min())
-
 
 ESTIMATORS = {"lowest round median": lambda m: m.min(axis=1), "common-mode per round": common_mode}
 

@@ -316,7 +316,7 @@ def summary_lines(table: LatencyTable) -> list[str]:
         f"{table.profile.precision}); calibration ({table.data['calibration']['model']}): "
         + (", ".join(f"{name} {c:+.4f}" for name, c in table.log_curve.items()) if table.log_curve else
            ", ".join(f"{name} {c:+.4f}" for name, c in zip(CALIBRATION_FEATURES, table.coef))),
-        f"validated leave-one-out on {v['n']} random subnets (lowest round median of interleaved runs):",
+        f"validated leave-one-out on {v['n']} random subnets (interleaved rounds, their common slowdowns removed):",
         f"  table:           MAPE {v['mape_pct']:.2f}%  worst {v['worst_pct']:.2f}%  within 5% "
         f"{100 * v['within_5pct']:.0f}%  within 10% {100 * v['within_10pct']:.0f}%  Spearman {v['spearman']:.4f}",
         *(f"  candidate '{name}': MAPE {e['mape_pct']:.2f}%  worst {e['worst_pct']:.2f}%  within 5% "
