@@ -398,7 +398,7 @@ class RunConfig(Settings):
 
 
 # The budget of `eftnas-hw run` without --config (the README's main command: 8.1-8.7 minutes on the AVX-512 EPYC,
-# 9.7 on the AVX2 one, with a re-anchored latency table). A run config file is applied on top of it; everything not
+# 9.7-9.8 on the AVX2 one, with a re-anchored latency table). A run config file is applied on top of it; everything not
 # named here takes the full-budget defaults above.
 QUICK_RUN: dict[str, Any] = {
     "max_length": 64,
