@@ -40,9 +40,9 @@ def export_openvino(model: nn.Module, out: str | os.PathLike, tokenizer: PreTrai
     """
     from optimum.exporters.openvino import export_from_model
 
-    with atomic_output_dir(out, overwrite) as tmp:
+    with atomic_output_dir(out, overwrite) as tmp, telemetry_only_with_consent():
         model = model.eval()
-        with _quiet_export(), _unchecked_trace(model), _frozen_gc(), telemetry_only_with_consent():
+        with _quiet_export(), _unchecked_trace(model), _frozen_gc():
             export_from_model(model, output=tmp, task=export_task(model))
         if static_shape is not None or calibration_texts:  # else optimum's IR is already the one to ship
             ir = ov.Core().read_model(tmp / IR_NAME)
@@ -75,9 +75,8 @@ def quantize_int8(ir: ov.Model, tokenizer: PreTrainedTokenizerBase,
         return {k: v for k, v in enc.items() if k in names}
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    with telemetry_only_with_consent():
-        return nncf.quantize(ir, nncf.Dataset(list(texts), encode), model_type=nncf.ModelType.TRANSFORMER,
-                             subset_size=len(texts))
+    return nncf.quantize(ir, nncf.Dataset(list(texts), encode), model_type=nncf.ModelType.TRANSFORMER,
+                         subset_size=len(texts))
 
 
 @contextlib.contextmanager

@@ -3,12 +3,12 @@
     python tools/check_benchmark_app.py [--threads 1] [--seq-len 128] [--rounds 3] [--load 0] [--work DIR]
 
 Builds (once, cached in --work) IRs from ~0.5 ms to ~70 ms: MiniLM-L6 subnets (one layer with 2 heads and FFN 256,
-quarter width, half width, full) and a BERT-medium shape (8 x 512), random weights, exported like deployed
-subnets, f32 and NNCF INT8 (dynamic shapes, given as [1, seq-len] to both tools). Each runs in f32, bf16 (where the CPU has it) and INT8 under
-`benchmark_app -hint none -nthreads T -nstreams 1 -nireq 1 -api sync -niter 100` in --rounds interleaved rounds
-(the yardstick: lowest of the round medians) and under `eftnas_hw.latency.measure_compiled` (all IRs of one
-precision interleaved, as a table build times them). `--load N` starts N busy-loop processes during the project's
-measurement only (benchmark_app keeps the quiet machine), to show how the protocol holds on a busy one.
+quarter width, half width, full) and a BERT-medium shape (8 x 512), random weights, exported like deployed subnets,
+f32 and NNCF INT8 (dynamic shapes, given as [1, seq-len] to both tools). Each runs in f32, bf16 (where the CPU has
+it) and INT8 under `benchmark_app -hint none -nthreads T -nstreams 1 -nireq 1 -api sync -niter 100` in --rounds
+interleaved rounds (the yardstick: lowest of the round medians) and under `eftnas_hw.latency.measure_compiled` (all
+IRs of one precision interleaved, as a table build times them). `--load N` starts N busy-loop processes during the
+project's measurement only (benchmark_app keeps the quiet machine), to show how the protocol holds on a busy one.
 """
 from __future__ import annotations
 

@@ -3,11 +3,12 @@
     python tools/check_common_mode.py TABLE [TABLE ...]
 
 A table keeps every measurement's round medians (`measurements` in its JSON). Tables built before session 16 took
-each candidate's lowest round median; the protocol now removes each round's common factor. When a slow period of the machine hits every candidate of a round alike (on the AVX2 EPYC of
-session 13, rounds 2-4 of a block build all ran ~40% slow), the per-round factor can be estimated from all
-candidates together and divided out: log(round median) = candidate + round, fitted by median polish, each candidate
-then taken at the fastest round's level. This tool rebuilds the blocks, the drift references and the calibration
-from the stored numbers under both estimators and prints the leave-one-out validation of each; nothing is measured.
+each candidate's lowest round median; the protocol now removes each round's common factor. When a slow period of the
+machine hits every candidate of a round alike (on the AVX2 EPYC of session 13, rounds 2-4 of a block build all ran
+~40% slow), the per-round factor can be estimated from all candidates together and divided out: log(round median) =
+candidate + round, fitted by median polish, each candidate then taken at the fastest round's level. This tool
+rebuilds the blocks, the drift references and the calibration from the stored numbers under both estimators and
+prints the leave-one-out validation of each; nothing is measured.
 """
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ from .profiles import Profile
 # Back-to-back timed calls per candidate per round, after one untimed call that re-warms caches the previous
 # candidate displaced (a call right after another model's runs was up to 15% slower here).
 BURST = 20
-# What `summarize(...)["ms"]` is, for records and cards.
+# What a measurement's "ms" is (`measure_compiled`), for records and cards.
 STATISTIC = "round medians less each round's common slowdown (benchmark_app's median, interleaved rounds)"
 # Rounds whose medians differ by more than this (highest vs lowest) flag the measurement as unstable.
 DISAGREEMENT_BOUND = 0.05
@@ -69,16 +69,15 @@ def compile_ir(ir: str | os.PathLike | ov.Model, config: dict, device: str = "CP
 
 def summarize(latency_ms: Sequence[Sequence[float]], wall_ms: Sequence[Sequence[float]],
               cpu_ms: Sequence[Sequence[float]], threads: int) -> dict:
-    """One candidate's samples, a list per round -> {"ms": its lowest round median (`measure_compiled` replaces it
-    with the protocol's latency, see the module docstring),
-    "median"/"min"/"p90" over all calls, "round_medians", "spread" (p90-min)/min, "disagreement" of the round
-    medians, "wall_over_cpu" (~1 alone with one thread, >1 when other processes preempt it), "unstable"}."""
+    """One candidate's samples, a list per round -> {"lowest_round_median", "median"/"min"/"p90" over all calls,
+    "round_medians", "spread" (p90-min)/min, "disagreement" of the round medians, "wall_over_cpu" (~1 alone with one
+    thread, >1 when other processes preempt it), "unstable"}."""
     lat, wall, cpu = (np.asarray(x, dtype=float) for x in (latency_ms, wall_ms, cpu_ms))
     corrected = lat * np.minimum(1.0, cpu / wall) if threads == 1 else lat
     rounds = np.median(corrected, axis=1)
     flat = corrected.ravel()
-    stats = {"ms": float(rounds.min()), "median": float(np.median(flat)), "min": float(flat.min()),
-             "p90": float(np.percentile(flat, 90)), "n": int(flat.size),
+    stats = {"lowest_round_median": float(rounds.min()), "median": float(np.median(flat)),
+             "min": float(flat.min()), "p90": float(np.percentile(flat, 90)), "n": int(flat.size),
              "round_medians": [round(float(r), 4) for r in rounds],
              "uncorrected_median": float(np.median(lat)),
              "wall_over_cpu": float(np.median(wall / cpu))}
@@ -150,7 +149,7 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
                 lat[-1].append(request.latency)
     stats = [summarize(*s, threads=profile.threads) for s in samples]
     for s, level in zip(stats, common_mode([s["round_medians"] for s in stats])):
-        s["lowest_round_median"], s["ms"] = s["ms"], float(level)
+        s["ms"] = float(level)  # the protocol's latency (see the module docstring)
     return stats
 
 
