@@ -1,12 +1,18 @@
 """How right is a latency table on this machine? Random subnets it never saw, exported and timed end to end.
 
-    python tools/check_table_accuracy.py TABLE [--n 24] [--anchor] [--force] [--yardstick protocol|benchmark_app]
+    python tools/check_table_accuracy.py TABLE [--n 24] [--anchor] [--same-sitting] [--force]
+                                         [--yardstick protocol|benchmark_app]
 
 Prints one JSON line: the table's prediction error on `--n` random subnets (seed 7, other than the build's
 calibration/validation subnets and the anchor's; removed attention/FFN blocks included) as the table is, and,
 with --anchor, after re-anchoring it here (`eftnas_hw.latency.anchor_table`, whose own measurements are not among
-the checked subnets). The yardstick is the project's protocol (which `tools/check_benchmark_app.py` compares with
-benchmark_app) or benchmark_app itself (-niter 100, lowest of 3 interleaved round medians; slower).
+the checked subnets), as a user's run does: the anchor first, the checked subnets timed after it.
+With --same-sitting the anchor's subnets are timed in the same interleaved rounds as the checked ones and the
+anchor is fitted on those measurements (`fit_anchor`): the table's own error, with the machine's drift between the
+anchor's minute and the check's taken out. A VM whose speed moves by 10-20% within minutes (the AVX2 EPYC of
+sessions 13-17) misses an absolute bar through the drift alone; this tells the table's share from the machine's.
+The yardstick is the project's protocol (which `tools/check_benchmark_app.py` compares with benchmark_app) or
+benchmark_app itself (-niter 100, lowest of 3 interleaved round medians; slower).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from eftnas_hw.latency import LatencyTable, anchor_table, measure_models_ms, random_subnets
+from eftnas_hw.latency.anchor import anchor_subnets, fit_anchor
 from eftnas_hw.latency.measure import export_ir
 from eftnas_hw.latency.profiler import errors
 from eftnas_hw.models import build_subnet, random_bert
@@ -44,26 +51,37 @@ def main() -> None:
     parser.add_argument("table", type=Path)
     parser.add_argument("--n", type=int, default=24)
     parser.add_argument("--anchor", action="store_true", help="also re-anchor the table here and check that")
+    parser.add_argument("--same-sitting", action="store_true",
+                        help="also fit the anchor on its subnets timed in the same rounds as the checked ones")
     parser.add_argument("--force", action="store_true", help="a table from another kind of machine")
     parser.add_argument("--yardstick", choices=("protocol", "benchmark_app"), default="protocol")
     args = parser.parse_args()
     table = LatencyTable.load(args.table, force=args.force)
     shape, profile = table.shape, table.profile
     subnets = [shape.full_subnet()] + random_subnets(shape, args.n - 1, CHECK_SEED)
-    started = time.time()
     # no refusal here: the check reports the residual, and whether `run` would have refused it
-    anchored = anchor_table(table, AnchorSettings(bound_pct=1e9), progress=False) if args.anchor else None
+    settings = AnchorSettings(bound_pct=1e9)
+    started = time.time()
+    anchored = anchor_table(table, settings, progress=False) if args.anchor else None
     anchor_seconds = time.time() - started
     model = random_bert(shape, CHECK_SEED)
     models = [build_subnet(model, s) for s in subnets]
+    if args.same_sitting:
+        # the anchor's own subnets and weights, so its IRs are the ones `anchor_table` times
+        extra = anchor_subnets(table, settings)
+        models += [build_subnet(random_bert(shape, settings.seed), s) for s in extra]
     if args.yardstick == "benchmark_app":
         measured = np.array(measure_benchmark_app(models, table))
     else:
         measured = np.array([s["ms"] for s in measure_models_ms(models, profile, rounds=5)])
+    same_sitting = None
+    if args.same_sitting:
+        measured, anchor_measured = measured[:len(subnets)], measured[len(subnets):]
+        same_sitting = fit_anchor(table, extra, anchor_measured, settings, seconds=0.0)
     result = {"table": str(args.table), "shape": shape.describe(), "profile": profile.condition,
               "cpu": table.machine.get("cpu"), "here": platform.processor() or "", "n": len(subnets),
               "yardstick": args.yardstick, "full_model_measured_ms": round(float(measured[0]), 3)}
-    for name, t in (("as_is", table), ("anchored", anchored)):
+    for name, t in (("as_is", table), ("anchored", anchored), ("anchored_same_sitting", same_sitting)):
         if t is None:
             continue
         predicted = np.array([t.predict_ms(s) for s in subnets])
@@ -71,12 +89,15 @@ def main() -> None:
         result[name] = {"mape_pct": round(e["mape_pct"], 2), "worst_pct": round(e["worst_pct"], 2),
                         "within_5pct": round(e["within_5pct"], 3), "spearman": round(e["spearman"], 4),
                         "full_model_predicted_ms": round(float(predicted[0]), 3)}
+    for name, t in (("anchor", anchored), ("anchor_same_sitting", same_sitting)):
+        if t is None:
+            continue
+        a = t.data["anchor"]
+        result[name] = {"scale": round(a["scale"], 4), "model": a["model"], "offset_ms": round(a["offset_ms"], 4),
+                        "residual_mape_pct": round(a["residual"]["mape_pct"], 2),
+                        "refused_by_default_bound": a["residual"]["mape_pct"] > AnchorSettings().bound_pct}
     if anchored is not None:
-        a = anchored.data["anchor"]
-        result["anchor"] = {"seconds": round(anchor_seconds, 1), "scale": round(a["scale"], 4), "model": a["model"],
-                            "offset_ms": round(a["offset_ms"], 4),
-                            "residual_mape_pct": round(a["residual"]["mape_pct"], 2),
-                            "refused_by_default_bound": a["residual"]["mape_pct"] > AnchorSettings().bound_pct}
+        result["anchor"]["seconds"] = round(anchor_seconds, 1)
     print(json.dumps(result))
 
 

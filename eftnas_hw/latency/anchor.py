@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import UserError
 from ..models import build_subnet, random_bert
 from ..settings import AnchorSettings
+from ..subnet import SubnetConfig
 from .fingerprint import hardware_fingerprint
 from .measure import exported_irs, measure_compiled
 from .profiler import errors, leave_one_out, relative_fit, spread_subnets
@@ -32,49 +33,65 @@ class TableDoesNotFit(UserError):
     """The table's proportions do not hold on this machine, even re-anchored."""
 
 
+def anchor_subnets(table: LatencyTable, settings: AnchorSettings = AnchorSettings()) -> list[SubnetConfig]:
+    """The subnets an anchor times: the full model and random ones spread over the table's range."""
+    return spread_subnets(table.shape, settings.subnets, settings.seed, table.calibrated_ms)
+
+
 def anchor_table(table: LatencyTable, settings: AnchorSettings = AnchorSettings(),
                  progress: bool = True) -> LatencyTable:
     """A copy of `table` anchored to this machine (see the module docstring); TableDoesNotFit when it stays off."""
-    n, rounds, seed = settings.subnets, settings.rounds, settings.seed
     started = time.time()
-    shape, profile = table.shape, table.profile
-    subnets = spread_subnets(shape, n, seed, table.calibrated_ms)
-    weights = random_bert(shape, seed)
+    subnets = anchor_subnets(table, settings)
+    weights = random_bert(table.shape, settings.seed)
     before = np.array([table.calibrated_ms(s) for s in subnets])
-    with exported_irs([build_subnet(weights, s) for s in subnets], profile) as irs:
-        stats = measure_compiled(irs, profile, rounds, desc="re-anchoring" if progress else None)
+    with exported_irs([build_subnet(weights, s) for s in subnets], table.profile) as irs:
+        stats = measure_compiled(irs, table.profile, settings.rounds, desc="re-anchoring" if progress else None)
         measured = np.array([s["ms"] for s in stats])
-        model, fits = _choose_fit(before, measured, n)
+        model, fits = _choose_fit(before, measured, len(subnets))
         remeasured = fits[model][2]["mape_pct"] > settings.bound_pct
         if remeasured:
             # A slow spell of a shared VM can spoil a few of the handful of measurements (an AVX2 EPYC refused its
             # own shipped table at 6.2% once, 3.1% the day before): the same IRs are timed once more, the lowest
             # round median of twice the rounds kept, before the table is refused and `run` spends minutes on a
             # build. ~20 s, only where the first fit failed.
-            again = measure_compiled(irs, profile, rounds, desc="re-anchoring, measured again" if progress else None)
+            again = measure_compiled(irs, table.profile, settings.rounds,
+                                     desc="re-anchoring, measured again" if progress else None)
             measured = np.minimum(measured, [s["ms"] for s in again])
             stats = [dict(a, unstable=a["unstable"] and b["unstable"]) for a, b in zip(stats, again)]
-            model, fits = _choose_fit(before, measured, n)
+    return fit_anchor(table, subnets, measured, settings, measured_twice=remeasured,
+                      unstable_measurements=sum(s["unstable"] for s in stats),
+                      seconds=round(time.time() - started, 1))
+
+
+def fit_anchor(table: LatencyTable, subnets: list[SubnetConfig], measured: np.ndarray,
+               settings: AnchorSettings = AnchorSettings(), **record) -> LatencyTable:
+    """The anchored copy of `table` from `measured` (ms, this machine) of `subnets` (the full model first), with
+    `record` (how they were measured) kept in the anchor; TableDoesNotFit when the residual exceeds the bound.
+
+    Apart from `anchor_table` so a check can time the anchor's subnets in the same rounds as others
+    (`tools/check_table_accuracy.py --same-sitting`)."""
+    profile, n = table.profile, len(subnets)
+    before = np.array([table.calibrated_ms(s) for s in subnets])
+    measured = np.asarray(measured, dtype=float)
+    model, fits = _choose_fit(before, measured, n)
     scale, offset, residual = fits[model]
     anchor = {
         "fingerprint": hardware_fingerprint(profile), "scale": scale, "offset_ms": offset, "model": model,
         "candidates": {name: fit[2] for name, fit in fits.items()},
-        "source_digest": table.digest, "n": n, "rounds": rounds, "seed": seed,
+        "source_digest": table.digest, "n": n, "rounds": settings.rounds, "seed": settings.seed,
         "full_model_shift_pct": float(100 * (measured[0] / before[0] - 1)),
         "before": errors(before, measured), "residual": residual,
         "subnets": [{"subnet": s.to_dict(), "measured_ms": float(m), "table_ms": float(b)}
                     for s, m, b in zip(subnets, measured, before)],
-        "measured_twice": remeasured,
-        "unstable_measurements": sum(s["unstable"] for s in stats),
-        "seconds": round(time.time() - started, 1),
+        **record,
     }
     anchored = LatencyTable({**table.data, "anchor": anchor})
-    residual = anchor["residual"]["mape_pct"]
-    if residual > settings.bound_pct:
-        twice = " measured twice" if remeasured else ""
+    if residual["mape_pct"] > settings.bound_pct:
+        twice = " measured twice" if record.get("measured_twice") else ""
         raise TableDoesNotFit(f"latency table does not fit this machine even re-anchored: leave-one-out MAPE "
-                              f"{residual:.1f}% on {n} subnets{twice} (bound {settings.bound_pct}%); build one here "
-                              "with `eftnas-hw profile`")
+                              f"{residual['mape_pct']:.1f}% on {n} subnets{twice} (bound {settings.bound_pct}%); "
+                              "build one here with `eftnas-hw profile`")
     return anchored
 
 
