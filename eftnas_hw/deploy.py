@@ -41,7 +41,7 @@ RUN_NAME = "export.json"
 # export: on a 2-vCPU VM a noisy period then inflates rounds of every model alike, and the lowest round median drops
 # them. Timed one by one, the default run's front on an AVX2 EPYC read -3% to +22% off the same IRs re-timed
 # interleaved minutes later (MAPE 7.2% against the table, 2.4% re-timed; README "Latency tables").
-MEASURE_ROUNDS = 8
+MEASURE_ROUNDS = 32
 # Profile fields that change latency: a table built under other values cannot predict this measurement.
 LATENCY_FIELDS = ("device", "threads", "streams", "batch", "seq_len", "hint")
 

@@ -199,8 +199,8 @@ class TableBuildSettings(Settings):
 
     ffn_step: int = setting(128, "FFN width grid step (interpolated between)", low=1)
     subnets: int = setting(32, "random subnets measured end to end to calibrate and validate the table", low=8)
-    block_rounds: int = setting(8, "interleaved measurement rounds of the block models", low=1)
-    subnet_rounds: int = setting(4, "interleaved measurement rounds of the calibration/validation subnets", low=1)
+    block_rounds: int = setting(32, "interleaved measurement rounds of the block models", low=1)
+    subnet_rounds: int = setting(16, "interleaved measurement rounds of the calibration/validation subnets", low=1)
     group_size: int = setting(7, "subnets measured together round-robin (+ the full model as drift reference)",
                               low=1)
     seed: int = setting(0, "seed of the random calibration/validation subnets", low=0)
@@ -211,8 +211,8 @@ class AnchorSettings(Settings):
     """How a table is re-anchored to the machine it is used on (`latency/anchor.py`)."""
 
     subnets: int = setting(8, "subnets measured end to end: the full model and random ones", low=3)
-    rounds: int = setting(5, "interleaved measurement rounds (8 MiniLM-L6 subnets: 5 rounds ~20 s, their exports "
-                          "~8 s on an AVX2 EPYC)", low=1)
+    rounds: int = setting(20, "interleaved measurement rounds of 5 calls each (8 MiniLM-L6 subnets: ~23 s, their "
+                          "exports ~8 s on an AVX2 EPYC)", low=1)
     bound_pct: float = setting(5.0, "residual MAPE in percent above which the table is refused here", above=0)
     seed: int = setting(1000, "seed of the random subnets (not the build's calibration ones)", low=0)
 

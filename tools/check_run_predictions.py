@@ -1,6 +1,6 @@
 """Do a run's budgets hold? Its exported IRs measured again, all interleaved, against the table's predictions.
 
-    python tools/check_run_predictions.py RUN_DIR [--rounds 8] [--benchmark-app] [--reference EXPORT_DIR]
+    python tools/check_run_predictions.py RUN_DIR [--rounds 32] [--benchmark-app] [--reference EXPORT_DIR]
 
 Every exported model of the run (models/*/subnet-NN) is timed under the profile it was exported for, all of them in
 the same interleaved rounds (so drift and noise hit them alike), optionally also with benchmark_app (3 rounds over
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eftnas_hw.deploy import load_exports
+from eftnas_hw.deploy import MEASURE_ROUNDS, load_exports
 from eftnas_hw.export import IR_NAME
 from eftnas_hw.latency import Profile
 from eftnas_hw.latency.measure import measure_compiled
@@ -32,7 +32,7 @@ from check_benchmark_app import benchmark_app_interleaved  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=MEASURE_ROUNDS)
     parser.add_argument("--benchmark-app", action="store_true")
     parser.add_argument("--reference", type=Path, default=None, help="whole-model export folder to count speed-ups "
                                                                       "against (with --benchmark-app)")

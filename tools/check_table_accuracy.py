@@ -73,7 +73,7 @@ def main() -> None:
     if args.yardstick == "benchmark_app":
         measured = np.array(measure_benchmark_app(models, table))
     else:
-        measured = np.array([s["ms"] for s in measure_models_ms(models, profile, rounds=5)])
+        measured = np.array([s["ms"] for s in measure_models_ms(models, profile)])
     same_sitting = None
     if args.same_sitting:
         measured, anchor_measured = measured[:len(subnets)], measured[len(subnets):]

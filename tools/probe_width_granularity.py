@@ -23,7 +23,7 @@ WIDTHS = [896, 928, 960, 992, 1000, 1008, 1016, 1024, 1032, 1040, 1056, 1088, 11
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=128)
     args = parser.parse_args()

@@ -35,8 +35,14 @@ from ..export import IR_NAME
 from .profiles import Profile
 
 # Back-to-back timed calls per candidate per round, after one untimed call that re-warms caches the previous
-# candidate displaced (a call right after another model's runs was up to 15% slower here).
-BURST = 20
+# candidate displaced (a call right after another model's runs was up to 15% slower here), and the default number of
+# rounds (100 timed calls per candidate). Short bursts in many rounds: on the AVX2 EPYC (session 17) the machine's
+# speed wanders by ~5% (sd) over seconds, so a round must be short for its common slowdown to be common to all its
+# candidates. 12 MiniLM-L6 subnets, each's latency relative to the full model, 4 repetitions of 100 calls each:
+# burst 20 x 5 rounds varied by 3.7% (median CV, worst 9.8%), burst 5 x 20 rounds by 1.4% (worst 3.3%), burst 2 x 50
+# rounds by 1.2% (worst 1.6%, 25% longer: a re-warm call per 2); `tools/check_interleaving.py`.
+BURST = 5
+ROUNDS = 20
 # What a measurement's "ms" is (`measure_compiled`), for records and cards.
 STATISTIC = "round medians less each round's common slowdown (benchmark_app's median, interleaved rounds)"
 # Rounds whose medians differ by more than this (highest vs lowest) flag the measurement as unstable.
@@ -127,7 +133,7 @@ def _request(model: ov.Model | str | os.PathLike, profile: Profile) -> ov.InferR
     return request
 
 
-def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Profile, rounds: int = 5,
+def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Profile, rounds: int = ROUNDS,
                      burst: int = BURST, warmup: int = 3, desc: str | None = None) -> list[dict]:
     """Compile each IR under the profile and time them in interleaved rounds; one stats dict (ms) per model."""
     if rounds < 1 or burst < 1:
@@ -153,7 +159,7 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
     return stats
 
 
-def measure_ir_ms(ir: str | os.PathLike | ov.Model, profile: Profile, rounds: int = 5) -> dict:
+def measure_ir_ms(ir: str | os.PathLike | ov.Model, profile: Profile, rounds: int = ROUNDS) -> dict:
     """Stats (see `summarize`; "ms" is the latency) of one IR file/folder or ov.Model."""
     return measure_compiled([ir if isinstance(ir, ov.Model) else ir_path(ir)], profile, rounds)[0]
 
@@ -210,7 +216,7 @@ def exported_irs(models: Sequence[nn.Module], profile: Profile) -> Iterator[list
         yield [export_ir(m, Path(tmp) / str(i), profile) for i, m in enumerate(models)]
 
 
-def measure_models_ms(models: Sequence[nn.Module], profile: Profile, rounds: int = 5,
+def measure_models_ms(models: Sequence[nn.Module], profile: Profile, rounds: int = ROUNDS,
                       desc: str | None = None) -> list[dict]:
     """Export torch BERT classifiers to IR and measure them together in interleaved rounds."""
     with exported_irs(models, profile) as paths:
