@@ -277,6 +277,7 @@ def _anchor(args: argparse.Namespace) -> None:
 
 def _latency(args: argparse.Namespace) -> None:
     from .latency import LatencyTable, measure_models_ms
+    from .latency.measure import ROUNDS
     from .models import build_subnet, load_model, random_bert
     from .subnet import BertShape, SubnetConfig
 
@@ -287,7 +288,7 @@ def _latency(args: argparse.Namespace) -> None:
     if args.measure:
         model = load_model(args.model) if args.model else random_bert(table.shape)
         table.check_shape(BertShape.from_config(model.config))
-        stats = measure_models_ms([build_subnet(model, subnet)], table.profile, rounds=args.rounds)[0]
+        stats = measure_models_ms([build_subnet(model, subnet)], table.profile, rounds=args.rounds or ROUNDS)[0]
         measured = stats["ms"]
         result.update(measured_ms=measured, measured=stats,
                       error_pct=100 * (result["predicted_ms"] - measured) / measured)
@@ -419,8 +420,8 @@ def _add_table_commands(sub) -> None:
     p.add_argument("--subnet", help="subnet JSON ({'heads': [...], 'ffn': [...]}); default: the full model")
     p.add_argument("--measure", action="store_true", help="also export the subnet and measure it")
     _common(p, "model")
-    p.add_argument("--rounds", type=_positive_int, default=20,
-                   help="measurement rounds with --measure (each a warm burst of 5 back-to-back calls)")
+    p.add_argument("--rounds", type=_positive_int, default=None,
+                   help="measurement rounds with --measure (each a warm burst of 5 back-to-back calls; default 20)")
     p.add_argument("--force", action="store_true", help="use a table measured on another machine (warns)")
     p.set_defaults(func=_latency)
 
