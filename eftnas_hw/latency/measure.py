@@ -84,7 +84,7 @@ def summarize(latency_ms: Sequence[Sequence[float]], wall_ms: Sequence[Sequence[
     flat = corrected.ravel()
     stats = {"lowest_round_median": float(rounds.min()), "median": float(np.median(flat)),
              "min": float(flat.min()), "p90": float(np.percentile(flat, 90)), "n": int(flat.size),
-             "round_medians": [round(float(r), 4) for r in rounds],
+             "round_medians": [float(r) for r in rounds],
              "uncorrected_median": float(np.median(lat)),
              "wall_over_cpu": float(np.median(wall / cpu))}
     stats["spread"] = (stats["p90"] - stats["min"]) / stats["min"]
