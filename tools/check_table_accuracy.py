@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from eftnas_hw.latency import LatencyTable, anchor_table, measure_models_ms, random_subnets
-from eftnas_hw.latency.anchor import anchor_subnets, fit_anchor
+from eftnas_hw.latency.anchor import anchor_models, fit_anchor
 from eftnas_hw.latency.measure import export_ir
 from eftnas_hw.latency.profiler import errors
 from eftnas_hw.models import build_subnet, random_bert
@@ -67,9 +67,8 @@ def main() -> None:
     model = random_bert(shape, CHECK_SEED)
     models = [build_subnet(model, s) for s in subnets]
     if args.same_sitting:
-        # the anchor's own subnets and weights, so its IRs are the ones `anchor_table` times
-        extra = anchor_subnets(table, settings)
-        models += [build_subnet(random_bert(shape, settings.seed), s) for s in extra]
+        extra, anchor_nets = anchor_models(table, settings)  # the very models `anchor_table` times
+        models += anchor_nets
     if args.yardstick == "benchmark_app":
         measured = np.array(measure_benchmark_app(models, table))
     else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from torch import nn
 
 from ..errors import UserError
 from ..models import build_subnet, random_bert
@@ -33,19 +34,22 @@ class TableDoesNotFit(UserError):
     """The table's proportions do not hold on this machine, even re-anchored."""
 
 
-def anchor_subnets(table: LatencyTable, settings: AnchorSettings = AnchorSettings()) -> list[SubnetConfig]:
-    """The subnets an anchor times: the full model and random ones spread over the table's range."""
-    return spread_subnets(table.shape, settings.subnets, settings.seed, table.calibrated_ms)
+def anchor_models(table: LatencyTable, settings: AnchorSettings = AnchorSettings()
+                  ) -> tuple[list[SubnetConfig], list[nn.Module]]:
+    """The subnets an anchor times (the full model and random ones spread over the table's range) and their models,
+    cut from random weights of the anchor's seed."""
+    subnets = spread_subnets(table.shape, settings.subnets, settings.seed, table.calibrated_ms)
+    weights = random_bert(table.shape, settings.seed)
+    return subnets, [build_subnet(weights, s) for s in subnets]
 
 
 def anchor_table(table: LatencyTable, settings: AnchorSettings = AnchorSettings(),
                  progress: bool = True) -> LatencyTable:
     """A copy of `table` anchored to this machine (see the module docstring); TableDoesNotFit when it stays off."""
     started = time.time()
-    subnets = anchor_subnets(table, settings)
-    weights = random_bert(table.shape, settings.seed)
+    subnets, models = anchor_models(table, settings)
     before = np.array([table.calibrated_ms(s) for s in subnets])
-    with exported_irs([build_subnet(weights, s) for s in subnets], table.profile) as irs:
+    with exported_irs(models, table.profile) as irs:
         stats = measure_compiled(irs, table.profile, settings.rounds, desc="re-anchoring" if progress else None)
         measured = np.array([s["ms"] for s in stats])
         model, fits = _choose_fit(before, measured, len(subnets))
