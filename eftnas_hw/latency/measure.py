@@ -22,6 +22,7 @@ import contextlib
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -34,13 +35,15 @@ from ..errors import UserError
 from ..export import IR_NAME
 from .profiles import Profile
 
-# Back-to-back timed calls per candidate per round, after one untimed call that re-warms caches the previous
-# candidate displaced (a call right after another model's runs was up to 15% slower here), and the default number of
-# rounds (100 timed calls per candidate). Short bursts in many rounds: on the AVX2 EPYC (session 17) the machine's
-# speed wanders by ~5% (sd) over seconds, so a round must be short for its common slowdown to be common to all its
-# candidates. 12 MiniLM-L6 subnets, each's latency relative to the full model, 4 repetitions of 100 calls each:
-# burst 20 x 5 rounds varied by 3.7% (median CV, worst 9.8%), burst 5 x 20 rounds by 1.4% (worst 3.3%), burst 2 x 50
-# rounds by 1.2% (worst 1.6%, 25% longer: a re-warm call per 2); `tools/check_interleaving.py`.
+# Back-to-back timed calls per candidate per round, and the default number of rounds (100 timed calls per candidate).
+# Short bursts in many rounds: on the AVX2 EPYC (session 17) the machine's speed wanders by ~5% (sd) over seconds,
+# so a round must be short for its common slowdown to be common to all its candidates. 12 MiniLM-L6 subnets, each's
+# latency relative to the full model, 4 repetitions of 100 calls each: burst 20 x 5 rounds varied by 3.7% (median
+# CV, worst 9.8%), burst 5 x 20 rounds by 1.4% (worst 3.3%), burst 2 x 50 rounds by 1.2% (worst 1.6%, 25% longer);
+# `tools/check_interleaving.py`. Each burst follows one untimed call (`rewarm`) that re-warms what the previous
+# candidate displaced from cache: without it (session 18, 4 repetitions) 8 f32 subnets varied by 0.6% (worst 2.0%)
+# against 1.0% (2.2%) with it, but 12 INT8 ones (`--rewarm 0 1`), whose weights fit the cache, by 3.7% (5.3%) against
+# 2.0% (2.7%): kept, for its 17-20% of the timing time.
 BURST = 5
 ROUNDS = 20
 # What a measurement's "ms" is (`measure_compiled`), for records and cards.
@@ -134,18 +137,25 @@ def _request(model: ov.Model | str | os.PathLike, profile: Profile) -> ov.InferR
 
 
 def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Profile, rounds: int = ROUNDS,
-                     burst: int = BURST, warmup: int = 3, desc: str | None = None) -> list[dict]:
-    """Compile each IR under the profile and time them in interleaved rounds; one stats dict (ms) per model."""
+                     burst: int = BURST, warmup: int = 3, desc: str | None = None, rewarm: int = 1) -> list[dict]:
+    """Compile each IR under the profile and time them in interleaved rounds; one stats dict (ms) per model.
+
+    `rewarm` untimed calls precede each candidate's burst in every round (see BURST).
+    """
     if rounds < 1 or burst < 1:
         raise UserError(f"measurement needs at least one round and one call per round (got {rounds}, {burst})")
-    requests = [_request(m, profile) for m in models]
+    # Compilation is native and mostly serial: compiling on every core at once took 8 MiniLM-L6 subnets from 3.8-4.0
+    # to 2.5-2.8 s (INT8) and 1.9-2.4 to 1.5-1.6 s (f32) on the 2-core AVX2 EPYC. Nothing is timed meanwhile.
+    with ThreadPoolExecutor(max(1, min(len(models), os.cpu_count() or 1))) as pool:
+        requests = list(pool.map(lambda m: _request(m, profile), models))
     for request in requests:
         for _ in range(warmup):
             request.infer()
     samples = [([], [], []) for _ in requests]
     for _ in tqdm(range(rounds), desc=desc, leave=False, disable=desc is None):
         for (lat, wall, cpu), request in zip(samples, requests):
-            request.infer()  # re-warm: the previous candidate's weights displaced this one's from cache
+            for _ in range(rewarm):
+                request.infer()
             lat.append([]), wall.append([]), cpu.append([])
             for _ in range(burst):
                 start, start_cpu = time.perf_counter(), time.process_time()
@@ -180,21 +190,20 @@ def export_ir(model: nn.Module, out: str | os.PathLike, profile: Profile) -> Pat
         else path / IR_NAME
 
 
-def quantize_for_timing(xml: Path, profile: Profile, samples: int = 4) -> Path:
+def quantize_for_timing(xml: Path, profile: Profile, samples: int = 1) -> Path:
     """NNCF INT8 (transformer preset) calibrated on random token ids; returns the quantized IR's path.
 
     Random tokens give other quantization scales than real text, but the same quantized graph and kernels, and
-    latency depends on those, not on the scales. Real deployments calibrate on text (`eftnas-hw export --int8`).
-    The IR is made static at the profile's shape first, as the measurement would: NNCF then compiles and matches a
-    static graph, 4.9-5.1 s instead of 5.9-6.3 s per MiniLM-L6 on the AVX2 EPYC, with the same quantized ops.
+    latency depends on those, not on the scales: so one sample (MiniLM-L6 on the AVX2 EPYC: 2.7-3.2 s against
+    3.7-4.0 s with four, the same ops; the two IRs of 3 subnets timed together 3 times: 0.955-1.022x, no direction).
+    Real deployments calibrate on text (`eftnas-hw export --int8`). The IR is made static at the profile's shape
+    first, as the measurement would: NNCF then compiles and matches a static graph (5.9-6.3 -> 4.9-5.1 s per
+    MiniLM-L6 before `nncf_int8` reduced statistics outside the graph), with the same quantized ops.
     """
-    import logging
-
     import nncf
 
-    from ..export import telemetry_only_with_consent
+    from ..export import nncf_int8, telemetry_only_with_consent
 
-    logging.getLogger("nncf").setLevel(logging.ERROR)
     ir = core().read_model(xml)
     ir.reshape({inp.get_any_name(): [profile.batch, profile.seq_len] for inp in ir.inputs})
     rng = np.random.default_rng(0)
@@ -202,8 +211,7 @@ def quantize_for_timing(xml: Path, profile: Profile, samples: int = 4) -> Path:
                                   inp.get_any_name() else np.ones((profile.batch, profile.seq_len))).astype(np.int64)
              for inp in ir.inputs} for _ in range(samples)]
     with telemetry_only_with_consent():
-        quantized = nncf.quantize(ir, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=samples)
+        quantized = nncf_int8(ir, nncf.Dataset(data), samples)
     out = xml.with_name("int8.xml")
     ov.save_model(quantized, out, compress_to_fp16=False)
     return out
