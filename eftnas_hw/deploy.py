@@ -9,6 +9,7 @@ The dev metric is computed with the IR itself through the OpenVINO runtime, unde
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from dataclasses import dataclass, replace
@@ -31,7 +32,7 @@ from .latency.fingerprint import warn_if_int8_is_slow
 from .latency.measure import ir_path, measure_compiled
 from .reports import EXPORT_SUMMARY, write_export_summary
 from .search import load_search
-from .subnet import EvaluatedSubnet, SubnetConfig
+from .subnet import BertShape, EvaluatedSubnet, SubnetConfig
 from .supernet import REPORT_FILE, load_supernet
 
 RECORD_NAME = "eftnas_export.json"
@@ -110,13 +111,13 @@ def _prepare_out_dir(out_dir: Path, run: dict, overwrite: bool) -> None:
 def export_subnets(ctx: RunContext, supernet: ElasticBert, subnets: Sequence[EvaluatedSubnet | SubnetConfig],
                    out_dir: str | os.PathLike, int8: bool = False, calibration_size: int = 300,
                    batch_size: int = 64, source: dict | None = None, overwrite: bool = False,
-                   progress: bool = True) -> list[ExportedModel]:
+                   progress: bool = True, measure: bool = True) -> list[ExportedModel]:
     """Export each subnet to out_dir/subnet-NN/, resumably, under `ctx`'s profile and latency table.
 
     Per model: extract (no fine-tuning), export (dynamic shapes, optional NNCF INT8 calibrated on training
-    sentences), evaluate the IR and the PyTorch subnet on the dev set. Then all of them are timed together under
-    the profile (MEASURE_ROUNDS interleaved rounds) and each gets README.md (model card) and eftnas_export.json.
-    Writes out_dir/summary.{json,csv}; returns the records.
+    sentences), evaluate the IR and the PyTorch subnet on the dev set. Then all of them are timed together
+    (`measure_exports`). Returns the records; measure=False leaves the models pending and returns none, for
+    `measure_exports` to time them in the same rounds as another folder's (the run's base model and front).
     """
     if supernet.shape.num_labels != ctx.spec.num_labels:
         raise UserError(f"the super-network has {supernet.shape.num_labels} outputs, task {ctx.spec.name} needs "
@@ -146,18 +147,38 @@ def export_subnets(ctx: RunContext, supernet: ElasticBert, subnets: Sequence[Eva
         # settings (checked above)
         if not (folder / RECORD_NAME).exists() and not (folder / PENDING_NAME).exists():
             _export_and_evaluate(ctx, evaluator, record, folder, profile, calibration, source, fingerprint)
-    pending = [f for f in folders if not (f / RECORD_NAME).exists()]
+    return measure_exports([out_dir], supernet.shape, progress)[0] if measure else []
+
+
+def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, progress: bool = True
+                    ) -> list[list[ExportedModel]]:
+    """Time the exported, not yet measured models of several export folders together, under their profile
+    (MEASURE_ROUNDS interleaved rounds), then give each its README.md (model card) and eftnas_export.json and each
+    folder its summary.{json,csv}; returns each folder's records.
+
+    Why together: models timed in one measurement share its rounds, so their latencies relative to each other
+    carry no drift of the machine between measurements. A run's base model and front timed apart (the base alone,
+    the front ~50 s later) read the base 5% apart from the full-size front subnet, the same graph, on the AVX2 EPYC.
+    """
+    out_dirs = [Path(d) for d in out_dirs]
+    runs = [read_json(d / RUN_NAME, "export run record") for d in out_dirs]
+    if len({json.dumps(r["profile"], sort_keys=True) for r in runs}) > 1:
+        raise UserError("exports measured together must share a profile: " + ", ".join(map(str, out_dirs)))
+    folders = [[d / f"subnet-{i:02d}" for i in range(len(r["subnets"]))] for d, r in zip(out_dirs, runs)]
+    pending = [f for group in folders for f in group if not (f / RECORD_NAME).exists()]
     if pending:
-        stats = measure_compiled([ir_path(f) for f in pending], profile, MEASURE_ROUNDS,
-                                 desc="measuring" if progress else None)
+        stats = measure_compiled([ir_path(f) for f in pending], Profile.from_dict(runs[0]["profile"]),
+                                 MEASURE_ROUNDS, desc="measuring" if progress else None)
         for folder, measured in zip(pending, stats):
             result = replace(ExportedModel.from_dict(read_json(folder / PENDING_NAME, "pending export record")),
                              measured_ms=measured["ms"], measured=measured)
-            write_text_atomic(folder / "README.md", model_card(result, supernet.shape))
+            write_text_atomic(folder / "README.md", model_card(result, shape))
             write_json_atomic(folder / RECORD_NAME, result.to_dict())  # the marker of a finished model
             (folder / PENDING_NAME).unlink()
-    done = [ExportedModel.from_dict(read_json(f / RECORD_NAME, "export record")) for f in folders]
-    write_export_summary(done, out_dir)
+    done = []
+    for out_dir, group in zip(out_dirs, folders):
+        done.append([ExportedModel.from_dict(read_json(f / RECORD_NAME, "export record")) for f in group])
+        write_export_summary(done[-1], out_dir)
     return done
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from .context import RunContext
 from .cost import cost_model
-from .deploy import export_subnets, load_exports
+from .deploy import export_subnets, load_exports, measure_exports
 from .elastic import ElasticBert
 from .errors import UserError, warn
 from .evolution import select_subnet, spread_along_front
@@ -232,10 +232,11 @@ def _export_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) -
         supernet, _ = load_supernet(out / "supernet")
         models = staging / "models"  # a killed export resumes model by model (same stage key, same settings)
         for int8 in (False, True) if settings.int8 else (False,):
-            suffix = "-int8" if int8 else ""
-            export_subnets(ctx, teacher, [shape.full_subnet()], models / f"base{suffix}", int8=int8,
+            base, front = models / f"base{'-int8' if int8 else ''}", models / f"front{'-int8' if int8 else ''}"
+            export_subnets(ctx, teacher, [shape.full_subnet()], base, int8=int8, measure=False,
                            source={"model": "the fine-tuned teacher (base model), no compression"}, **common)
-            export_subnets(ctx, supernet, chosen, models / f"front{suffix}", int8=int8, source=source, **common)
+            export_subnets(ctx, supernet, chosen, front, int8=int8, source=source, measure=False, **common)
+            measure_exports([base, front], shape, progress)  # in the same rounds: the front relative to the base
 
     run.stage("export", [_common(ctx.config), settings.key()], ("search",), ("models",), export_models)
 

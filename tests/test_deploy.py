@@ -137,6 +137,29 @@ def test_rerun_resumes_without_exporting_again(exported, supernet, tiny_model_di
         export_subnets(make_ctx(tiny_model_dir, sst2_dir), supernet, SUBNETS[:1], out, progress=False)
 
 
+def test_two_export_folders_are_timed_in_one_measurement(exported, tiny_shape, tmp_path, monkeypatch):
+    """A run's base model and its front (`measure_exports`): the pending models of both folders share one
+    interleaved measurement, each folder gets its records and summary; folders of other profiles are refused."""
+    out, records = exported
+    folders = [tmp_path / "base", tmp_path / "front"]
+    for folder in folders:
+        shutil.copytree(out, folder)
+        for record in records:
+            (folder / record.name / deploy.RECORD_NAME).rename(folder / record.name / deploy.PENDING_NAME)
+    calls, real = [], deploy.measure_compiled
+    monkeypatch.setattr(deploy, "measure_compiled", lambda paths, *a, **k: calls.append(paths) or real(paths, *a, **k))
+    base, front = deploy.measure_exports(folders, tiny_shape, progress=False)
+    assert [[(p.parent.parent.name, p.parent.name) for p in paths] for paths in calls] == [
+        [(f.name, r.name) for f in folders for r in records]]
+    for folder, done in zip(folders, (base, front)):
+        assert [d.name for d in done] == [r.name for r in records] and all(d.measured_ms > 0 for d in done)
+        assert [m.name for m in load_exports(folder)] == [r.name for r in records]
+    run = json.loads((folders[1] / deploy.RUN_NAME).read_text())
+    (folders[1] / deploy.RUN_NAME).write_text(json.dumps({**run, "profile": {**run["profile"], "threads": 2}}))
+    with pytest.raises(UserError, match="share a profile"):
+        deploy.measure_exports(folders, tiny_shape, progress=False)
+
+
 def test_models_exported_but_not_measured_are_timed_together_on_resume(exported, supernet, tiny_model_dir, sst2_dir,
                                                                        tiny_shape, tmp_path, monkeypatch):
     """A kill between export and measurement leaves pending records: a rerun exports nothing again and times the
