@@ -9,7 +9,6 @@ The dev metric is computed with the IR itself through the OpenVINO runtime, unde
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from dataclasses import dataclass, replace
@@ -162,7 +161,7 @@ def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, pro
     """
     out_dirs = [Path(d) for d in out_dirs]
     runs = [read_json(d / RUN_NAME, "export run record") for d in out_dirs]
-    if len({json.dumps(r["profile"], sort_keys=True) for r in runs}) > 1:
+    if any(r["profile"] != runs[0]["profile"] for r in runs):
         raise UserError("exports measured together must share a profile: " + ", ".join(map(str, out_dirs)))
     folders = [[d / f"subnet-{i:02d}" for i in range(len(r["subnets"]))] for d, r in zip(out_dirs, runs)]
     pending = [f for group in folders for f in group if not (f / RECORD_NAME).exists()]

@@ -232,7 +232,8 @@ def _export_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) -
         supernet, _ = load_supernet(out / "supernet")
         models = staging / "models"  # a killed export resumes model by model (same stage key, same settings)
         for int8 in (False, True) if settings.int8 else (False,):
-            base, front = models / f"base{'-int8' if int8 else ''}", models / f"front{'-int8' if int8 else ''}"
+            suffix = "-int8" if int8 else ""
+            base, front = models / f"base{suffix}", models / f"front{suffix}"
             export_subnets(ctx, teacher, [shape.full_subnet()], base, int8=int8, measure=False,
                            source={"model": "the fine-tuned teacher (base model), no compression"}, **common)
             export_subnets(ctx, supernet, chosen, front, int8=int8, source=source, measure=False, **common)
