@@ -230,6 +230,63 @@ def test_a_machine_whose_latency_curves_gets_the_log_curve_calibration(tmp_path,
     assert linear.data["calibration"]["model"] != profiler.LOG_CURVE and linear.log_curve is None
 
 
+def _ffn_width(model) -> int:
+    """A one-layer block model's FFN width (0 when its FFN is removed)."""
+    widths = [m.out_features for name, m in model.named_modules() if name.endswith("intermediate.dense")]
+    return widths[0] if widths else 0
+
+
+def test_a_cpu_that_penalizes_unaligned_widths_gets_a_measured_granularity(tmp_path, monkeypatch):
+    """A "machine" on which FFN widths off multiples of 32 cost 30% more (as bf16 on AMX): the table build's probe
+    widths find alignment 32, the penalty is recorded, and the table predicts off-alignment widths with it; on an
+    additive machine no alignment is recorded and predictions stay on the interpolation line."""
+    def machine(penalized: bool):
+        def measure(models, profile, rounds=5, desc=None):
+            out = []
+            for m in models:
+                ms = 1e-3 * sum(p.numel() for p in m.parameters())
+                width = _ffn_width(m) if m.config.num_hidden_layers == 1 else 0
+                if penalized and width % 32:
+                    ms += 0.3 * 1e-3 * 2 * width * m.config.hidden_size
+                out.append(dict(ms=ms, spread=0.1, disagreement=0.0, wall_over_cpu=1.0, unstable=False))
+            return out
+        return measure
+
+    shape = replace(MICRO, intermediate_size=128)
+    settings = TableBuildSettings(ffn_step=64, subnets=8, group_size=4)
+    assert profiler.granularity_probes(shape) == [120, 112, 96]
+    monkeypatch.setattr(profiler, "measure_models_ms", machine(True))
+    table = build_table(shape, PROFILE, tmp_path / "amx.json", settings, progress=False)
+    granularity = table.data["blocks"]["granularity"]
+    assert granularity["alignment"] == 32 and granularity["penalty"] == pytest.approx(0.3, rel=0.05)
+    assert [p["width"] for p in granularity["probes"]] == [120, 112, 96]
+    reloaded = LatencyTable.load(tmp_path / "amx.json")
+    assert reloaded.ffn_alignment == 32
+    line_112 = (reloaded.ffn_ms[96] + reloaded.ffn_ms[128]) / 2 / (1 + 0.0)
+    assert reloaded.ffn_ms[112] == pytest.approx(line_112 * (1 + granularity["penalty"]), rel=1e-6)
+    assert reloaded.ffn_ms[96] < reloaded.ffn_ms[100] and reloaded.ffn_ms[128] > reloaded.ffn_ms[96]
+    monkeypatch.setattr(profiler, "measure_models_ms", machine(False))
+    plain = build_table(shape, PROFILE, tmp_path / "plain.json", settings, progress=False)
+    assert plain.ffn_alignment == 1 and plain.data["blocks"]["granularity"]["penalty"] == 0.0
+    assert plain.ffn_ms[112] == pytest.approx((plain.ffn_ms[64] + plain.ffn_ms[128]) / 2 + (
+        plain.ffn_ms[128] - plain.ffn_ms[64]) / 4)
+
+
+def test_granularity_from_probe_measurements():
+    """Alignment: twice the coarsest alignment among the slow probes; a table without the record predicts as before."""
+    grid, ffn = [0, 768, 1536], [0.0, 1.0, 2.0]
+    probes = profiler.granularity_probes(BertShape.named("minilm-l6"))
+    assert probes == [1528, 1520, 1504]
+    line = [w / 768 for w in probes]
+    bf16_like = profiler.granularity_from_ms(grid, ffn, probes, [line[0] * 1.10, line[1] * 1.08, line[2] * 0.99])
+    assert bf16_like["alignment"] == 32 and bf16_like["penalty"] == pytest.approx(0.09)
+    int8_like = profiler.granularity_from_ms(grid, ffn, probes, [v * 1.12 for v in line])
+    assert int8_like["alignment"] == 64
+    flat = profiler.granularity_from_ms(grid, ffn, probes, [v * 1.02 for v in line])
+    assert flat["alignment"] == 1 and flat["penalty"] == 0.0
+    assert not profiler.granularity_probes(MICRO)  # FFN 64: no width below it on another alignment
+
+
 def test_fit_log_curve_recovers_a_curve():
     x = np.linspace(1.0, 20.0, 12)
     y = np.exp(0.3 + 0.9 * np.log(x) - 0.02 * np.log(x) ** 2)

@@ -195,7 +195,8 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
     if profile.precision == "int8":
         warn_if_int8_is_slow()
     grid = ffn_grid(shape, settings.ffn_step)
-    recorded = {**settings.to_dict(), "burst": BURST, "subnet_selection": SELECTION}
+    recorded = {**settings.to_dict(), "burst": BURST, "subnet_selection": SELECTION,
+                "granularity_probes": granularity_probes(shape)}
     header = {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),
               "fingerprint": hardware_fingerprint(profile), "settings": recorded}
     state = _Progress(out, header, resume)
@@ -233,15 +234,59 @@ def _measure_blocks(state: _Progress, shape: BertShape, profile: Profile, settin
     """The table's blocks (see the module docstring) and their raw measurements."""
     seed = settings.seed
 
+    probes = granularity_probes(shape)
+
     def models() -> list:
         one = dataclasses.replace(shape, num_layers=1)
         small = random_bert(dataclasses.replace(one, vocab_size=min(BLOCK_VOCAB, shape.vocab_size)), seed)
         nets = [SubnetConfig((0,), (0,))] + [SubnetConfig((h,), (0,)) for h in range(1, shape.num_heads + 1)] \
-            + [SubnetConfig((0,), (f,)) for f in grid[1:]]
+            + [SubnetConfig((0,), (f,)) for f in grid[1:] + probes]
         return [build_subnet(random_bert(one, seed), nets[0])] + [build_subnet(small, n) for n in nets]
 
     stats = _measure_group(state, "blocks", models, profile, settings.block_rounds, label("blocks"))
-    return blocks_from_ms(shape, grid, [s["ms"] for s in stats]), stats
+    ms = [s["ms"] for s in stats]
+    blocks = blocks_from_ms(shape, grid, ms[:len(ms) - len(probes)])
+    if probes:
+        base = ms[1]
+        blocks["granularity"] = granularity_from_ms(blocks["ffn_grid"], blocks["ffn_ms"], probes,
+                                                    [v - base for v in ms[len(ms) - len(probes):]])
+    return blocks, stats
+
+
+# Width granularity (issue 13). On the Intel Xeon with AMX of session 19 (family 6 model 207, OpenVINO 2026.4.1, 1
+# thread, [1,128]) one-layer FFN blocks at widths that are not multiples of 32 ran 7-11% slower than the line through
+# the multiples of 64 in bf16, and widths that are not multiples of 64 8-14% slower in INT8 (AMX tiles hold 32 bf16 or
+# 64 int8 values per row), more than the next aligned width costs; f32 there, and every precision on the EPYCs, stayed
+# within +-2-3% of the line. Whole MiniLM-L6 models with all six FFNs at 1016 ran 8% slower than at 1024 in bf16 and
+# INT8 (0.4% fewer MACs). So every table times three probe widths just below the largest one (multiples of 8, 16 and
+# 32 that are not of the next power of two) with its blocks, and records the smallest alignment whose off-grid widths
+# stay on the line, and the penalty of those that do not (`table.py` applies it to every width off the alignment).
+GRANULARITY_OFFSETS = (8, 16, 32)
+GRANULARITY_BOUND = 0.05  # a probe more than this above the line (its FFN sub-block) counts as slow
+
+
+def granularity_probes(shape: BertShape) -> list[int]:
+    """The probe widths (largest width minus GRANULARITY_OFFSETS); none for widths that are not a multiple of 64."""
+    top = shape.intermediate_size
+    return [top - o for o in GRANULARITY_OFFSETS] if top % 64 == 0 and top > 64 else []
+
+
+def _power_of_two_dividing(width: int) -> int:
+    return width & -width
+
+
+def granularity_from_ms(grid: Sequence[int], ffn_ms: Sequence[float], probes: Sequence[int],
+                        probe_ms: Sequence[float]) -> dict:
+    """{"alignment", "penalty", "probes"}: the alignment is twice the coarsest alignment among the slow probes (1 when
+    none is slow); the penalty, their mean excess over the line, is what a width off the alignment costs extra."""
+    line = np.interp(probes, grid, ffn_ms)
+    excess = [float(m / ref - 1) if ref > 0 else 0.0 for m, ref in zip(probe_ms, line)]
+    slow = [(w, e) for w, e in zip(probes, excess) if e > GRANULARITY_BOUND]
+    alignment = 2 * max(_power_of_two_dividing(w) for w, _ in slow) if slow else 1
+    return {"alignment": alignment, "penalty": float(np.mean([e for _, e in slow])) if slow else 0.0,
+            "probes": [{"width": w, "ms": float(m), "line_ms": float(ref), "excess": e}
+                       for w, m, ref, e in zip(probes, probe_ms, line, excess)],
+            "bound": GRANULARITY_BOUND}
 
 
 def blocks_from_ms(shape: BertShape, grid: list[int], value: Sequence[float]) -> dict:

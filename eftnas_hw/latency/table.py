@@ -3,7 +3,8 @@ whole subnets, and optionally an anchor that re-fits it to the machine it is use
 
 Prediction (microseconds, no model in sight), in three steps:
 1. block sum: fixed part + sum over layers of attention[heads] + ffn(width), ffn(width) interpolated linearly
-   between measured grid widths (no width granularity effect measured on AVX-512/VNNI: see the README);
+   between measured grid widths, times (1 + the measured penalty) for widths off the CPU's measured alignment
+   (`profiler.granularity_from_ms`: 32 in bf16 and 64 in INT8 on a Xeon with AMX, none on the EPYCs);
 2. calibration, fitted on whole subnets measured end to end: a linear model (`CALIBRATION_FEATURES`: scale x block
    sum + offset + a cost per attention block and per FFN block kept), or a curve in the log of the block sum
    (`log_curve`: ms = exp(a + b ln(sum) + c ln(sum)^2)). Why the curve: in bf16 on the EPYC the measured/summed ratio
@@ -67,6 +68,12 @@ class LatencyTable:
                 raise ValueError("block arrays do not match the shape")
             # Every integer width precomputed once: a prediction is then a few list look-ups.
             self.ffn_ms = np.interp(np.arange(self.shape.intermediate_size + 1), grid, ffn_ms).tolist()
+            granularity = blocks.get("granularity") or {"alignment": 1, "penalty": 0.0}
+            self.ffn_alignment, penalty = int(granularity["alignment"]), float(granularity["penalty"])
+            if self.ffn_alignment < 1 or not 0 <= penalty < 10:
+                raise ValueError("FFN alignment must be a positive width and its penalty a fraction in [0, 10)")
+            if self.ffn_alignment > 1:  # widths off the alignment run slower than the line (step 1)
+                self.ffn_ms = [v * (1 + penalty) if w % self.ffn_alignment else v for w, v in enumerate(self.ffn_ms)]
             if data.get("version") != VERSION:
                 raise UserError(f"latency table format version {data.get('version')} is not {VERSION} (tables of "
                                 "earlier versions used another protocol and cost model): build it again")
