@@ -205,11 +205,8 @@ def _space_stage(run: Run, ctx: RunContext, shape: BertShape) -> None:
 
     def make_space(staging: Path) -> None:
         cost = cost_model(config.metric, shape, ctx.table, ctx.profile.seq_len)
-        alignment = ctx.table.ffn_alignment if ctx.table is not None else 1
-        if config.space.ffn_step % alignment:
-            warn(f"FFN granularity {config.space.ffn_step} puts widths off multiples of {alignment}, which this CPU "
-                 f"runs slower under {ctx.profile.condition} (measured in the latency table, which predicts them so); "
-                 f"--set space.ffn_step={alignment} keeps the space on the fast widths")
+        if ctx.table is not None and ctx.table.off_alignment(config.space.ffn_step):
+            warn(ctx.table.off_alignment(config.space.ffn_step))
         result = build_search_space(load_scores(run.out / "teacher"), shape, cost, config.space)
         result.save(staging / "search_space.json")
         print(result.format_table())

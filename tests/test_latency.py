@@ -265,9 +265,12 @@ def test_a_cpu_that_penalizes_unaligned_widths_gets_a_measured_granularity(tmp_p
     line_112 = (reloaded.ffn_ms[96] + reloaded.ffn_ms[128]) / 2 / (1 + 0.0)
     assert reloaded.ffn_ms[112] == pytest.approx(line_112 * (1 + granularity["penalty"]), rel=1e-6)
     assert reloaded.ffn_ms[96] < reloaded.ffn_ms[100] and reloaded.ffn_ms[128] > reloaded.ffn_ms[96]
+    assert reloaded.off_alignment(64) is None and reloaded.off_alignment(32) is None
+    assert "multiples of 32" in reloaded.off_alignment(16) and "space.ffn_step=32" in reloaded.off_alignment(16)
     monkeypatch.setattr(profiler, "measure_models_ms", machine(False))
     plain = build_table(shape, PROFILE, tmp_path / "plain.json", settings, progress=False)
     assert plain.ffn_alignment == 1 and plain.data["blocks"]["granularity"]["penalty"] == 0.0
+    assert plain.off_alignment(8) is None
     assert plain.ffn_ms[112] == pytest.approx((plain.ffn_ms[64] + plain.ffn_ms[128]) / 2 + (
         plain.ffn_ms[128] - plain.ffn_ms[64]) / 4)
 

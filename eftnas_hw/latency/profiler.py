@@ -372,6 +372,12 @@ def summary_lines(table: LatencyTable) -> list[str]:
         f"median spread (p90-min)/min {100 * s['median_spread']:.1f}%, median wall/CPU time of a call "
         f"{s['median_wall_over_cpu']:.2f}",
     ]
+    g = table.data["blocks"].get("granularity")
+    if g:
+        probes = ", ".join(f"{p['width']} {100 * p['excess']:+.1f}%" for p in g["probes"])
+        lines.append(f"  FFN width granularity: " + (f"widths off multiples of {g['alignment']} run {100 * g['penalty']:.1f}% "
+                     "slower than the line (predicted so)" if g["alignment"] > 1 else "none measured")
+                     + f"; probes against the line: {probes}")
     if s["unstable"]:
         lines.append("  warning: some repeated measurements disagreed; the machine was noisy during profiling")
     return lines

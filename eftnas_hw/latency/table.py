@@ -157,6 +157,16 @@ class LatencyTable:
             subnet.validate(self.shape)  # names the layer and width out of range
             raise
 
+    def off_alignment(self, ffn_step: int) -> str | None:
+        """Why a search space with FFN widths in steps of `ffn_step` would hold widths this CPU runs slower (the
+        measured alignment does not divide the step), or None."""
+        if ffn_step % self.ffn_alignment == 0:
+            return None
+        penalty = self.data["blocks"]["granularity"]["penalty"]
+        return (f"FFN granularity {ffn_step} puts widths off multiples of {self.ffn_alignment}, which run "
+                f"{100 * penalty:.0f}% slower per FFN block under {self.profile.condition} here (measured by the latency "
+                f"table, which predicts them so); --set space.ffn_step={self.ffn_alignment} keeps the space on fast widths")
+
     def shape_differences(self, shape: BertShape) -> list[str]:
         """The cost-relevant dimensions in which `shape` differs from the table's, e.g. "num_layers 4 (table 6)"."""
         return [f"{f} {getattr(shape, f)} (table {getattr(self.shape, f)})" for f in COST_FIELDS
