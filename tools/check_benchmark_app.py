@@ -23,7 +23,6 @@ import numpy as np
 
 from eftnas_hw.latency.measure import export_ir, measure_compiled
 from eftnas_hw.latency.profiles import Profile, supported_precisions
-from eftnas_hw.models import build_subnet, random_bert
 from eftnas_hw.subnet import BertShape, SubnetConfig
 
 MINI = BertShape.named("minilm-l6")
@@ -39,6 +38,8 @@ MODELS = {
 
 def build_irs(work: Path, seq_len: int) -> dict[tuple[str, str], Path]:
     """{(model, "f32"|"int8"): .xml}, exported once per sequence length."""
+    from eftnas_hw.models import build_subnet, random_bert  # here only: `benchmark_app_interleaved` runs without torch
+
     irs = {}
     for name, (shape, subnet) in MODELS.items():
         model = None

@@ -19,7 +19,7 @@ import numpy as np
 
 from eftnas_hw.latency import LatencyTable
 from eftnas_hw.latency.measure import common_mode
-from eftnas_hw.latency.profiler import blocks_from_ms, calibrate_and_validate, drift_factors, uncalibrated
+from eftnas_hw.latency.profiler import blocks_from_latencies, calibrate_and_validate, drift_factors, uncalibrated
 from eftnas_hw.subnet import SubnetConfig
 
 ESTIMATORS = {"lowest round median": lambda m: m.min(axis=1), "common-mode per round": common_mode}
@@ -29,8 +29,8 @@ def refit(data: dict, estimator) -> tuple[LatencyTable, dict]:
     """The table rebuilt from its stored measurements with `estimator` (the build's own steps, `profiler`), and its
     leave-one-out validation."""
     stored, shape = data["measurements"], LatencyTable(data).shape
-    blocks = blocks_from_ms(shape, data["blocks"]["ffn_grid"],
-                            estimator(np.array([s["round_medians"] for s in stored["blocks"]])))
+    blocks = blocks_from_latencies(shape, data["blocks"]["ffn_grid"],
+                                   estimator(np.array([s["round_medians"] for s in stored["blocks"]])))
     raw = uncalibrated(dict(data, blocks=blocks))
     groups = sorted((k for k in stored if k.startswith("subnets/")), key=lambda k: int(k.split("/")[1]))
     estimates = [estimator(np.array([s["round_medians"] for s in stored[k]])) for k in groups]

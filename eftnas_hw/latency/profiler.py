@@ -209,19 +209,14 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
     raw = uncalibrated(dict(state.data, blocks=blocks))
     subnets = spread_subnets(shape, settings.subnets, settings.seed, raw.raw_ms)
     full = random_bert(shape, settings.seed)
-    groups, references = [], []
+    groups = []
     for start in range(0, len(subnets), settings.group_size):
         group = [shape.full_subnet()] + subnets[start:start + settings.group_size]  # + the drift reference
-        stats = _measure_group(state, f"subnets/{start}", lambda g=group: [build_subnet(full, s) for s in g],
-                               profile, settings.subnet_rounds,
-                               label(f"subnets {start + 1}-{start + len(group) - 1}/{len(subnets)}"))
-        references.append(stats[0]["ms"])
-        groups.append(stats[1:])
-    measured = [dict(m, ms=m["ms"] * factor, unscaled_ms=m["ms"])
-                for factor, g in zip(drift_factors(references), groups) for m in g]
+        groups.append(_measure_group(state, f"subnets/{start}", lambda g=group: [build_subnet(full, s) for s in g],
+                                     profile, settings.subnet_rounds,
+                                     label(f"subnets {start + 1}-{start + len(group) - 1}/{len(subnets)}")))
     data = dict(state.data, blocks=blocks)
-    data.update(calibrate_and_validate(raw, subnets, measured, block_stats))
-    data["validation"]["stability"]["drift_reference_ms"] = references
+    data.update(calibrate_groups(raw, subnets, groups, block_stats))
     data["build_minutes"] = data.get("build_minutes", 0.0) + (time.time() - started) / 60
     data["complete"] = True
     table = LatencyTable(data)
@@ -229,28 +224,46 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
     return table
 
 
+def calibrate_groups(table: LatencyTable, subnets: list[SubnetConfig], groups: list[list[dict]],
+                     block_stats: list[dict]) -> dict:
+    """`calibrate_and_validate` on groups of measurements that each start with the full model (the drift reference):
+    every group rescaled so that its full model takes the median of them (`drift_factors`)."""
+    references = [g[0]["ms"] for g in groups]
+    measured = [dict(m, ms=m["ms"] * factor, unscaled_ms=m["ms"])
+                for factor, g in zip(drift_factors(references), groups) for m in g[1:]]
+    result = calibrate_and_validate(table, subnets, measured, block_stats)
+    result["validation"]["stability"]["drift_reference_ms"] = references
+    return result
+
+
+def block_models(shape: BertShape, grid: list[int], seed: int) -> list:
+    """The block models in the order `blocks_from_latencies` reads them: the fixed part (a 1-layer model with the
+    real vocabulary), a 1-layer model with both sub-blocks removed, attention with 1..H heads, FFN at grid[1:], and
+    the granularity probes."""
+    one = dataclasses.replace(shape, num_layers=1)
+    small = random_bert(dataclasses.replace(one, vocab_size=min(BLOCK_VOCAB, shape.vocab_size)), seed)
+    nets = [SubnetConfig((0,), (0,))] + [SubnetConfig((h,), (0,)) for h in range(1, shape.num_heads + 1)] \
+        + [SubnetConfig((0,), (f,)) for f in grid[1:] + granularity_probes(shape)]
+    return [build_subnet(random_bert(one, seed), nets[0])] + [build_subnet(small, n) for n in nets]
+
+
+def blocks_from_latencies(shape: BertShape, grid: list[int], ms: Sequence[float]) -> dict:
+    """The table's blocks (`blocks_from_ms`) and its measured width granularity from `block_models`' latencies
+    (tables built before session 19 measured no probes: then no granularity)."""
+    n = 2 + shape.num_heads + len(grid) - 1
+    blocks = blocks_from_ms(shape, grid, ms[:n])
+    if len(ms) > n:
+        blocks["granularity"] = granularity_from_ms(blocks["ffn_grid"], blocks["ffn_ms"], granularity_probes(shape),
+                                                    [v - ms[1] for v in ms[n:]])
+    return blocks
+
+
 def _measure_blocks(state: _Progress, shape: BertShape, profile: Profile, settings: TableBuildSettings,
                     grid: list[int], label) -> tuple[dict, list[dict]]:
     """The table's blocks (see the module docstring) and their raw measurements."""
-    seed = settings.seed
-
-    probes = granularity_probes(shape)
-
-    def models() -> list:
-        one = dataclasses.replace(shape, num_layers=1)
-        small = random_bert(dataclasses.replace(one, vocab_size=min(BLOCK_VOCAB, shape.vocab_size)), seed)
-        nets = [SubnetConfig((0,), (0,))] + [SubnetConfig((h,), (0,)) for h in range(1, shape.num_heads + 1)] \
-            + [SubnetConfig((0,), (f,)) for f in grid[1:] + probes]
-        return [build_subnet(random_bert(one, seed), nets[0])] + [build_subnet(small, n) for n in nets]
-
-    stats = _measure_group(state, "blocks", models, profile, settings.block_rounds, label("blocks"))
-    ms = [s["ms"] for s in stats]
-    blocks = blocks_from_ms(shape, grid, ms[:len(ms) - len(probes)])
-    if probes:
-        base = ms[1]
-        blocks["granularity"] = granularity_from_ms(blocks["ffn_grid"], blocks["ffn_ms"], probes,
-                                                    [v - base for v in ms[len(ms) - len(probes):]])
-    return blocks, stats
+    stats = _measure_group(state, "blocks", lambda: block_models(shape, grid, settings.seed), profile,
+                           settings.block_rounds, label("blocks"))
+    return blocks_from_latencies(shape, grid, [s["ms"] for s in stats]), stats
 
 
 # Width granularity (issue 13). On the Intel Xeon with AMX of session 19 (family 6 model 207, OpenVINO 2026.4.1, 1

@@ -1,0 +1,355 @@
+"""Time a table build's models on a machine that has only the OpenVINO runtime, and fit the tables here.
+
+    python tools/remote_latency.py pack PACK.tar.xz [--work DIR]            # here: export + quantize, pack
+    python tools/remote_latency.py measure PACK.tar.xz OUT [--conditions 1t-s128-bf16,...] [--only tables,...]
+                                                                            # there: needs openvino, numpy, pyyaml,
+                                                                            # tqdm, torch and this repository
+    python tools/remote_latency.py fit OUT/results.json PACK.tar.xz         # here: tables, checks, granularity
+
+How session 19 measured a Xeon with AMX (the README's "A Xeon with AMX"): the GPU machine lent to that session had
+no optimum-intel or NNCF. `pack` exports (optimum-intel) and quantizes (NNCF) MiniLM-L6 IRs exactly as a table build
+does (`export_ir`): the block models with the granularity probes (`profiler.block_models`), 32 calibration subnets,
+24 check subnets (the full model and `check_table_accuracy.py`'s seed-7 subnets), an anchor's 8, one-layer FFN
+blocks at widths 896-1152, whole models with all FFNs at one width, and `check_benchmark_app.py`'s five IRs. The
+pack holds each IR's XML and its weights without the large constants (latency does not depend on their values):
+`measure` refills them with random numbers and times the IRs with the project's `measure_compiled`, imported
+without the package's `__init__` (no transformers, optimum or NNCF needed there). `fit` builds each table from
+those measurements with the build's own code (`blocks_from_latencies`, `calibrate_groups`) and checks it on the 24
+unseen subnets as built, anchored on the anchor's subnets measured first (as `run` does), and anchored on them
+measured in the same rounds as the checked ones (`check_table_accuracy.py --same-sitting`).
+One difference from `eftnas-hw profile`: the calibration and anchor subnets are spread by MACs (`spread_subnets`
+with a MAC cost), since the blocks are not measured yet when they are chosen. The INT8 IRs are static at length 128.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+import traceback
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+FILL_TYPES = {"f32", "i8", "u8", "f16", "bf16"}
+FILL_BYTES = 16384  # constants at least this large are weights: dropped from the pack, refilled there
+WIDTHS = [896, 928, 960, 992, 1000, 1008, 1016, 1024, 1032, 1040, 1056, 1088, 1120, 1152]
+UNIFORM = [1536, 1528, 1520, 1504, 1088, 1024, 1016, 1008, 992, 960]
+BAPP = ["one-layer", "quarter", "half", "minilm-l6", "bert-medium"]
+
+
+# ---- here: pack -------------------------------------------------------------------------------------------------
+def model_sets() -> dict:
+    """{set: [(subnet dict or None, model)]} of MiniLM-L6 models (random weights) in measurement order."""
+    import dataclasses
+
+    from eftnas_hw.latency.profiler import BLOCK_VOCAB, block_models, ffn_grid, random_subnets, spread_subnets
+    from eftnas_hw.models import build_subnet, random_bert
+    from eftnas_hw.subnet import BertShape, SubnetConfig
+
+    shape = BertShape.named("minilm-l6")
+    full = random_bert(shape, 0)
+    small = random_bert(dataclasses.replace(shape, num_layers=1, vocab_size=BLOCK_VOCAB), 0)
+    macs = lambda s: s.macs(shape, 128, 1)  # noqa: E731
+    subnets = {"calib": spread_subnets(shape, 32, 0, macs),
+               "check": [shape.full_subnet()] + random_subnets(shape, 23, 7),
+               "anchor": spread_subnets(shape, 8, 1000, macs),
+               "uniform": [SubnetConfig((12,) * 6, (w,) * 6) for w in UNIFORM]}
+    sets = {"blocks": [(None, m) for m in block_models(shape, ffn_grid(shape, 128), 0)],
+            "widths": [(None, build_subnet(small, SubnetConfig((0,), (w,)))) for w in WIDTHS]}
+    sets.update({name: [(s.to_dict(), build_subnet(full, s)) for s in nets] for name, nets in subnets.items()})
+    return sets
+
+
+def skeleton(xml: Path) -> bytes:
+    """The IR's .bin without its large weight constants: kept bytes, and where to refill (offset, size, type)."""
+    blob = xml.with_suffix(".bin").read_bytes()
+    keep, fills = [], []
+    for layer in ET.parse(xml).getroot().iter("layer"):
+        data = layer.find("data")
+        if layer.get("type") != "Const" or data is None:
+            continue
+        off, size, kind = int(data.get("offset")), int(data.get("size")), data.get("element_type")
+        (fills if kind in FILL_TYPES and size >= FILL_BYTES else keep).append((off, size, kind))
+    buf = io.BytesIO()
+    np.savez(buf, bin_size=len(blob), keep_off=np.array([k[0] for k in keep], np.int64),
+             keep_size=np.array([k[1] for k in keep], np.int64),
+             keep=np.frombuffer(b"".join(blob[o:o + s] for o, s, _ in keep), np.uint8),
+             fill_off=np.array([f[0] for f in fills], np.int64), fill_size=np.array([f[1] for f in fills], np.int64),
+             fill_type=np.array([f[2] for f in fills]))
+    return buf.getvalue()
+
+
+def pack(out: Path, work: Path) -> None:
+    from eftnas_hw.latency.measure import export_ir
+    from eftnas_hw.latency.profiler import ffn_grid
+    from eftnas_hw.latency.profiles import Profile
+    from eftnas_hw.subnet import BertShape
+
+    sys.path.insert(0, str(REPO / "tools"))
+    from check_benchmark_app import build_irs
+
+    manifest = {"block_grid": ffn_grid(BertShape.named("minilm-l6"), 128), "widths": WIDTHS, "uniform": UNIFORM,
+                "sets": {}}
+    files = {}
+    for name, items in model_sets().items():
+        manifest["sets"][name] = [s for s, _ in items]
+        for i, (_, model) in enumerate(items):
+            folder = work / name / str(i)
+            if not (folder / "int8.xml").exists():  # resumable: the f32 IR and its INT8 copy, as a build makes them
+                export_ir(model, folder, Profile(precision="int8"))
+            files[f"irs/{name}/{i}/f32.xml"] = folder / "openvino_model.xml"
+            files[f"irs/{name}/{i}/int8.xml"] = folder / "int8.xml"
+        print(name, len(items), "models", flush=True)
+    for (name, kind), xml in build_irs(work / "bapp", 128).items():
+        files[f"irs/bapp/{name}/{kind}.xml"] = xml
+    tmp = out.with_name(out.name + ".tmp")
+    with tarfile.open(tmp, "w:xz") as tar:
+        for arcname, xml in [*files.items(), ("manifest.json", None)]:
+            members = [(arcname, json.dumps(manifest).encode())] if xml is None else \
+                [(arcname, xml.read_bytes()), (arcname[:-4] + ".skel.npz", skeleton(xml))]
+            for member, data in members:
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    tmp.rename(out)
+    print(f"{out}: {len(files)} IRs, {out.stat().st_size / 1e6:.1f} MB")
+
+
+# ---- there: measure ---------------------------------------------------------------------------------------------
+def import_measurement():
+    """eftnas_hw.latency.measure and .profiles without the package's __init__ (which imports transformers, optimum
+    and NNCF): the target machine needs OpenVINO, numpy, pyyaml, tqdm and torch only."""
+    for name, path in (("eftnas_hw", "eftnas_hw"), ("eftnas_hw.latency", "eftnas_hw/latency")):
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__path__ = [str(REPO / path)]
+            sys.modules[name] = module
+    if "eftnas_hw.export" not in sys.modules:  # measure.py needs only the IR file name from it
+        export = types.ModuleType("eftnas_hw.export")
+        export.IR_NAME = "openvino_model.xml"
+        sys.modules["eftnas_hw.export"] = export
+    from eftnas_hw.latency import measure, profiles
+    return measure, profiles
+
+
+class Pack:
+    """The unpacked IRs; `model(set, i, kind)` an ov.Model with its weights refilled at random."""
+
+    def __init__(self, path: Path, core):
+        self.root, self.core = Path("/tmp/eftnas-remote-pack"), core
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(path, "r:xz") as tar:
+            tar.extractall(self.root, filter="data")
+        self.manifest = json.loads((self.root / "manifest.json").read_text())
+        rng = np.random.default_rng(0)
+        self.pool = {"f32": rng.normal(0, 0.02, 13_000_000).astype(np.float32).view(np.uint8),
+                     "f16": rng.normal(0, 0.02, 1_000_000).astype(np.float16).view(np.uint8),
+                     "i8": rng.integers(-64, 64, 16_000_000, dtype=np.int8).view(np.uint8)}
+        self.pool.update(u8=self.pool["i8"], bf16=self.pool["f16"])
+
+    def weights(self, xml: Path) -> np.ndarray:
+        sk = np.load(str(xml)[:-4] + ".skel.npz")
+        blob, pos = np.zeros(int(sk["bin_size"]), np.uint8), 0
+        for off, size in zip(sk["keep_off"], sk["keep_size"]):
+            blob[off:off + size] = sk["keep"][pos:pos + size]
+            pos += size
+        for off, size, kind in zip(sk["fill_off"], sk["fill_size"], sk["fill_type"]):
+            pool = self.pool[str(kind)]
+            blob[off:off + size] = np.resize(pool, size) if size > pool.size else pool[:size]
+        return blob
+
+    def xml(self, name: str, i, kind: str) -> Path:
+        return self.root / "irs" / name / str(i) / f"{kind}.xml"
+
+    def models(self, name: str, kind: str) -> list:
+        import openvino as ov
+
+        return [self.core.read_model(self.xml(name, i, kind).read_text(), ov.Tensor(self.weights(self.xml(name, i, kind))))
+                for i in range(len(self.manifest["sets"][name]))]
+
+    def write(self, name: str, i, kind: str) -> Path:
+        """An IR file pair (for benchmark_app)."""
+        dest = self.root / "files" / name / str(i) / f"{kind}.xml"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(self.xml(name, i, kind).read_text())
+        self.weights(self.xml(name, i, kind)).tofile(dest.with_suffix(".bin"))
+        return dest
+
+
+def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list[str] | None) -> None:
+    import openvino as ov
+
+    measure_mod, profiles = import_measurement()
+    Profile, started = profiles.Profile, time.time()
+    pack_ = Pack(pack_path, measure_mod.core())
+    precisions = [p for p in ("bf16", "int8", "f32") if p in profiles.supported_precisions()]
+    results = {"errors": {}, "env": {
+        "lscpu": subprocess.run(["lscpu"], capture_output=True, text=True).stdout, "nproc": os.cpu_count(),
+        "openvino": ov.__version__, "device_name": measure_mod.core().get_property("CPU", "FULL_DEVICE_NAME"),
+        "caps": list(measure_mod.core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+        "default_precision": profiles.default_precision(), "supported": precisions}}
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        results["elapsed_s"] = time.time() - started
+        (out / "results.json.tmp").write_text(json.dumps(results))
+        (out / "results.json.tmp").rename(out / "results.json")
+
+    def timed(profile, name, kind, rounds, extra=()):
+        stats = measure_mod.measure_compiled(pack_.models(name, kind) + list(extra), profile, rounds)
+        print(f"[{time.time() - started:6.1f}s] {name} {profile.condition}", flush=True)
+        return [{k: s[k] for k in ("ms", "round_medians", "disagreement", "unstable", "wall_over_cpu", "spread")}
+                for s in stats]
+
+    def tables():
+        for condition in conditions or [f"1t-s128-{p}" for p in precisions]:
+            threads, seq_len, precision = int(condition.split("t-")[0]), int(condition.split("-s")[1].split("-")[0]), \
+                condition.rsplit("-", 1)[1]
+            profile, kind = Profile(threads=threads, seq_len=seq_len, precision=precision), \
+                "int8" if precision == "int8" else "f32"
+            t, r = time.time(), {}
+            r["blocks"] = timed(profile, "blocks", kind, 32)
+            calib = pack_.models("calib", kind)
+            r["calib_groups"] = [  # groups of 7 + the full model (calib[0]) as drift reference, as build_table
+                [{k: s[k] for k in ("ms", "round_medians", "disagreement", "unstable", "wall_over_cpu", "spread")}
+                 for s in measure_mod.measure_compiled([calib[0]] + calib[i:i + 7], profile, 16)]
+                for i in range(0, len(calib), 7)]
+            r["anchor_first"] = timed(profile, "anchor", kind, 20)
+            r["check_same_sitting"] = timed(profile, "check", kind, 20, pack_.models("anchor", kind))
+            r["seconds"] = time.time() - t
+            results.setdefault("tables", {})[condition] = r
+            save()
+
+    def granularity():
+        for p in precisions:
+            profile, kind = Profile(threads=1, seq_len=128, precision=p), "int8" if p == "int8" else "f32"
+            results.setdefault("granularity", {})[p] = {"widths": timed(profile, "widths", kind, 32),
+                                                        "uniform": timed(profile, "uniform", kind, 20)}
+            save()
+
+    def benchmark_app():
+        sys.path.insert(0, str(REPO / "tools"))
+        from check_benchmark_app import benchmark_app_interleaved
+
+        cases = [(n, p) for p in precisions for n in BAPP]
+        files = {(n, p): pack_.write("bapp", n, "int8" if p == "int8" else "f32") for n, p in cases}
+        profile = {p: Profile(threads=1, seq_len=128, precision=p) for p in precisions}
+        ref = benchmark_app_interleaved([(files[c], profile[c[1]]) for c in cases], 3)
+        ours = {}
+        for p in precisions:
+            stats = measure_mod.measure_compiled([files[(n, p)] for n in BAPP], profile[p])
+            ours.update({f"{n}/{p}": s["ms"] for n, s in zip(BAPP, stats)})
+        results["benchmark_app"] = {"bapp": {f"{n}/{p}": v for (n, p), v in zip(cases, ref)}, "ours": ours}
+
+    for name, fn in (("tables", tables), ("granularity", granularity), ("benchmark_app", benchmark_app)):
+        if only and name not in only:
+            continue
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - a probe on a borrowed machine keeps what it measured
+            results["errors"][name] = traceback.format_exc()
+            print(results["errors"][name], flush=True)
+        save()
+
+
+# ---- here: fit --------------------------------------------------------------------------------------------------
+def fit(results_path: Path, pack_path: Path) -> None:
+    from eftnas_hw.latency.anchor import fit_anchor
+    from eftnas_hw.latency.profiler import (BURST, SELECTION, blocks_from_latencies, calibrate_groups, errors,
+                                            uncalibrated)
+    from eftnas_hw.latency.profiles import Profile
+    from eftnas_hw.latency.table import FORMAT, VERSION, LatencyTable
+    from eftnas_hw.settings import AnchorSettings, TableBuildSettings
+    from eftnas_hw.subnet import BertShape, SubnetConfig
+
+    res = json.loads(results_path.read_text())
+    with tarfile.open(pack_path, "r:xz") as tar:
+        names = tar.getnames()
+        man = json.load(tar.extractfile("manifest.json" if "manifest.json" in names else "irs/manifest.json"))
+    shape, env = BertShape.named("minilm-l6"), res["env"]
+    flags = next((line.split(":", 1)[1].split() for line in env["lscpu"].splitlines() if line.startswith("Flags")), [])
+    print(f"{env['device_name']} ({env['nproc']} vCPUs), OpenVINO {env['openvino']}, default {env['default_precision']}, "
+          f"AMX: {'amx_bf16' in flags}; errors: {list(res['errors'])}")
+    for p, g in res.get("granularity", {}).items():
+        w, ms = np.array(man["widths"]), np.array([s["ms"] for s in g["widths"]])
+        aligned = w % 64 == 0
+        off = ms / np.polyval(np.polyfit(w[aligned], ms[aligned], 1), w) - 1
+        print(f"[granularity {p}] one-layer FFN blocks against the line through multiples of 64: "
+              + " ".join(f"{a}:{d:+.1%}" for a, d in zip(w, off)))
+        uniform = dict(zip(man["uniform"], (s["ms"] for s in g["uniform"])))
+        print(f"  whole model, all FFNs at one width: " + ", ".join(
+            f"{b} vs {a} {uniform[b] / uniform[a] - 1:+.1%}" for a, b in ((1024, 1016), (1024, 1008), (1024, 992),
+                                                                          (1024, 960), (1536, 1528), (1536, 1504))))
+    for condition, t in res.get("tables", {}).items():
+        threads, seq_len, precision = int(condition.split("t-")[0]), int(condition.split("-s")[1].split("-")[0]), \
+            condition.rsplit("-", 1)[1]
+        profile = Profile(threads=threads, seq_len=seq_len, precision=precision)
+        header = {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),
+                  "fingerprint": {"cpu": env["device_name"], "isa": flags, "physical_cores": env["nproc"],
+                                  "openvino": env["openvino"].split("-")[0], "profile": profile.to_dict()},
+                  "settings": {**TableBuildSettings().to_dict(), "burst": BURST,
+                               "subnet_selection": SELECTION + ", by MACs (tools/remote_latency.py)"}}
+        blocks = blocks_from_latencies(shape, man["block_grid"], [s["ms"] for s in t["blocks"]])
+        data = dict(header, blocks=blocks, complete=True)
+        block_stats = [dict(s, lowest_round_median=s["ms"], median=s["ms"], min=s["ms"], p90=s["ms"])
+                       for s in t["blocks"]]
+        data.update(calibrate_groups(uncalibrated(data), [SubnetConfig.from_dict(d) for d in man["sets"]["calib"]],
+                                     t["calib_groups"], block_stats))
+        table, v = LatencyTable(data), data["validation"]
+        g = blocks.get("granularity", {})
+        print(f"[{condition}] {t['seconds']:.0f} s there; leave-one-out {v['mape_pct']:.2f}% / within 5% "
+              f"{v['within_5pct']:.0%} / Spearman {v['spearman']:.3f} ({data['calibration']['model']}; MACs "
+              f"{v['calibrated_macs']['mape_pct']:.2f}%); alignment {g.get('alignment')} penalty "
+              f"{g.get('penalty', 0):.1%}; unstable {v['stability']['unstable_measurements']}/{v['stability']['of']}")
+        check = [SubnetConfig.from_dict(d) for d in man["sets"]["check"]]
+        anchor = [SubnetConfig.from_dict(d) for d in man["sets"]["anchor"]]
+        same = np.array([s["ms"] for s in t["check_same_sitting"]])
+        measured, settings = same[:len(check)], AnchorSettings(bound_pct=1e9)
+        for name, tb in (("as built", table),
+                         ("anchored first", fit_anchor(table, anchor, [s["ms"] for s in t["anchor_first"]], settings)),
+                         ("anchored same sitting", fit_anchor(table, anchor, same[len(check):], settings))):
+            e = errors(np.array([tb.predict_ms(s) for s in check]), measured)
+            scale = tb.data.get("anchor", {}).get("scale", 1.0)
+            print(f"  {name:22} MAPE {e['mape_pct']:.2f}% worst {e['worst_pct']:.1f}% within 5% "
+                  f"{e['within_5pct']:.0%} Spearman {e['spearman']:.3f} (scale {scale:.3f})")
+    b = res.get("benchmark_app")
+    if b:
+        value = lambda x: x["ms"] if isinstance(x, dict) else min(x) if isinstance(x, list) else x  # noqa: E731
+        d = np.array([value(b["ours"][k]) / value(v) - 1 for k, v in b["bapp"].items()])
+        print("[benchmark_app] " + ", ".join(f"{k} {x:+.1%}" for k, x in zip(b["bapp"], d))
+              + f"; median |diff| {np.median(np.abs(d)):.1%}, within 3%: {np.mean(np.abs(d) <= 0.03):.0%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack")
+    p.add_argument("out", type=Path)
+    p.add_argument("--work", type=Path, default=Path("/tmp/eftnas-remote-irs"))
+    m = sub.add_parser("measure")
+    m.add_argument("pack", type=Path)
+    m.add_argument("out", type=Path)
+    m.add_argument("--conditions", help="e.g. 1t-s128-bf16,2t-s128-int8,1t-s32-f32 (INT8 at length 128 only)")
+    m.add_argument("--only", help="tables,granularity,benchmark_app")
+    f = sub.add_parser("fit")
+    f.add_argument("results", type=Path)
+    f.add_argument("pack", type=Path)
+    args = parser.parse_args()
+    if args.command == "pack":
+        pack(args.out, args.work)
+    elif args.command == "measure":
+        measure(args.pack, args.out, args.conditions and args.conditions.split(","), args.only and args.only.split(","))
+    else:
+        fit(args.results, args.pack)
+
+
+if __name__ == "__main__":
+    main()
