@@ -169,11 +169,16 @@ class Pack:
     def xml(self, name: str, i, kind: str) -> Path:
         return self.root / "irs" / name / str(i) / f"{kind}.xml"
 
-    def models(self, name: str, kind: str) -> list:
+    def model(self, name: str, i: int, kind: str):
+        """A fresh ov.Model (one object per measured candidate: measurement reshapes and compiles them in threads)."""
         import openvino as ov
 
-        return [self.core.read_model(self.xml(name, i, kind).read_text(), ov.Tensor(self.weights(self.xml(name, i, kind))))
-                for i in range(len(self.manifest["sets"][name]))]
+        xml = self.xml(name, i, kind)
+        return self.core.read_model(xml.read_text(), ov.Tensor(self.weights(xml)))
+
+    def models(self, name: str, kind: str, indices=None) -> list:
+        indices = range(len(self.manifest["sets"][name])) if indices is None else indices
+        return [self.model(name, i, kind) for i in indices]
 
     def write(self, name: str, i, kind: str) -> Path:
         """An IR file pair (for benchmark_app)."""
@@ -203,9 +208,9 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
         (out / "results.json.tmp").write_text(json.dumps(results))
         (out / "results.json.tmp").rename(out / "results.json")
 
-    def timed(profile, name, kind, rounds, extra=()):
-        stats = measure_mod.measure_compiled(pack_.models(name, kind) + list(extra), profile, rounds)
-        print(f"[{time.time() - started:6.1f}s] {name} {profile.condition}", flush=True)
+    def timed(profile, models, rounds, label):
+        stats = measure_mod.measure_compiled(models, profile, rounds)
+        print(f"[{time.time() - started:6.1f}s] {label} {profile.condition}", flush=True)
         return [{k: s[k] for k in ("ms", "round_medians", "disagreement", "unstable", "wall_over_cpu", "spread")}
                 for s in stats]
 
@@ -216,14 +221,14 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
             profile, kind = Profile(threads=threads, seq_len=seq_len, precision=precision), \
                 "int8" if precision == "int8" else "f32"
             t, r = time.time(), {}
-            r["blocks"] = timed(profile, "blocks", kind, 32)
-            calib = pack_.models("calib", kind)
-            r["calib_groups"] = [  # groups of 7 + the full model (calib[0]) as drift reference, as build_table
-                [{k: s[k] for k in ("ms", "round_medians", "disagreement", "unstable", "wall_over_cpu", "spread")}
-                 for s in measure_mod.measure_compiled([calib[0]] + calib[i:i + 7], profile, 16)]
-                for i in range(0, len(calib), 7)]
-            r["anchor_first"] = timed(profile, "anchor", kind, 20)
-            r["check_same_sitting"] = timed(profile, "check", kind, 20, pack_.models("anchor", kind))
+            r["blocks"] = timed(profile, pack_.models("blocks", kind), 32, "blocks")
+            n = len(pack_.manifest["sets"]["calib"])
+            r["calib_groups"] = [  # groups of 7 + the full model (calib 0) as drift reference, as build_table
+                timed(profile, [pack_.model("calib", 0, kind)] + pack_.models("calib", kind, range(i, min(i + 7, n))),
+                      16, f"calibration subnets {i}-{min(i + 7, n) - 1}") for i in range(0, n, 7)]
+            r["anchor_first"] = timed(profile, pack_.models("anchor", kind), 20, "anchor")
+            r["check_same_sitting"] = timed(profile, pack_.models("check", kind) + pack_.models("anchor", kind), 20,
+                                            "check + anchor")
             r["seconds"] = time.time() - t
             results.setdefault("tables", {})[condition] = r
             save()
@@ -231,8 +236,9 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
     def granularity():
         for p in precisions:
             profile, kind = Profile(threads=1, seq_len=128, precision=p), "int8" if p == "int8" else "f32"
-            results.setdefault("granularity", {})[p] = {"widths": timed(profile, "widths", kind, 32),
-                                                        "uniform": timed(profile, "uniform", kind, 20)}
+            results.setdefault("granularity", {})[p] = {
+                "widths": timed(profile, pack_.models("widths", kind), 32, "widths"),
+                "uniform": timed(profile, pack_.models("uniform", kind), 20, "uniform widths")}
             save()
 
     def benchmark_app():
@@ -276,8 +282,8 @@ def fit(results_path: Path, pack_path: Path) -> None:
         man = json.load(tar.extractfile("manifest.json" if "manifest.json" in names else "irs/manifest.json"))
     shape, env = BertShape.named("minilm-l6"), res["env"]
     flags = next((line.split(":", 1)[1].split() for line in env["lscpu"].splitlines() if line.startswith("Flags")), [])
-    print(f"{env['device_name']} ({env['nproc']} vCPUs), OpenVINO {env['openvino']}, default {env['default_precision']}, "
-          f"AMX: {'amx_bf16' in flags}; errors: {list(res['errors'])}")
+    print(f"{env['device_name']} ({env['nproc']} vCPUs), OpenVINO {env['openvino']}, default "
+          f"{env['default_precision']}, AMX: {'amx_bf16' in flags}; errors: {list(res['errors'])}")
     for p, g in res.get("granularity", {}).items():
         w, ms = np.array(man["widths"]), np.array([s["ms"] for s in g["widths"]])
         aligned = w % 64 == 0

@@ -24,16 +24,18 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import openvino as ov
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..export import IR_NAME
 from .profiles import Profile
+
+if TYPE_CHECKING:  # a machine that only times IRs (tools/remote_latency.py) needs no torch
+    from torch import nn
 
 # Back-to-back timed calls per candidate per round, and the default number of rounds (100 timed calls per candidate).
 # Short bursts in many rounds: on the AVX2 EPYC (session 17) the machine's speed wanders by ~5% (sd) over seconds,

@@ -388,9 +388,9 @@ def summary_lines(table: LatencyTable) -> list[str]:
     g = table.data["blocks"].get("granularity")
     if g:
         probes = ", ".join(f"{p['width']} {100 * p['excess']:+.1f}%" for p in g["probes"])
-        lines.append(f"  FFN width granularity: " + (f"widths off multiples of {g['alignment']} run {100 * g['penalty']:.1f}% "
-                     "slower than the line (predicted so)" if g["alignment"] > 1 else "none measured")
-                     + f"; probes against the line: {probes}")
+        found = (f"widths off multiples of {g['alignment']} run {100 * g['penalty']:.1f}% slower than the line "
+                 "(predicted so)") if g["alignment"] > 1 else "none measured"
+        lines.append(f"  FFN width granularity: {found}; probes against the line: {probes}")
     if s["unstable"]:
         lines.append("  warning: some repeated measurements disagreed; the machine was noisy during profiling")
     return lines
