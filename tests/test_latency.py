@@ -592,3 +592,37 @@ def test_every_shipped_table_reads_with_its_validation():
         assert table.predict_ms(table.shape.full_subnet()) > 0
         assert 0 <= table.validation["mape_pct"] < 10 and table.validation["n"] >= 8
         assert tool.row(table).startswith(f"| {path.parent.name}/{path.name} |")
+
+
+def test_remote_pack_keeps_the_graph_and_refills_only_weights(tmp_path):
+    """tools/remote_latency.py carries an IR without its weight constants: the refilled IR has the same ops, every
+    small constant (shapes, axes, quantization ranges) byte for byte, other values only in the weights, and runs."""
+    import importlib.util
+    import openvino as ov
+    from eftnas_hw.latency.measure import export_ir
+    from eftnas_hw.models import build_subnet, random_bert
+
+    spec = importlib.util.spec_from_file_location(
+        "remote_latency", Path(__file__).resolve().parents[1] / "tools" / "remote_latency.py")
+    remote = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(remote)
+    shape = replace(MICRO, hidden_size=128, num_heads=2, head_size=64, intermediate_size=256)
+    xml = export_ir(build_subnet(random_bert(shape, 0), shape.full_subnet()), tmp_path / "ir",
+                    Profile(seq_len=16, precision="int8"))
+    original = np.fromfile(xml.with_suffix(".bin"), np.uint8)
+    (tmp_path / "ir.skel.npz").write_bytes(remote.skeleton(xml))
+    refilled = remote.refill(tmp_path / "ir.skel.npz", remote.random_pool())
+    sk = np.load(tmp_path / "ir.skel.npz")
+    assert len(refilled) == len(original) and len(sk["fill_off"]) > 0 and len(sk["keep_off"]) > 0
+    for off, size in zip(sk["keep_off"], sk["keep_size"]):
+        assert np.array_equal(refilled[off:off + size], original[off:off + size])
+    weights = np.zeros(len(original), bool)
+    for off, size in zip(sk["fill_off"], sk["fill_size"]):
+        weights[off:off + size] = True
+    assert np.array_equal(refilled[~weights], original[~weights]) and not np.array_equal(refilled, original)
+    core = ov.Core()
+    a, b = core.read_model(xml), core.read_model(xml.read_text(), ov.Tensor(refilled))
+    assert [op.get_type_name() for op in a.get_ordered_ops()] == [op.get_type_name() for op in b.get_ordered_ops()]
+    b.reshape({inp.get_any_name(): [1, 16] for inp in b.inputs})
+    out = core.compile_model(b, "CPU")({inp.get_any_name(): np.ones((1, 16), np.int64) for inp in b.inputs})
+    assert all(np.isfinite(v).all() for v in out.values())

@@ -140,6 +140,28 @@ def import_measurement():
     return measure, profiles
 
 
+def random_pool() -> dict:
+    """Random bytes per element type to refill weights from (N(0, 0.02) floats, small integers)."""
+    rng = np.random.default_rng(0)
+    pool = {"f32": rng.normal(0, 0.02, 13_000_000).astype(np.float32).view(np.uint8),
+            "f16": rng.normal(0, 0.02, 1_000_000).astype(np.float16).view(np.uint8),
+            "i8": rng.integers(-64, 64, 16_000_000, dtype=np.int8).view(np.uint8)}
+    return dict(pool, u8=pool["i8"], bf16=pool["f16"])
+
+
+def refill(skeleton_path: Path, pool: dict) -> np.ndarray:
+    """The IR's .bin from its skeleton: kept constants as they were, weights from `pool`."""
+    sk = np.load(skeleton_path)
+    blob, pos = np.zeros(int(sk["bin_size"]), np.uint8), 0
+    for off, size in zip(sk["keep_off"], sk["keep_size"]):
+        blob[off:off + size] = sk["keep"][pos:pos + size]
+        pos += size
+    for off, size, kind in zip(sk["fill_off"], sk["fill_size"], sk["fill_type"]):
+        source = pool[str(kind)]
+        blob[off:off + size] = np.resize(source, size) if size > source.size else source[:size]
+    return blob
+
+
 class Pack:
     """The unpacked IRs; `model(set, i, kind)` an ov.Model with its weights refilled at random."""
 
@@ -149,22 +171,10 @@ class Pack:
         with tarfile.open(path, "r:xz") as tar:
             tar.extractall(self.root, filter="data")
         self.manifest = json.loads((self.root / "manifest.json").read_text())
-        rng = np.random.default_rng(0)
-        self.pool = {"f32": rng.normal(0, 0.02, 13_000_000).astype(np.float32).view(np.uint8),
-                     "f16": rng.normal(0, 0.02, 1_000_000).astype(np.float16).view(np.uint8),
-                     "i8": rng.integers(-64, 64, 16_000_000, dtype=np.int8).view(np.uint8)}
-        self.pool.update(u8=self.pool["i8"], bf16=self.pool["f16"])
+        self.pool = random_pool()
 
     def weights(self, xml: Path) -> np.ndarray:
-        sk = np.load(str(xml)[:-4] + ".skel.npz")
-        blob, pos = np.zeros(int(sk["bin_size"]), np.uint8), 0
-        for off, size in zip(sk["keep_off"], sk["keep_size"]):
-            blob[off:off + size] = sk["keep"][pos:pos + size]
-            pos += size
-        for off, size, kind in zip(sk["fill_off"], sk["fill_size"], sk["fill_type"]):
-            pool = self.pool[str(kind)]
-            blob[off:off + size] = np.resize(pool, size) if size > pool.size else pool[:size]
-        return blob
+        return refill(Path(str(xml)[:-4] + ".skel.npz"), self.pool)
 
     def xml(self, name: str, i, kind: str) -> Path:
         return self.root / "irs" / name / str(i) / f"{kind}.xml"
