@@ -205,8 +205,9 @@ def _space_stage(run: Run, ctx: RunContext, shape: BertShape) -> None:
 
     def make_space(staging: Path) -> None:
         cost = cost_model(config.metric, shape, ctx.table, ctx.profile.seq_len)
-        if ctx.table is not None and ctx.table.off_alignment(config.space.ffn_step):
-            warn(ctx.table.off_alignment(config.space.ffn_step))
+        slow_widths = ctx.table.off_alignment(config.space.ffn_step) if ctx.table is not None else None
+        if slow_widths:
+            warn(slow_widths)
         result = build_search_space(load_scores(run.out / "teacher"), shape, cost, config.space)
         result.save(staging / "search_space.json")
         print(result.format_table())
