@@ -4,7 +4,7 @@
     python tools/remote_latency.py measure PACK.tar.xz OUT [--conditions 1t-s128-bf16,...] [--only tables,...]
                                                                             # there: needs openvino, numpy, pyyaml,
                                                                             # tqdm, torch and this repository
-    python tools/remote_latency.py fit OUT/results.json PACK.tar.xz         # here: tables, checks, granularity
+    python tools/remote_latency.py fit OUT/results.json PACK.tar.xz|MANIFEST.json   # here: tables, checks, granularity
 
 How session 19 measured a Xeon with AMX (the README's "A Xeon with AMX"): the GPU machine lent to that session had
 no optimum-intel or NNCF. `pack` exports (optimum-intel) and quantizes (NNCF) MiniLM-L6 IRs exactly as a table build
@@ -287,9 +287,12 @@ def fit(results_path: Path, pack_path: Path) -> None:
     from eftnas_hw.subnet import BertShape, SubnetConfig
 
     res = json.loads(results_path.read_text())
-    with tarfile.open(pack_path, "r:xz") as tar:
-        names = tar.getnames()
-        man = json.load(tar.extractfile("manifest.json" if "manifest.json" in names else "irs/manifest.json"))
+    if pack_path.suffix == ".json":  # the manifest alone (results/xeon-amx-s19/)
+        man = json.loads(pack_path.read_text())
+    else:
+        with tarfile.open(pack_path, "r:xz") as tar:
+            names = tar.getnames()
+            man = json.load(tar.extractfile("manifest.json" if "manifest.json" in names else "irs/manifest.json"))
     shape, env = BertShape.named("minilm-l6"), res["env"]
     flags = next((line.split(":", 1)[1].split() for line in env["lscpu"].splitlines() if line.startswith("Flags")), [])
     print(f"{env['device_name']} ({env['nproc']} vCPUs), OpenVINO {env['openvino']}, default "
@@ -304,6 +307,12 @@ def fit(results_path: Path, pack_path: Path) -> None:
         print(f"  whole model, all FFNs at one width: " + ", ".join(
             f"{b} vs {a} {uniform[b] / uniform[a] - 1:+.1%}" for a, b in ((1024, 1016), (1024, 1008), (1024, 992),
                                                                           (1024, 960), (1536, 1528), (1536, 1504))))
+    for p, repetitions in res.get("probes", {}).items():  # block models + probes, as a build times them
+        found = [blocks_from_latencies(shape, man["block_grid"], [s["ms"] for s in r])["granularity"]
+                 for r in repetitions]
+        print(f"[granularity probes {p}] " + "; ".join(
+            f"alignment {g['alignment']}, penalty {g['penalty']:.1%} ("
+            + ", ".join(f"{q['width']} {q['excess']:+.1%}" for q in g["probes"]) + ")" for g in found))
     for condition, t in res.get("tables", {}).items():
         threads, seq_len, precision = int(condition.split("t-")[0]), int(condition.split("-s")[1].split("-")[0]), \
             condition.rsplit("-", 1)[1]
@@ -320,11 +329,12 @@ def fit(results_path: Path, pack_path: Path) -> None:
         data.update(calibrate_groups(uncalibrated(data), [SubnetConfig.from_dict(d) for d in man["sets"]["calib"]],
                                      t["calib_groups"], block_stats))
         table, v = LatencyTable(data), data["validation"]
-        g = blocks.get("granularity", {})
+        g = blocks.get("granularity")
+        found = f"alignment {g['alignment']}, penalty {g['penalty']:.1%}" if g else "not probed"
         print(f"[{condition}] {t['seconds']:.0f} s there; leave-one-out {v['mape_pct']:.2f}% / within 5% "
               f"{v['within_5pct']:.0%} / Spearman {v['spearman']:.3f} ({data['calibration']['model']}; MACs "
-              f"{v['calibrated_macs']['mape_pct']:.2f}%); alignment {g.get('alignment')} penalty "
-              f"{g.get('penalty', 0):.1%}; unstable {v['stability']['unstable_measurements']}/{v['stability']['of']}")
+              f"{v['calibrated_macs']['mape_pct']:.2f}%); granularity {found}; unstable "
+              f"{v['stability']['unstable_measurements']}/{v['stability']['of']}")
         check = [SubnetConfig.from_dict(d) for d in man["sets"]["check"]]
         anchor = [SubnetConfig.from_dict(d) for d in man["sets"]["anchor"]]
         same = np.array([s["ms"] for s in t["check_same_sitting"]])
