@@ -45,6 +45,18 @@ UNIFORM = [1536, 1528, 1520, 1504, 1088, 1024, 1016, 1008, 992, 960]
 BAPP = ["one-layer", "quarter", "half", "minilm-l6", "bert-medium"]
 
 
+def condition_profile(condition: str, profile_class):
+    """"2t-s128-int8" -> the profile (threads, sequence length, precision) it names."""
+    threads, rest = condition.split("t-", 1)
+    seq_len, precision = rest[1:].split("-", 1)
+    return profile_class(threads=int(threads), seq_len=int(seq_len), precision=precision)
+
+
+def ir_kind(precision: str) -> str:
+    """Which IR of a pair a precision times: the NNCF INT8 one, or the f32 one (run in f32 or bf16)."""
+    return "int8" if precision == "int8" else "f32"
+
+
 # ---- here: pack -------------------------------------------------------------------------------------------------
 def model_sets() -> dict:
     """{set: [(subnet dict or None, model)]} of MiniLM-L6 models (random weights) in measurement order."""
@@ -226,10 +238,8 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
 
     def tables():
         for condition in conditions or [f"1t-s128-{p}" for p in precisions]:
-            threads, seq_len, precision = int(condition.split("t-")[0]), int(condition.split("-s")[1].split("-")[0]), \
-                condition.rsplit("-", 1)[1]
-            profile, kind = Profile(threads=threads, seq_len=seq_len, precision=precision), \
-                "int8" if precision == "int8" else "f32"
+            profile = condition_profile(condition, Profile)
+            kind = ir_kind(profile.precision)
             t, r = time.time(), {}
             r["blocks"] = timed(profile, pack_.models("blocks", kind), 32, "blocks")
             n = len(pack_.manifest["sets"]["calib"])
@@ -245,7 +255,7 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
 
     def granularity():
         for p in precisions:
-            profile, kind = Profile(threads=1, seq_len=128, precision=p), "int8" if p == "int8" else "f32"
+            profile, kind = Profile(threads=1, seq_len=128, precision=p), ir_kind(p)
             results.setdefault("granularity", {})[p] = {
                 "widths": timed(profile, pack_.models("widths", kind), 32, "widths"),
                 "uniform": timed(profile, pack_.models("uniform", kind), 20, "uniform widths")}
@@ -256,7 +266,7 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
         from check_benchmark_app import benchmark_app_interleaved
 
         cases = [(n, p) for p in precisions for n in BAPP]
-        files = {(n, p): pack_.write("bapp", n, "int8" if p == "int8" else "f32") for n, p in cases}
+        files = {(n, p): pack_.write("bapp", n, ir_kind(p)) for n, p in cases}
         profile = {p: Profile(threads=1, seq_len=128, precision=p) for p in precisions}
         ref = benchmark_app_interleaved([(files[c], profile[c[1]]) for c in cases], 3)
         ours = {}
@@ -314,9 +324,7 @@ def fit(results_path: Path, pack_path: Path) -> None:
             f"alignment {g['alignment']}, penalty {g['penalty']:.1%} ("
             + ", ".join(f"{q['width']} {q['excess']:+.1%}" for q in g["probes"]) + ")" for g in found))
     for condition, t in res.get("tables", {}).items():
-        threads, seq_len, precision = int(condition.split("t-")[0]), int(condition.split("-s")[1].split("-")[0]), \
-            condition.rsplit("-", 1)[1]
-        profile = Profile(threads=threads, seq_len=seq_len, precision=precision)
+        profile = condition_profile(condition, Profile)
         header = {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),
                   "fingerprint": {"cpu": env["device_name"], "isa": flags, "physical_cores": env["nproc"],
                                   "openvino": env["openvino"].split("-")[0], "profile": profile.to_dict()},

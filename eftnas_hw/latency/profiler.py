@@ -301,8 +301,8 @@ def granularity_from_ms(grid: Sequence[int], ffn_ms: Sequence[float], probes: Se
     line = np.interp(probes, grid, ffn_ms)
     excess = [float(m / ref - 1) if ref > 0 else 0.0 for m, ref in zip(probe_ms, line)]
     finest = min(range(len(probes)), key=lambda i: _power_of_two_dividing(probes[i]))
-    clear = excess[finest] > GRANULARITY_EVIDENCE
-    slow = [(w, e) for w, e in zip(probes, excess) if clear and e > GRANULARITY_BOUND]
+    slow = [(w, e) for w, e in zip(probes, excess) if e > GRANULARITY_BOUND] \
+        if excess[finest] > GRANULARITY_EVIDENCE else []
     alignment = 2 * max(_power_of_two_dividing(w) for w, _ in slow) if slow else 1
     return {"alignment": alignment, "penalty": float(np.mean([e for _, e in slow])) if slow else 0.0,
             "probes": [{"width": w, "ms": float(m), "line_ms": float(ref), "excess": e}

@@ -69,11 +69,12 @@ class LatencyTable:
             # Every integer width precomputed once: a prediction is then a few list look-ups.
             self.ffn_ms = np.interp(np.arange(self.shape.intermediate_size + 1), grid, ffn_ms).tolist()
             granularity = blocks.get("granularity") or {"alignment": 1, "penalty": 0.0}
-            self.ffn_alignment, penalty = int(granularity["alignment"]), float(granularity["penalty"])
-            if self.ffn_alignment < 1 or not 0 <= penalty < 10:
+            self.ffn_alignment, self.ffn_penalty = int(granularity["alignment"]), float(granularity["penalty"])
+            if self.ffn_alignment < 1 or not 0 <= self.ffn_penalty < 10:
                 raise ValueError("FFN alignment must be a positive width and its penalty a fraction in [0, 10)")
             if self.ffn_alignment > 1:  # widths off the alignment run slower than the line (step 1)
-                self.ffn_ms = [v * (1 + penalty) if w % self.ffn_alignment else v for w, v in enumerate(self.ffn_ms)]
+                self.ffn_ms = [v * (1 + self.ffn_penalty) if w % self.ffn_alignment else v
+                               for w, v in enumerate(self.ffn_ms)]
             if data.get("version") != VERSION:
                 raise UserError(f"latency table format version {data.get('version')} is not {VERSION} (tables of "
                                 "earlier versions used another protocol and cost model): build it again")
@@ -162,9 +163,8 @@ class LatencyTable:
         measured alignment does not divide the step), or None."""
         if ffn_step % self.ffn_alignment == 0:
             return None
-        penalty = self.data["blocks"]["granularity"]["penalty"]
         return (f"FFN granularity {ffn_step} puts widths off multiples of {self.ffn_alignment}, which run "
-                f"{100 * penalty:.0f}% slower per FFN block under {self.profile.condition} here (measured by the "
+                f"{100 * self.ffn_penalty:.0f}% slower per FFN block under {self.profile.condition} here (measured by the "
                 f"latency table, which predicts them so); --set space.ffn_step={self.ffn_alignment} keeps the space "
                 "on fast widths")
 
