@@ -164,9 +164,9 @@ class LatencyTable:
         if ffn_step % self.ffn_alignment == 0:
             return None
         return (f"FFN granularity {ffn_step} puts widths off multiples of {self.ffn_alignment}, which run "
-                f"{100 * self.ffn_penalty:.0f}% slower per FFN block under {self.profile.condition} here (measured by the "
-                f"latency table, which predicts them so); --set space.ffn_step={self.ffn_alignment} keeps the space "
-                "on fast widths")
+                f"{100 * self.ffn_penalty:.0f}% slower per FFN block under {self.profile.condition} here (measured by "
+                f"the latency table, which predicts them so); --set space.ffn_step={self.ffn_alignment} keeps the "
+                "space on fast widths")
 
     def shape_differences(self, shape: BertShape) -> list[str]:
         """The cost-relevant dimensions in which `shape` differs from the table's, e.g. "num_layers 4 (table 6)"."""
