@@ -248,9 +248,11 @@ def _space(args: argparse.Namespace) -> None:
 
 
 def _profile(args: argparse.Namespace) -> None:
-    from .latency import Profile, build_table, summary_lines
+    from .latency import Profile, build_table, start_helper, summary_lines
     from .models import load_config
     from .subnet import BertShape
+
+    start_helper()  # the IR helper's imports overlap this process's (see latency/prepare.py)
 
     if args.shape and args.model:
         raise UserError("give --model or --shape, not both")
@@ -266,7 +268,9 @@ def _profile(args: argparse.Namespace) -> None:
 
 
 def _anchor(args: argparse.Namespace) -> None:
-    from .latency import LatencyTable, anchor_line, anchor_table
+    from .latency import LatencyTable, anchor_line, anchor_table, start_helper
+
+    start_helper()
 
     check_writable(args.out, args.overwrite)
     anchored = anchor_table(LatencyTable.load(args.table, force=args.force), from_flags(args, AnchorSettings))

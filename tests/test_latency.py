@@ -174,6 +174,30 @@ def test_corrupt_table(table_path, damage):
         LatencyTable.load(table_path)
 
 
+def fake_machine(monkeypatch, measure) -> None:
+    """Table builds on a fake machine: `measure(models, profile, rounds, desc)` gets the torch modules of what a build
+    would export and time, and returns their stats."""
+    class Held:  # PreparedIRs that exports nothing: the "IRs" are the models themselves
+        def __init__(self, profile):
+            self.profile = profile
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def paths(self, models):
+            return list(models)
+
+        def forget(self, models):
+            pass
+
+    monkeypatch.setattr(profiler, "PreparedIRs", Held)
+    monkeypatch.setattr(profiler, "measure_compiled", lambda models, profile, rounds=5, desc=None: measure(
+        [m.build() for m in models], profile, rounds, desc))
+
+
 def test_resume_after_interruption(tmp_path, monkeypatch):
     """A run killed after its first measured groups continues with the next group, re-measuring nothing."""
     calls: list[int] = []
@@ -186,7 +210,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
         return [dict(ms=1e-3 * sum(p.numel() for p in m.parameters()), spread=0.1, disagreement=0.0,
                      wall_over_cpu=1.0, unstable=False) for m in models]
 
-    monkeypatch.setattr(profiler, "measure_models_ms", fake_measure)
+    fake_machine(monkeypatch, fake_measure)
     out = tmp_path / "t.json"
     settings = TableBuildSettings(ffn_step=32, subnets=8, group_size=3)
     with pytest.raises(KeyboardInterrupt):
@@ -215,7 +239,7 @@ def test_a_machine_whose_latency_curves_gets_the_log_curve_calibration(tmp_path,
         return measure
 
     shape, settings = replace(MICRO, num_layers=3), TableBuildSettings(ffn_step=32, subnets=10, group_size=4)
-    monkeypatch.setattr(profiler, "measure_models_ms", machine(0.7))
+    fake_machine(monkeypatch, machine(0.7))
     curved = build_table(shape, PROFILE, tmp_path / "curved.json", settings, progress=False)
     assert curved.data["calibration"]["model"] == profiler.LOG_CURVE and curved.log_curve is not None
     assert curved.validation["mape_pct"] < curved.validation["candidates"]["scaled block sum"]["mape_pct"]
@@ -225,7 +249,7 @@ def test_a_machine_whose_latency_curves_gets_the_log_curve_calibration(tmp_path,
         subnet = SubnetConfig(tuple(row["subnet"]["heads"]), tuple(row["subnet"]["ffn"]))
         assert reloaded.predict_ms(subnet) == pytest.approx(curved.predict_ms(subnet))
         assert curved.predict_ms(subnet) == pytest.approx(row["measured"]["ms"], rel=0.05)  # the curve holds
-    monkeypatch.setattr(profiler, "measure_models_ms", machine(1.0))
+    fake_machine(monkeypatch, machine(1.0))
     linear = build_table(shape, PROFILE, tmp_path / "linear.json", settings, progress=False)
     assert linear.data["calibration"]["model"] != profiler.LOG_CURVE and linear.log_curve is None
 
@@ -255,7 +279,7 @@ def test_a_cpu_that_penalizes_unaligned_widths_gets_a_measured_granularity(tmp_p
     shape = replace(MICRO, intermediate_size=128)
     settings = TableBuildSettings(ffn_step=64, subnets=8, group_size=4)
     assert profiler.granularity_probes(shape) == [120, 112, 96]
-    monkeypatch.setattr(profiler, "measure_models_ms", machine(True))
+    fake_machine(monkeypatch, machine(True))
     table = build_table(shape, PROFILE, tmp_path / "amx.json", settings, progress=False)
     granularity = table.data["blocks"]["granularity"]
     assert granularity["alignment"] == 32 and granularity["penalty"] == pytest.approx(0.3, rel=0.05)
@@ -267,7 +291,7 @@ def test_a_cpu_that_penalizes_unaligned_widths_gets_a_measured_granularity(tmp_p
     assert reloaded.ffn_ms[96] < reloaded.ffn_ms[100] and reloaded.ffn_ms[128] > reloaded.ffn_ms[96]
     assert reloaded.off_alignment(64) is None and reloaded.off_alignment(32) is None
     assert "multiples of 32" in reloaded.off_alignment(16) and "space.ffn_step=32" in reloaded.off_alignment(16)
-    monkeypatch.setattr(profiler, "measure_models_ms", machine(False))
+    fake_machine(monkeypatch, machine(False))
     plain = build_table(shape, PROFILE, tmp_path / "plain.json", settings, progress=False)
     assert plain.ffn_alignment == 1 and plain.data["blocks"]["granularity"]["penalty"] == 0.0
     assert plain.off_alignment(8) is None
@@ -410,10 +434,9 @@ def test_anchoring_refits_a_carried_table_to_this_machine(real_table, tmp_path, 
     from eftnas_hw.latency import anchor as anchor_module
     from eftnas_hw.settings import AnchorSettings
 
-    here, seen = LatencyTable.load(real_table), []
-    real_build = anchor_module.build_subnet
-    monkeypatch.setattr(anchor_module, "build_subnet", lambda model, s: seen.append(s) or real_build(model, s))
-    monkeypatch.setattr(anchor_module, "exported_irs", lambda models, profile: contextlib.nullcontext(list(seen)))
+    here = LatencyTable.load(real_table)
+    monkeypatch.setattr(anchor_module, "exported_irs", lambda models, profile: contextlib.nullcontext(
+        [m.subnet for m in models]))  # the "IRs" are the subnets
     monkeypatch.setattr(anchor_module, "measure_compiled", lambda irs, *a, **k: [
         {"ms": here.calibrated_ms(s) * (1 + 0.02 * (-1) ** i), "unstable": False} for i, s in enumerate(irs)])
     carried = slower_machine_table(real_table, tmp_path)
@@ -517,16 +540,14 @@ def test_anchor_never_fits_a_falling_line(real_table, monkeypatch):
     from eftnas_hw.latency import anchor as anchor_module
     from eftnas_hw.settings import AnchorSettings
 
-    table, seen = LatencyTable.load(real_table), []
-    real_build = anchor_module.build_subnet
-    monkeypatch.setattr(anchor_module, "build_subnet", lambda model, s: seen.append(s) or real_build(model, s))
-    monkeypatch.setattr(anchor_module, "exported_irs", lambda models, profile: contextlib.nullcontext(list(seen)))
+    table = LatencyTable.load(real_table)
+    monkeypatch.setattr(anchor_module, "exported_irs", lambda models, profile: contextlib.nullcontext(
+        [m.subnet for m in models]))  # the "IRs" are the subnets
     monkeypatch.setattr(anchor_module, "measure_compiled", lambda irs, *a, **k: [
         {"ms": 1.0 / max(table.calibrated_ms(s), 1e-3), "unstable": False} for s in irs])
     anchored = anchor_module.anchor_table(table, AnchorSettings(subnets=4, rounds=1, bound_pct=1e6), progress=False)
     a = anchored.data["anchor"]
     assert a["model"] == "scale" and a["scale"] > 0 and a["candidates"]["scale + offset"]  # (recorded, not used)
-    seen.clear()
     with pytest.raises(anchor_module.TableDoesNotFit, match="does not fit"):  # and the default bound refuses it
         anchor_module.anchor_table(table, AnchorSettings(subnets=4, rounds=1), progress=False)
 
@@ -538,27 +559,24 @@ def test_anchor_measures_again_before_refusing(real_table, monkeypatch):
     from eftnas_hw.latency import anchor as anchor_module
     from eftnas_hw.settings import AnchorSettings
 
-    table, calls, seen = LatencyTable.load(real_table), [], []
+    table, calls = LatencyTable.load(real_table), []
 
     def measure(irs, *args, **kwargs):  # subnet 2 runs 60% slow on the spoiled calls
         spoiled = calls.pop(0)
         return [{"ms": table.calibrated_ms(s) * (1.6 if spoiled and i == 2 else 1.0), "unstable": spoiled and i == 2}
                 for i, s in enumerate(irs)]
 
-    real_build = anchor_module.build_subnet
-    monkeypatch.setattr(anchor_module, "build_subnet", lambda model, s: seen.append(s) or real_build(model, s))
-    monkeypatch.setattr(anchor_module, "exported_irs", lambda models, profile: contextlib.nullcontext(list(seen)))
+    monkeypatch.setattr(anchor_module, "exported_irs", lambda models, profile: contextlib.nullcontext(
+        [m.subnet for m in models]))  # the "IRs" are the subnets
     monkeypatch.setattr(anchor_module, "measure_compiled", measure)
     settings = AnchorSettings(subnets=6, rounds=1)
     calls[:] = [True, False]
     a = anchor_module.anchor_table(table, settings, progress=False).data["anchor"]
     assert not calls and a["measured_twice"] and a["residual"]["mape_pct"] < 0.1 and a["unstable_measurements"] == 0
     assert "measured twice" in anchor_module.anchor_line(LatencyTable({**table.data, "anchor": a}))
-    seen.clear()
     calls[:] = [False]
     assert not anchor_module.anchor_table(table, settings, progress=False).data["anchor"]["measured_twice"]
     assert not calls  # a fit within the bound is not measured again
-    seen.clear()
     calls[:] = [True, True]
     with pytest.raises(anchor_module.TableDoesNotFit, match="on 6 subnets measured twice"):
         anchor_module.anchor_table(table, settings, progress=False)
@@ -602,7 +620,7 @@ def test_remote_pack_keeps_the_graph_and_refills_only_weights(tmp_path):
     small constant (shapes, axes, quantization ranges) byte for byte, other values only in the weights, and runs."""
     import importlib.util
     import openvino as ov
-    from eftnas_hw.latency.measure import export_ir
+    from eftnas_hw.latency.prepare import export_ir
     from eftnas_hw.models import build_subnet, random_bert
 
     spec = importlib.util.spec_from_file_location(
@@ -629,3 +647,38 @@ def test_remote_pack_keeps_the_graph_and_refills_only_weights(tmp_path):
     b.reshape({inp.get_any_name(): [1, 16] for inp in b.inputs})
     out = core.compile_model(b, "CPU")({inp.get_any_name(): np.ones((1, 16), np.int64) for inp in b.inputs})
     assert all(np.isfinite(v).all() for v in out.values())
+
+
+def _graph(xml: Path) -> list[tuple]:
+    """An IR's ops in order, with their output shapes and precisions (node names carry per-process counters)."""
+    import openvino as ov
+
+    return [(op.get_type_name(), [(str(o.get_partial_shape()), o.get_element_type().get_type_name())
+                                  for o in op.outputs()]) for op in ov.Core().read_model(xml).get_ordered_ops()]
+
+
+def test_the_helper_process_exports_what_this_one_would_and_each_random_subnet_once(tmp_path):
+    """IRs for timing are prepared by this process and a spawned helper: a random subnet exported by the helper gives
+    the same IR (f32 and NNCF INT8: graph and weights) as one exported here; the helper is idle once `paths` returns (nothing may run
+    beside the timing); a subnet asked for again, in one call or the next, is not exported again; forgotten ones go."""
+    from eftnas_hw.latency.prepare import PreparedIRs, RandomSubnet, _Helper, export_ir
+
+    net = RandomSubnet(MICRO, 3, SubnetConfig((1,), (32,)))
+    for precision in ("f32", "int8"):
+        profile = replace(PROFILE, precision=precision)
+        helper = _Helper.get()
+        assert helper is not None  # two CPUs here
+        helper.submit(net, tmp_path / f"helper-{precision}", profile)
+        there = helper.result()
+        here = export_ir(net, tmp_path / f"here-{precision}", profile)
+        assert _graph(there) == _graph(here)
+        assert there.with_suffix(".bin").read_bytes() == here.with_suffix(".bin").read_bytes()
+    nets = [RandomSubnet(MICRO, 0, s) for s in [MICRO.full_subnet(), *random_subnets(MICRO, 5, 1)]]
+    with PreparedIRs(PROFILE) as irs:
+        paths = irs.paths(nets + nets[:1])
+        assert _Helper.get().idle() and all(p.is_file() for p in paths)
+        assert paths[-1] == paths[0] and len(set(paths)) == len(set(nets))
+        assert irs.paths(nets[:2]) == paths[:2]
+        irs.forget(nets[1:])
+        assert paths[0].is_file() and not any(p.exists() for p in paths[1:-1] if p != paths[0])
+        assert irs.paths(nets[1:2])[0] != paths[1]  # exported again

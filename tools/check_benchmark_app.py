@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eftnas_hw.latency.measure import export_ir, measure_compiled
+from eftnas_hw.latency.measure import measure_compiled
 from eftnas_hw.latency.profiles import Profile, supported_precisions
 from eftnas_hw.subnet import BertShape, SubnetConfig
 
@@ -38,17 +38,16 @@ MODELS = {
 
 def build_irs(work: Path, seq_len: int) -> dict[tuple[str, str], Path]:
     """{(model, "f32"|"int8"): .xml}, exported once per sequence length."""
-    from eftnas_hw.models import build_subnet, random_bert  # here only: `benchmark_app_interleaved` runs without torch
+    # here only: `benchmark_app_interleaved` runs without torch
+    from eftnas_hw.latency.prepare import RandomSubnet, export_ir
 
     irs = {}
     for name, (shape, subnet) in MODELS.items():
-        model = None
         for ir_kind in ("f32", "int8"):
             folder = work / f"s{seq_len}" / f"{name}-{ir_kind}"
             xml = folder / ("int8.xml" if ir_kind == "int8" else "openvino_model.xml")
             if not xml.exists():
-                model = model or build_subnet(random_bert(shape, 0), subnet)
-                xml = export_ir(model, folder, Profile(seq_len=seq_len, precision=ir_kind))
+                xml = export_ir(RandomSubnet(shape, 0, subnet), folder, Profile(seq_len=seq_len, precision=ir_kind))
             irs[(name, ir_kind)] = xml
     return irs
 

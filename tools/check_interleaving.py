@@ -19,9 +19,9 @@ import time
 import numpy as np
 
 from eftnas_hw.latency import Profile
-from eftnas_hw.latency.measure import exported_irs, measure_compiled
+from eftnas_hw.latency.measure import measure_compiled
+from eftnas_hw.latency.prepare import RandomSubnet, exported_irs
 from eftnas_hw.latency.profiler import random_subnets
-from eftnas_hw.models import build_subnet, random_bert
 from eftnas_hw.subnet import NAMED_SHAPES
 
 
@@ -35,12 +35,11 @@ def main() -> None:
     args = parser.parse_args()
     variants = [(b, w) for b in args.bursts for w in args.rewarm]
     shape, profile = NAMED_SHAPES["minilm-l6"], Profile(precision=args.precision)
-    weights = random_bert(shape, 0)
     subnets = [shape.full_subnet()] + random_subnets(shape, 11, 3)
     relative = {v: [] for v in variants}
     full = {v: [] for v in variants}
     seconds = {v: [] for v in variants}
-    with exported_irs([build_subnet(weights, s) for s in subnets], profile) as irs:
+    with exported_irs([RandomSubnet(shape, 0, s) for s in subnets], profile) as irs:
         for _ in range(args.repeats):
             for burst, rewarm in variants:
                 started = time.time()

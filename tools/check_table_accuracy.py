@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from eftnas_hw.latency import LatencyTable, anchor_table, measure_models_ms, random_subnets
+from eftnas_hw.latency import LatencyTable, RandomSubnet, anchor_table, measure_models_ms, random_subnets
 from eftnas_hw.latency.anchor import anchor_models, fit_anchor
-from eftnas_hw.latency.measure import export_ir
+from eftnas_hw.latency.prepare import export_ir
 from eftnas_hw.latency.profiler import errors
-from eftnas_hw.models import build_subnet, random_bert
 from eftnas_hw.settings import AnchorSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,8 +63,7 @@ def main() -> None:
     started = time.time()
     anchored = anchor_table(table, settings, progress=False) if args.anchor else None
     anchor_seconds = time.time() - started
-    model = random_bert(shape, CHECK_SEED)
-    models = [build_subnet(model, s) for s in subnets]
+    models = [RandomSubnet(shape, CHECK_SEED, s) for s in subnets]
     if args.same_sitting:
         extra, anchor_nets = anchor_models(table, settings)  # the very models `anchor_table` times
         models += anchor_nets

@@ -14,8 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from eftnas_hw.latency import Profile, measure_models_ms, supported_precisions
-from eftnas_hw.models import build_subnet, random_bert
+from eftnas_hw.latency import Profile, RandomSubnet, measure_models_ms, supported_precisions
 from eftnas_hw.subnet import BertShape, SubnetConfig
 
 WIDTHS = [896, 928, 960, 992, 1000, 1008, 1016, 1024, 1032, 1040, 1056, 1088, 1120, 1152]
@@ -28,8 +27,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     args = parser.parse_args()
     shape = dataclasses.replace(BertShape.named("minilm-l6"), num_layers=1, vocab_size=512)
-    model = random_bert(shape, 0)
-    blocks = [build_subnet(model, SubnetConfig((0,), (w,))) for w in WIDTHS]
+    blocks = [RandomSubnet(shape, 0, SubnetConfig((0,), (w,))) for w in WIDTHS]
     aligned = np.array([w % 64 == 0 for w in WIDTHS])
     for precision in supported_precisions():
         profile = Profile(threads=args.threads, seq_len=args.seq_len, precision=precision)

@@ -62,21 +62,20 @@ def model_sets() -> dict:
     """{set: [(subnet dict or None, model)]} of MiniLM-L6 models (random weights) in measurement order."""
     import dataclasses
 
+    from eftnas_hw.latency.prepare import RandomSubnet
     from eftnas_hw.latency.profiler import BLOCK_VOCAB, block_models, ffn_grid, random_subnets, spread_subnets
-    from eftnas_hw.models import build_subnet, random_bert
     from eftnas_hw.subnet import BertShape, SubnetConfig
 
     shape = BertShape.named("minilm-l6")
-    full = random_bert(shape, 0)
-    small = random_bert(dataclasses.replace(shape, num_layers=1, vocab_size=BLOCK_VOCAB), 0)
+    small = dataclasses.replace(shape, num_layers=1, vocab_size=BLOCK_VOCAB)
     macs = lambda s: s.macs(shape, 128, 1)  # noqa: E731
     subnets = {"calib": spread_subnets(shape, 32, 0, macs),
                "check": [shape.full_subnet()] + random_subnets(shape, 23, 7),
                "anchor": spread_subnets(shape, 8, 1000, macs),
                "uniform": [SubnetConfig((12,) * 6, (w,) * 6) for w in UNIFORM]}
     sets = {"blocks": [(None, m) for m in block_models(shape, ffn_grid(shape, 128), 0)],
-            "widths": [(None, build_subnet(small, SubnetConfig((0,), (w,)))) for w in WIDTHS]}
-    sets.update({name: [(s.to_dict(), build_subnet(full, s)) for s in nets] for name, nets in subnets.items()})
+            "widths": [(None, RandomSubnet(small, 0, SubnetConfig((0,), (w,)))) for w in WIDTHS]}
+    sets.update({name: [(s.to_dict(), RandomSubnet(shape, 0, s)) for s in nets] for name, nets in subnets.items()})
     return sets
 
 
@@ -100,7 +99,7 @@ def skeleton(xml: Path) -> bytes:
 
 
 def pack(out: Path, work: Path) -> None:
-    from eftnas_hw.latency.measure import export_ir
+    from eftnas_hw.latency.prepare import export_ir
     from eftnas_hw.latency.profiler import ffn_grid
     from eftnas_hw.latency.profiles import Profile
     from eftnas_hw.subnet import BertShape

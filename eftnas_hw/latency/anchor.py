@@ -18,14 +18,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from torch import nn
-
 from ..errors import UserError
-from ..models import build_subnet, random_bert
 from ..settings import AnchorSettings
 from ..subnet import SubnetConfig
 from .fingerprint import hardware_fingerprint
-from .measure import exported_irs, measure_compiled
+from .measure import measure_compiled
+from .prepare import RandomSubnet, exported_irs
 from .profiler import errors, leave_one_out, relative_fit, spread_subnets
 from .table import LatencyTable
 
@@ -35,12 +33,11 @@ class TableDoesNotFit(UserError):
 
 
 def anchor_models(table: LatencyTable, settings: AnchorSettings = AnchorSettings()
-                  ) -> tuple[list[SubnetConfig], list[nn.Module]]:
+                  ) -> tuple[list[SubnetConfig], list[RandomSubnet]]:
     """The subnets an anchor times (the full model and random ones spread over the table's range) and their models,
     cut from random weights of the anchor's seed."""
     subnets = spread_subnets(table.shape, settings.subnets, settings.seed, table.calibrated_ms)
-    weights = random_bert(table.shape, settings.seed)
-    return subnets, [build_subnet(weights, s) for s in subnets]
+    return subnets, [RandomSubnet(table.shape, settings.seed, s) for s in subnets]
 
 
 def anchor_table(table: LatencyTable, settings: AnchorSettings = AnchorSettings(),

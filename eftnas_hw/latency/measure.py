@@ -18,13 +18,11 @@ threads the process's CPU time sums the threads, so no such correction exists: t
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import openvino as ov
@@ -33,9 +31,6 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..export import IR_NAME
 from .profiles import Profile
-
-if TYPE_CHECKING:  # a machine that only times IRs (tools/remote_latency.py) needs no torch
-    from torch import nn
 
 # Back-to-back timed calls per candidate per round, and the default number of rounds (100 timed calls per candidate).
 # Short bursts in many rounds: on the AVX2 EPYC (session 17) the machine's speed wanders by ~5% (sd) over seconds,
@@ -174,60 +169,3 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
 def measure_ir_ms(ir: str | os.PathLike | ov.Model, profile: Profile, rounds: int = ROUNDS) -> dict:
     """Stats (see `summarize`; "ms" is the latency) of one IR file/folder or ov.Model."""
     return measure_compiled([ir if isinstance(ir, ov.Model) else ir_path(ir)], profile, rounds)[0]
-
-
-def export_ir(model: nn.Module, out: str | os.PathLike, profile: Profile) -> Path:
-    """Export a BERT classifier the way deployment does (optimum-intel); path of the .xml.
-
-    Blocks, calibration and validation subnets all go through this same exporter, so the table measures the
-    graphs that `eftnas-hw export` produces. The IR keeps optimum's dynamic shapes: the measurement reshapes it to
-    the profile's [batch, seq] in memory (`_request`), the same static graph a saved static IR gives, without reading
-    and writing every IR a second time (0.3 s of a 1.1 s MiniLM-L6 export on the AVX2 EPYC). An int8 profile
-    quantizes the IR with NNCF (see `quantize_for_timing`).
-    """
-    from ..export import export_openvino
-
-    path = export_openvino(model, out, overwrite=True)
-    return quantize_for_timing(path / IR_NAME, profile) if profile.precision == "int8" \
-        else path / IR_NAME
-
-
-def quantize_for_timing(xml: Path, profile: Profile, samples: int = 1) -> Path:
-    """NNCF INT8 (transformer preset) calibrated on random token ids; returns the quantized IR's path.
-
-    Random tokens give other quantization scales than real text, but the same quantized graph and kernels, and
-    latency depends on those, not on the scales: so one sample (MiniLM-L6 on the AVX2 EPYC: 2.7-3.2 s against
-    3.7-4.0 s with four, the same ops; the two IRs of 3 subnets timed together 3 times: 0.955-1.022x, no direction).
-    Real deployments calibrate on text (`eftnas-hw export --int8`). The IR is made static at the profile's shape
-    first, as the measurement would: NNCF then compiles and matches a static graph (5.9-6.3 -> 4.9-5.1 s per
-    MiniLM-L6 before `nncf_int8` reduced statistics outside the graph), with the same quantized ops.
-    """
-    import nncf
-
-    from ..export import nncf_int8, telemetry_only_with_consent
-
-    ir = core().read_model(xml)
-    ir.reshape({inp.get_any_name(): [profile.batch, profile.seq_len] for inp in ir.inputs})
-    rng = np.random.default_rng(0)
-    data = [{inp.get_any_name(): (rng.integers(0, 100, (profile.batch, profile.seq_len)) if "input_ids" in
-                                  inp.get_any_name() else np.ones((profile.batch, profile.seq_len))).astype(np.int64)
-             for inp in ir.inputs} for _ in range(samples)]
-    with telemetry_only_with_consent():
-        quantized = nncf_int8(ir, nncf.Dataset(data), samples)
-    out = xml.with_name("int8.xml")
-    ov.save_model(quantized, out, compress_to_fp16=False)
-    return out
-
-
-@contextlib.contextmanager
-def exported_irs(models: Sequence[nn.Module], profile: Profile) -> Iterator[list[Path]]:
-    """Torch BERT classifiers exported for timing (`export_ir`) into a temporary folder, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="eftnas-measure-") as tmp:
-        yield [export_ir(m, Path(tmp) / str(i), profile) for i, m in enumerate(models)]
-
-
-def measure_models_ms(models: Sequence[nn.Module], profile: Profile, rounds: int = ROUNDS,
-                      desc: str | None = None) -> list[dict]:
-    """Export torch BERT classifiers to IR and measure them together in interleaved rounds."""
-    with exported_irs(models, profile) as paths:
-        return measure_compiled(paths, profile, rounds, desc=desc)

@@ -37,11 +37,11 @@ from scipy.stats import spearmanr
 
 from ..errors import UserError
 from ..files import check_writable, read_json, write_json_atomic
-from ..models import build_subnet, random_bert
 from ..settings import TableBuildSettings
 from ..subnet import BertShape, SubnetConfig
 from .fingerprint import hardware_fingerprint, warn_if_int8_is_slow
-from .measure import BURST, measure_models_ms
+from .measure import BURST, measure_compiled
+from .prepare import PreparedIRs, RandomSubnet
 from .profiles import Profile
 from .table import CALIBRATION_FEATURES, FORMAT, VERSION, LatencyTable, log_curve_ms
 
@@ -115,12 +115,12 @@ class _Progress:
         write_json_atomic(self.out, self.data)
 
 
-def _measure_group(progress: _Progress, key: str, build, profile: Profile, rounds: int,
-                   label: str | None) -> list[dict]:
-    """Measure (or reuse from a previous run) one group of models built on demand by `build()`."""
+def _measure_group(progress: _Progress, key: str, models: Sequence[RandomSubnet], irs: PreparedIRs,
+                   rounds: int, label: str | None) -> list[dict]:
+    """Measure (or reuse from a previous run) one group of models, exported where `irs` does not hold them yet."""
     stats = progress.get(key)
     if stats is None:
-        stats = measure_models_ms(build(), profile, rounds, desc=label)
+        stats = measure_compiled(irs.paths(models), irs.profile, rounds, desc=label)
         progress.put(key, stats)
     return stats
 
@@ -203,18 +203,22 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
     if state.data.get("complete"):
         return LatencyTable(state.data)
     label = (lambda text: text) if progress else (lambda text: None)
-    blocks, block_stats = _measure_blocks(state, shape, profile, settings, grid, label)
-    # The full model is always a calibration point: it anchors the top of the range the search cares about; the
-    # others spread over the whole range by their block sums.
-    raw = uncalibrated(dict(state.data, blocks=blocks))
-    subnets = spread_subnets(shape, settings.subnets, settings.seed, raw.raw_ms)
-    full = random_bert(shape, settings.seed)
     groups = []
-    for start in range(0, len(subnets), settings.group_size):
-        group = [shape.full_subnet()] + subnets[start:start + settings.group_size]  # + the drift reference
-        groups.append(_measure_group(state, f"subnets/{start}", lambda g=group: [build_subnet(full, s) for s in g],
-                                     profile, settings.subnet_rounds,
-                                     label(f"subnets {start + 1}-{start + len(group) - 1}/{len(subnets)}")))
+    with PreparedIRs(profile) as irs:
+        models = block_models(shape, grid, settings.seed)
+        block_stats = _measure_group(state, "blocks", models, irs, settings.block_rounds, label("blocks"))
+        irs.forget(models)
+        blocks = blocks_from_latencies(shape, grid, [s["ms"] for s in block_stats])
+        # The full model is always a calibration point: it anchors the top of the range the search cares about; the
+        # others spread over the whole range by their block sums.
+        raw = uncalibrated(dict(state.data, blocks=blocks))
+        subnets = spread_subnets(shape, settings.subnets, settings.seed, raw.raw_ms)
+        full = RandomSubnet(shape, settings.seed, shape.full_subnet())  # every group's drift reference, exported once
+        for start in range(0, len(subnets), settings.group_size):
+            members = [RandomSubnet(shape, settings.seed, s) for s in subnets[start:start + settings.group_size]]
+            groups.append(_measure_group(state, f"subnets/{start}", [full] + members, irs, settings.subnet_rounds,
+                                         label(f"subnets {start + 1}-{start + len(members)}/{len(subnets)}")))
+            irs.forget([m for m in members if m != full])
     data = dict(state.data, blocks=blocks)
     data.update(calibrate_groups(raw, subnets, groups, block_stats))
     data["build_minutes"] = data.get("build_minutes", 0.0) + (time.time() - started) / 60
@@ -236,15 +240,15 @@ def calibrate_groups(table: LatencyTable, subnets: list[SubnetConfig], groups: l
     return result
 
 
-def block_models(shape: BertShape, grid: list[int], seed: int) -> list:
+def block_models(shape: BertShape, grid: list[int], seed: int) -> list[RandomSubnet]:
     """The block models in the order `blocks_from_latencies` reads them: the fixed part (a 1-layer model with the
     real vocabulary), a 1-layer model with both sub-blocks removed, attention with 1..H heads, FFN at grid[1:], and
     the granularity probes."""
     one = dataclasses.replace(shape, num_layers=1)
-    small = random_bert(dataclasses.replace(one, vocab_size=min(BLOCK_VOCAB, shape.vocab_size)), seed)
+    small = dataclasses.replace(one, vocab_size=min(BLOCK_VOCAB, shape.vocab_size))
     nets = [SubnetConfig((0,), (0,))] + [SubnetConfig((h,), (0,)) for h in range(1, shape.num_heads + 1)] \
         + [SubnetConfig((0,), (f,)) for f in grid[1:] + granularity_probes(shape)]
-    return [build_subnet(random_bert(one, seed), nets[0])] + [build_subnet(small, n) for n in nets]
+    return [RandomSubnet(one, seed, nets[0])] + [RandomSubnet(small, seed, n) for n in nets]
 
 
 def blocks_from_latencies(shape: BertShape, grid: list[int], ms: Sequence[float]) -> dict:
@@ -256,14 +260,6 @@ def blocks_from_latencies(shape: BertShape, grid: list[int], ms: Sequence[float]
         blocks["granularity"] = granularity_from_ms(blocks["ffn_grid"], blocks["ffn_ms"], granularity_probes(shape),
                                                     [v - ms[1] for v in ms[n:]])
     return blocks
-
-
-def _measure_blocks(state: _Progress, shape: BertShape, profile: Profile, settings: TableBuildSettings,
-                    grid: list[int], label) -> tuple[dict, list[dict]]:
-    """The table's blocks (see the module docstring) and their raw measurements."""
-    stats = _measure_group(state, "blocks", lambda: block_models(shape, grid, settings.seed), profile,
-                           settings.block_rounds, label("blocks"))
-    return blocks_from_latencies(shape, grid, [s["ms"] for s in stats]), stats
 
 
 # Width granularity (issue 13). On the Intel Xeon with AMX of session 19 (family 6 model 207, OpenVINO 2026.4.1, 1
@@ -311,7 +307,7 @@ def granularity_from_ms(grid: Sequence[int], ffn_ms: Sequence[float], probes: Se
 
 
 def blocks_from_ms(shape: BertShape, grid: list[int], value: Sequence[float]) -> dict:
-    """The table's blocks from the block models' latencies, in `_measure_blocks`' order: the fixed part, the 1-layer
+    """The table's blocks from the block models' latencies, in `block_models`' order: the fixed part, the 1-layer
     model with both sub-blocks removed (subtracted from the rest), attention with 1..H heads, FFN at grid[1:]."""
     fixed, base = float(value[0]), float(value[1])
     return {"fixed_ms": fixed, "attention_ms": [0.0] + [float(v) - base for v in value[2:2 + shape.num_heads]],
