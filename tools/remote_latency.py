@@ -288,10 +288,10 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
 # ---- here: fit --------------------------------------------------------------------------------------------------
 def fit(results_path: Path, pack_path: Path) -> None:
     from eftnas_hw.latency.anchor import fit_anchor
-    from eftnas_hw.latency.profiler import (BURST, SELECTION, blocks_from_latencies, calibrate_groups, errors,
-                                            uncalibrated)
+    from eftnas_hw.latency.profiler import (SELECTION, blocks_from_latencies, calibrate_groups, errors,
+                                            table_header, uncalibrated)
     from eftnas_hw.latency.profiles import Profile
-    from eftnas_hw.latency.table import FORMAT, VERSION, LatencyTable
+    from eftnas_hw.latency.table import LatencyTable
     from eftnas_hw.settings import AnchorSettings, TableBuildSettings
     from eftnas_hw.subnet import BertShape, SubnetConfig
 
@@ -313,7 +313,7 @@ def fit(results_path: Path, pack_path: Path) -> None:
         print(f"[granularity {p}] one-layer FFN blocks against the line through multiples of 64: "
               + " ".join(f"{a}:{d:+.1%}" for a, d in zip(w, off)))
         uniform = dict(zip(man["uniform"], (s["ms"] for s in g["uniform"])))
-        print(f"  whole model, all FFNs at one width: " + ", ".join(
+        print("  whole model, all FFNs at one width: " + ", ".join(
             f"{b} vs {a} {uniform[b] / uniform[a] - 1:+.1%}" for a, b in ((1024, 1016), (1024, 1008), (1024, 992),
                                                                           (1024, 960), (1536, 1528), (1536, 1504))))
     for p, repetitions in res.get("probes", {}).items():  # block models + probes, as a build times them
@@ -324,11 +324,10 @@ def fit(results_path: Path, pack_path: Path) -> None:
             + ", ".join(f"{q['width']} {q['excess']:+.1%}" for q in g["probes"]) + ")" for g in found))
     for condition, t in res.get("tables", {}).items():
         profile = condition_profile(condition, Profile)
-        header = {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),
-                  "fingerprint": {"cpu": env["device_name"], "isa": flags, "physical_cores": env["nproc"],
-                                  "openvino": env["openvino"].split("-")[0], "profile": profile.to_dict()},
-                  "settings": {**TableBuildSettings().to_dict(), "burst": BURST,
-                               "subnet_selection": SELECTION + ", by MACs (tools/remote_latency.py)"}}
+        fingerprint = {"cpu": env["device_name"], "isa": flags, "physical_cores": env["nproc"],
+                       "openvino": env["openvino"].split("-")[0], "profile": profile.to_dict()}
+        header = table_header(shape, profile, fingerprint, TableBuildSettings(),
+                              SELECTION + ", by MACs (tools/remote_latency.py)")
         blocks = blocks_from_latencies(shape, man["block_grid"], [s["ms"] for s in t["blocks"]])
         data = dict(header, blocks=blocks, complete=True)
         block_stats = [dict(s, lowest_round_median=s["ms"], median=s["ms"], min=s["ms"], p90=s["ms"])

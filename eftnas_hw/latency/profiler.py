@@ -186,6 +186,16 @@ def errors(predicted: np.ndarray, measured: np.ndarray) -> dict:
             "spearman": float(spearmanr(predicted, measured).statistic)}
 
 
+def table_header(shape: BertShape, profile: Profile, fingerprint: dict, settings: TableBuildSettings,
+                 selection: str = SELECTION) -> dict:
+    """A table document's header: what it is for, where and how it was measured (a partial build resumes only under
+    the same header)."""
+    recorded = {**settings.to_dict(), "burst": BURST, "subnet_selection": selection,
+                "granularity_probes": granularity_probes(shape)}
+    return {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),
+            "fingerprint": fingerprint, "settings": recorded}
+
+
 def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
                 settings: TableBuildSettings = TableBuildSettings(), resume: bool = True,
                 progress: bool = True) -> LatencyTable:
@@ -195,11 +205,7 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
     if profile.precision == "int8":
         warn_if_int8_is_slow()
     grid = ffn_grid(shape, settings.ffn_step)
-    recorded = {**settings.to_dict(), "burst": BURST, "subnet_selection": SELECTION,
-                "granularity_probes": granularity_probes(shape)}
-    header = {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),
-              "fingerprint": hardware_fingerprint(profile), "settings": recorded}
-    state = _Progress(out, header, resume)
+    state = _Progress(out, table_header(shape, profile, hardware_fingerprint(profile), settings), resume)
     if state.data.get("complete"):
         return LatencyTable(state.data)
     label = (lambda text: text) if progress else (lambda text: None)
