@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
 from ..errors import UserError
 from ..settings import AnchorSettings
 from ..subnet import SubnetConfig
