@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -682,3 +683,28 @@ def test_the_helper_process_exports_what_this_one_would_and_each_random_subnet_o
         irs.forget(nets[1:])
         assert paths[0].is_file() and not any(p.exists() for p in paths[1:-1] if p != paths[0])
         assert irs.paths(nets[1:2])[0] != paths[1]  # exported again
+
+
+def test_remote_fit_reproduces_the_xeon_numbers_and_checks_the_penalty_on_whole_models(capsys):
+    """`tools/remote_latency.py fit` on the committed Xeon measurements (results/xeon-amx-s19/) prints the README's
+    numbers, and the whole-model check: the probes' width penalty predicts the bf16/INT8 whole-model ratios better
+    than no penalty, and f32 gets none."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("remote_latency", root / "tools" / "remote_latency.py")
+    remote = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(remote)
+    results = root / "results" / "xeon-amx-s19"
+    remote.fit([results / "tables-2t-s128-1t-s32.json", results / "tables-1t-s128-granularity-benchmark-app.json",
+                results / "granularity-probes.json"], results / "manifest.json")
+    out = capsys.readouterr().out
+    assert "[2t-s128-int8] 50 s there; leave-one-out 2.39% / within 5% 94%" in out
+    assert "[1t-s128-bf16] 67 s there; leave-one-out 4.01% / within 5% 75%" in out
+    for precision, repetitions in (("bf16", 3), ("int8", 3), ("f32", 3)):
+        section = out.split(f"[whole models {precision}]")[1].split("\n[")[0]
+        errors = [tuple(float(x) for x in re.findall(r"mean \|error\| ([\d.]+)% with, ([\d.]+)% without", line)[0])
+                  for line in section.splitlines()[1:]]
+        assert len(errors) == repetitions
+        assert all(with_ < without for with_, without in errors) if precision != "f32" else all(
+            with_ == without for with_, without in errors)

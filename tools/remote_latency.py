@@ -4,7 +4,8 @@
     python tools/remote_latency.py measure PACK.tar.xz OUT [--conditions 1t-s128-bf16,...] [--only tables,...]
                                                                             # there: needs openvino, numpy, pyyaml,
                                                                             # tqdm, torch and this repository
-    python tools/remote_latency.py fit OUT/results.json PACK.tar.xz|MANIFEST.json   # here: tables, checks, granularity
+    python tools/remote_latency.py fit RESULTS.json [RESULTS.json ...] PACK.tar.xz|MANIFEST.json
+                                                                            # here: tables, checks, granularity
 
 How session 19 measured a Xeon with AMX (the README's "A Xeon with AMX"): the GPU machine lent to that session had
 no optimum-intel or NNCF. `pack` exports (optimum-intel) and quantizes (NNCF) MiniLM-L6 IRs exactly as a table build
@@ -16,7 +17,10 @@ pack holds each IR's XML and its weights without the large constants (latency do
 without the package's `__init__` (no transformers, optimum or NNCF needed there). `fit` builds each table from
 those measurements with the build's own code (`blocks_from_latencies`, `calibrate_groups`) and checks it on the 24
 unseen subnets as built, anchored on the anchor's subnets measured first (as `run` does), and anchored on them
-measured in the same rounds as the checked ones (`check_table_accuracy.py --same-sitting`).
+measured in the same rounds as the checked ones (`check_table_accuracy.py --same-sitting`). Given the granularity
+probes (block models + probes, `measure --only probes`) and whole models with all FFNs at one width of the same
+precision, it also compares the table's predicted ratios between those whole models, with and without the measured
+width penalty, to the measured ones (the penalty comes from one-layer probes: does it hold on whole models?).
 One difference from `eftnas-hw profile`: the calibration and anchor subnets are spread by MACs (`spread_subnets`
 with a MAC cost), since the blocks are not measured yet when they are chosen. The INT8 IRs are static at length 128.
 """
@@ -286,7 +290,7 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
 
 
 # ---- here: fit --------------------------------------------------------------------------------------------------
-def fit(results_path: Path, pack_path: Path) -> None:
+def fit(results_paths: list[Path], pack_path: Path) -> None:
     from eftnas_hw.latency.anchor import fit_anchor
     from eftnas_hw.latency.profiler import (SELECTION, blocks_from_latencies, calibrate_groups, errors,
                                             table_header, uncalibrated)
@@ -295,7 +299,10 @@ def fit(results_path: Path, pack_path: Path) -> None:
     from eftnas_hw.settings import AnchorSettings, TableBuildSettings
     from eftnas_hw.subnet import BertShape, SubnetConfig
 
-    res = json.loads(results_path.read_text())
+    results = [json.loads(path.read_text()) for path in results_paths]
+    res = dict(results[0])  # the first file's machine; the sections of all of them
+    for section in ("tables", "granularity", "probes"):
+        res[section] = {k: v for r in results for k, v in r.get(section, {}).items()}
     if pack_path.suffix == ".json":  # the manifest alone (results/xeon-amx-s19/)
         man = json.loads(pack_path.read_text())
     else:
@@ -322,19 +329,24 @@ def fit(results_path: Path, pack_path: Path) -> None:
         print(f"[granularity probes {p}] " + "; ".join(
             f"alignment {g['alignment']}, penalty {g['penalty']:.1%} ("
             + ", ".join(f"{q['width']} {q['excess']:+.1%}" for q in g["probes"]) + ")" for g in found))
-    for condition, t in res.get("tables", {}).items():
+    def fitted(condition: str, blocks: dict, t: dict) -> LatencyTable:
+        """The table of `blocks` calibrated on the condition's calibration groups, as `build_table` does."""
         profile = condition_profile(condition, Profile)
         fingerprint = {"cpu": env["device_name"], "isa": flags, "physical_cores": env["nproc"],
                        "openvino": env["openvino"].split("-")[0], "profile": profile.to_dict()}
-        header = table_header(shape, profile, fingerprint, TableBuildSettings(),
-                              SELECTION + ", by MACs (tools/remote_latency.py)")
-        blocks = blocks_from_latencies(shape, man["block_grid"], [s["ms"] for s in t["blocks"]])
-        data = dict(header, blocks=blocks, complete=True)
+        data = dict(table_header(shape, profile, fingerprint, TableBuildSettings(),
+                                 SELECTION + ", by MACs (tools/remote_latency.py)"), blocks=blocks, complete=True)
         block_stats = [dict(s, lowest_round_median=s["ms"], median=s["ms"], min=s["ms"], p90=s["ms"])
                        for s in t["blocks"]]
         data.update(calibrate_groups(uncalibrated(data), [SubnetConfig.from_dict(d) for d in man["sets"]["calib"]],
                                      t["calib_groups"], block_stats))
-        table, v = LatencyTable(data), data["validation"]
+        return LatencyTable(data)
+
+    for condition, t in res.get("tables", {}).items():
+        blocks = blocks_from_latencies(shape, man["block_grid"], [s["ms"] for s in t["blocks"]])
+        table = fitted(condition, blocks, t)
+        data = table.data
+        v = data["validation"]
         g = blocks.get("granularity")
         found = f"alignment {g['alignment']}, penalty {g['penalty']:.1%}" if g else "not probed"
         print(f"[{condition}] {t['seconds']:.0f} s there; leave-one-out {v['mape_pct']:.2f}% / within 5% "
@@ -352,6 +364,26 @@ def fit(results_path: Path, pack_path: Path) -> None:
             scale = tb.data.get("anchor", {}).get("scale", 1.0)
             print(f"  {name:22} MAPE {e['mape_pct']:.2f}% worst {e['worst_pct']:.1f}% within 5% "
                   f"{e['within_5pct']:.0%} Spearman {e['spearman']:.3f} (scale {scale:.3f})")
+    uniform = lambda tb, w: tb.predict_ms(SubnetConfig((shape.num_heads,) * shape.num_layers,  # noqa: E731
+                                                       (w,) * shape.num_layers))
+    pairs = ((1024, 1016), (1024, 1008), (1024, 992), (1024, 960), (1536, 1528), (1536, 1520), (1536, 1504))
+    for p, repetitions in res.get("probes", {}).items():  # the probes' penalty on whole models
+        t, g = res["tables"].get(f"1t-s128-{p}"), res["granularity"].get(p)
+        if not (t and g):
+            continue
+        measured = dict(zip(man["uniform"], (s["ms"] for s in g["uniform"])))
+        print(f"[whole models {p}] all six FFNs at width b against a: measured / table with the probes' penalty / "
+              "without it (calibrated on the 1t-s128 table's subnets)")
+        for r in repetitions:
+            blocks = blocks_from_latencies(shape, man["block_grid"], [s["ms"] for s in r])
+            plain = {k: v for k, v in blocks.items() if k != "granularity"}
+            tables = fitted(f"1t-s128-{p}", blocks, t), fitted(f"1t-s128-{p}", plain, t)
+            rows = [(a, b, measured[b] / measured[a] - 1, *(uniform(tb, b) / uniform(tb, a) - 1 for tb in tables))
+                    for a, b in pairs]
+            off = [np.mean([abs(row[i] - row[2]) for row in rows]) for i in (3, 4)]
+            print(f"  alignment {blocks['granularity']['alignment']}: " + ", ".join(
+                f"{b}/{a} {m:+.1%} / {w:+.1%} / {o:+.1%}" for a, b, m, w, o in rows)
+                + f"; mean |error| {off[0]:.1%} with, {off[1]:.1%} without")
     b = res.get("benchmark_app")
     if b:
         value = lambda x: x["ms"] if isinstance(x, dict) else min(x) if isinstance(x, list) else x  # noqa: E731
@@ -372,7 +404,7 @@ def main() -> None:
     m.add_argument("--conditions", help="e.g. 1t-s128-bf16,2t-s128-int8,1t-s32-f32 (INT8 at length 128 only)")
     m.add_argument("--only", help="tables,granularity,benchmark_app")
     f = sub.add_parser("fit")
-    f.add_argument("results", type=Path)
+    f.add_argument("results", type=Path, nargs="+")
     f.add_argument("pack", type=Path)
     args = parser.parse_args()
     if args.command == "pack":
