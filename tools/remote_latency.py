@@ -3,7 +3,7 @@
     python tools/remote_latency.py pack PACK.tar.xz [--work DIR]            # here: export + quantize, pack
     python tools/remote_latency.py measure PACK.tar.xz OUT [--conditions 1t-s128-bf16,...] [--only tables,...]
                                                                             # there: needs openvino, numpy, pyyaml,
-                                                                            # tqdm, torch and this repository
+                                                                            # tqdm and this repository
     python tools/remote_latency.py fit RESULTS.json [RESULTS.json ...] PACK.tar.xz|MANIFEST.json
                                                                             # here: tables, checks, granularity
 
@@ -17,9 +17,10 @@ pack holds each IR's XML and its weights without the large constants (latency do
 without the package's `__init__` (no transformers, optimum or NNCF needed there). `fit` builds each table from
 those measurements with the build's own code (`blocks_from_latencies`, `calibrate_groups`) and checks it on the 24
 unseen subnets as built, anchored on the anchor's subnets measured first (as `run` does), and anchored on them
-measured in the same rounds as the checked ones (`check_table_accuracy.py --same-sitting`). Given the granularity
-probes (block models + probes, `measure --only probes`) and whole models with all FFNs at one width of the same
-precision, it also compares the table's predicted ratios between those whole models, with and without the measured
+measured in the same rounds as the checked ones (`check_table_accuracy.py --same-sitting`). Given repeated timings
+of the block models with the granularity probes (a "probes" section: session 19's first draft took them,
+results/xeon-amx-s19/granularity-probes.json; `measure` times the probes only with each table's blocks) and whole
+models with all FFNs at one width of the same precision, it also compares the table's predicted ratios between those whole models, with and without the measured
 width penalty, to the measured ones (the penalty comes from one-layer probes: does it hold on whole models?).
 One difference from `eftnas-hw profile`: the calibration and anchor subnets are spread by MACs (`spread_subnets`
 with a MAC cost), since the blocks are not measured yet when they are chosen. The INT8 IRs are static at length 128.
@@ -141,7 +142,7 @@ def pack(out: Path, work: Path) -> None:
 # ---- there: measure ---------------------------------------------------------------------------------------------
 def import_measurement():
     """eftnas_hw.latency.measure and .profiles without the package's __init__ (which imports transformers, optimum
-    and NNCF): the target machine needs OpenVINO, numpy, pyyaml, tqdm and torch only."""
+    and NNCF): the target machine needs OpenVINO, numpy, pyyaml and tqdm only."""
     for name, path in (("eftnas_hw", "eftnas_hw"), ("eftnas_hw.latency", "eftnas_hw/latency")):
         if name not in sys.modules:
             module = types.ModuleType(name)
