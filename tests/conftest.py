@@ -14,6 +14,18 @@ TINY_SHAPE = BertShape(num_layers=2, hidden_size=64, num_heads=4, head_size=16, 
                        max_position=128)
 
 
+def load_tool(name: str):
+    """A script of tools/ as a module (they are not a package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def table_document(shape: BertShape, profile, fixed_ms: float, attention_ms: list[float], ffn_grid: list[int],
                    ffn_ms: list[float], coef: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0)) -> dict:
     """A complete latency table document with known numbers (no measuring), valid on this machine."""

@@ -2,17 +2,11 @@
 traceback, nothing left behind. Run in-process here (the tool runs each in its own process)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "check_bad_inputs", Path(__file__).resolve().parents[1] / "tools" / "check_bad_inputs.py")
-battery = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = battery  # dataclasses look their module up there
-_spec.loader.exec_module(battery)
+from conftest import load_tool
+
+battery = load_tool("check_bad_inputs")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from eftnas_hw.latency.profiler import spread_subnets
 from eftnas_hw.settings import TableBuildSettings
 from eftnas_hw.subnet import BertShape, SubnetConfig
 
-from conftest import table_document
+from conftest import load_tool, table_document
 
 # One layer, two heads, FFN 64 on a grid of 32: the smallest shape whose table has every kind of entry.
 MICRO = BertShape(num_layers=1, hidden_size=32, num_heads=2, head_size=16, intermediate_size=64, vocab_size=100,
@@ -511,6 +511,42 @@ def test_measure_ir_ms_on_a_file_and_missing_path(tmp_path):
         measure_ir_ms(tmp_path / "missing", PROFILE)
 
 
+def test_timing_runs_on_the_cpu_that_was_not_busy_and_leaves_the_threads_as_they_were(tmp_path):
+    """A busy loop on one CPU (as a neighbour on the same physical core would be) must not be where the timing runs,
+    whichever core OpenVINO's own pinning would have chosen."""
+    import os
+    import subprocess
+    import sys
+
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from eftnas_hw.latency import measure
+
+    cpus = measure.usable_cpus()
+    if len(cpus) < 2:
+        pytest.skip("needs a machine that can bind threads and has two CPUs")
+    ids = ops.parameter([1, 16], ov.Type.i64, name="input_ids")
+    x = ops.convert(ids, ov.Type.f32)
+    weight = ops.constant(np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32))
+    for _ in range(300):  # ~1 ms of dependent small matmuls: long enough to feel a shared CPU
+        x = ops.matmul(x, weight, False, False)
+    ov.save_model(ov.Model([x], [ids]), tmp_path / "m.xml")
+    spin = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin, str(cpus[0])])
+    before = {tid: os.sched_getaffinity(int(tid)) for tid in os.listdir("/proc/self/task")}
+    measure._CHOSEN.clear()
+    try:
+        stats = measure.measure_compiled([tmp_path / "m.xml"], PROFILE, rounds=2)[0]
+        scanned = measure._CHOSEN[1][2]
+    finally:
+        busy.kill()
+        measure._CHOSEN.clear()
+    assert len(stats["cpus"]) == 1 and stats["cpus"] != [cpus[0]] and scanned[cpus[0]] > scanned[stats["cpus"][0]]
+    alive = [tid for tid in before if os.path.exists(f"/proc/self/task/{tid}")]
+    assert alive and all(os.sched_getaffinity(int(tid)) == before[tid] for tid in alive)
+
+
 def test_bf16_profile_runs_bf16_or_is_refused():
     import openvino as ov
 
@@ -599,14 +635,9 @@ def test_int8_on_a_cpu_without_vnni_or_amx_warns_once(monkeypatch, capsys):
 def test_every_shipped_table_reads_with_its_validation():
     """The shipped tables load in the current format, predict the full model, carry their own leave-one-out
     validation, and tools/shipped_tables.py prints a row for each (the README's table is made from it)."""
-    import importlib.util
-
     from eftnas_hw.resources import tables_dir
 
-    spec = importlib.util.spec_from_file_location(
-        "shipped_tables", Path(__file__).resolve().parents[1] / "tools" / "shipped_tables.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("shipped_tables")
     paths = sorted(tables_dir().rglob("*.json"))
     assert len(paths) >= 10
     for path in paths:
@@ -619,15 +650,11 @@ def test_every_shipped_table_reads_with_its_validation():
 def test_remote_pack_keeps_the_graph_and_refills_only_weights(tmp_path):
     """tools/remote_latency.py carries an IR without its weight constants: the refilled IR has the same ops, every
     small constant (shapes, axes, quantization ranges) byte for byte, other values only in the weights, and runs."""
-    import importlib.util
     import openvino as ov
     from eftnas_hw.latency.prepare import export_ir
     from eftnas_hw.models import build_subnet, random_bert
 
-    spec = importlib.util.spec_from_file_location(
-        "remote_latency", Path(__file__).resolve().parents[1] / "tools" / "remote_latency.py")
-    remote = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(remote)
+    remote = load_tool("remote_latency")
     shape = replace(MICRO, hidden_size=128, num_heads=2, head_size=64, intermediate_size=256)
     xml = export_ir(build_subnet(random_bert(shape, 0), shape.full_subnet()), tmp_path / "ir",
                     Profile(seq_len=16, precision="int8"))
@@ -689,12 +716,7 @@ def test_remote_fit_reproduces_the_xeon_numbers_and_checks_the_penalty_on_whole_
     """`tools/remote_latency.py fit` on the committed Xeon measurements (results/xeon-amx-s19/) prints the README's
     numbers, and the whole-model check: the probes' width penalty predicts the bf16/INT8 whole-model ratios better
     than no penalty, and f32 gets none."""
-    import importlib.util
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("remote_latency", root / "tools" / "remote_latency.py")
-    remote = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(remote)
+    root, remote = Path(__file__).resolve().parents[1], load_tool("remote_latency")
     results = root / "results" / "xeon-amx-s19"
     remote.fit([results / "tables-2t-s128-1t-s32.json", results / "tables-1t-s128-granularity-benchmark-app.json",
                 results / "granularity-probes.json"], results / "manifest.json")
@@ -708,3 +730,17 @@ def test_remote_fit_reproduces_the_xeon_numbers_and_checks_the_penalty_on_whole_
         assert len(errors) == repetitions
         assert all(with_ < without for with_, without in errors) if precision != "f32" else all(
             with_ == without for with_, without in errors)
+
+
+def test_remote_fit_of_the_xeon_timed_on_one_quiet_cpu(capsys):
+    """Session 21's Xeon measurements (results/xeon-amx-s21/: per-CPU probe, tables and benchmark_app timed with the
+    process bound to the fastest vCPU of the probe) fit to the README's numbers."""
+    root, remote = Path(__file__).resolve().parents[1], load_tool("remote_latency")
+    results = root / "results" / "xeon-amx-s21"
+    remote.fit([results / name for name in ("tables-1t-s128.json", "tables-2t-s128.json", "benchmark-app.json")],
+               results / "manifest.json")
+    out = capsys.readouterr().out
+    bf16 = out.split("[1t-s128-bf16]")[1].split("\n[")[0]
+    assert "anchored same sitting  MAPE 1.87% worst 4.9% within 5% 100% Spearman 0.999" in bf16
+    assert "granularity alignment 32" in bf16 and "alignment 64" in out.split("[1t-s128-int8]")[1]
+    assert "median |diff| 4.3%, within 3%: 33%" in out

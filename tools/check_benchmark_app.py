@@ -9,12 +9,15 @@ it) and INT8 under `benchmark_app -hint none -nthreads T -nstreams 1 -nireq 1 -a
 interleaved rounds (the yardstick: lowest of the round medians) and under `eftnas_hw.latency.measure_compiled` (all
 IRs of one precision interleaved, as a table build times them). `--load N` starts N busy-loop processes during the
 project's measurement only (benchmark_app keeps the quiet machine), to show how the protocol holds on a busy one.
+Where the project's protocol binds its timing to the CPUs it found fastest (`measure.choose_cpus`), benchmark_app
+runs bound to the same ones (as `taskset -c` would), so both tools time the same cores; OpenVINO's own pinning
+would otherwise put benchmark_app's thread on a core of its choosing.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -52,29 +55,33 @@ def build_irs(work: Path, seq_len: int) -> dict[tuple[str, str], Path]:
     return irs
 
 
-def benchmark_app_ms(xml: Path, precision: str, threads: int, shape: tuple[int, int] | None = None) -> float:
+def benchmark_app_ms(xml: Path, precision: str, threads: int, shape: tuple[int, int] | None = None,
+                     cpus: list[int] | None = None) -> float:
     """benchmark_app's median latency (ms) of one run of 100 synchronous iterations; `shape` [batch, seq] for the
-    dynamic IRs `export_ir` writes."""
+    dynamic IRs `export_ir` writes; bound to `cpus` when given (OpenVINO then pins within them)."""
     cmd = ["benchmark_app", "-m", str(xml), "-d", "CPU", "-hint", "none", "-nthreads", str(threads),
            "-nstreams", "1", "-nireq", "1", "-api", "sync", "-niter", "100"]
     if shape is not None:
         cmd += ["-shape", f"[{shape[0]},{shape[1]}]"]
     if precision != "int8":
         cmd += ["-infer_precision", precision]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    bind = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, preexec_fn=bind).stdout
     value, unit = re.search(r"Median:\s+([\d.]+) (ms|us)", out).groups()
     return float(value) / (1000 if unit == "us" else 1)
 
 
-def benchmark_app_interleaved(models: list[tuple[Path, Profile]], rounds: int) -> list[float]:
-    """Each IR's lowest benchmark_app median (ms) over `rounds` rounds that go over all of them in turn, so the
-    machine's drift hits them alike; each IR under its own profile (precision, threads, static [batch, seq_len])."""
-    best = [math.inf] * len(models)
+def benchmark_app_interleaved(models: list[tuple[Path, Profile]], rounds: int,
+                              cpus: list[int] | None = None) -> list[list[float]]:
+    """Each IR's benchmark_app medians (ms) in `rounds` rounds that go over all of them in turn, so the machine's
+    drift hits them alike (the yardstick is the lowest); each IR under its own profile (precision, threads, static
+    [batch, seq_len]), bound to `cpus` when given."""
+    medians = [[] for _ in models]
     for _ in range(rounds):
         for i, (xml, profile) in enumerate(models):
-            ms = benchmark_app_ms(xml, profile.precision, profile.threads, (profile.batch, profile.seq_len))
-            best[i] = min(best[i], ms)
-    return best
+            medians[i].append(benchmark_app_ms(xml, profile.precision, profile.threads,
+                                               (profile.batch, profile.seq_len), cpus))
+    return medians
 
 
 def _spin() -> None:
@@ -94,10 +101,6 @@ def main() -> None:
     precisions = [p for p in ("f32", "bf16", "int8") if p in supported_precisions()]
     cases = [(name, precision, irs[(name, "int8" if precision == "int8" else "f32")])
              for precision in precisions for name in MODELS]
-    yardstick = {(n, p): [] for n, p, _ in cases}
-    for _ in range(args.rounds):
-        for name, precision, xml in cases:
-            yardstick[(name, precision)].append(benchmark_app_ms(xml, precision, args.threads, (1, args.seq_len)))
     load = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.load)]
     for p in load:
         p.start()
@@ -111,7 +114,12 @@ def main() -> None:
     finally:
         for p in load:
             p.terminate()
-    print(f"threads {args.threads}, [1,{args.seq_len}], busy processes during ours: {args.load}")
+    cpus = next(iter(ours.values()))["cpus"]
+    profiles = {p: Profile(threads=args.threads, seq_len=args.seq_len, precision=p) for p in precisions}
+    rounds = benchmark_app_interleaved([(xml, profiles[p]) for _, p, xml in cases], args.rounds, cpus)
+    yardstick = {(n, p): r for (n, p, _), r in zip(cases, rounds)}
+    print(f"threads {args.threads}, [1,{args.seq_len}], busy processes during ours: {args.load}, CPUs "
+          f"{cpus or 'as OpenVINO pins them'}")
     print(f"{'model':12} {'precision':9} {'benchmark_app':>13} {'ours':>9} {'diff':>7}  {'wall/cpu':>8}  "
           "benchmark_app round medians")
     diffs = []

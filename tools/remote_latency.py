@@ -20,8 +20,10 @@ unseen subnets as built, anchored on the anchor's subnets measured first (as `ru
 measured in the same rounds as the checked ones (`check_table_accuracy.py --same-sitting`). Given repeated timings
 of the block models with the granularity probes (a "probes" section: session 19's first draft took them,
 results/xeon-amx-s19/granularity-probes.json; `measure` times the probes only with each table's blocks) and whole
-models with all FFNs at one width of the same precision, it also compares the table's predicted ratios between those whole models, with and without the measured
-width penalty, to the measured ones (the penalty comes from one-layer probes: does it hold on whole models?).
+models with all FFNs at one width of the same precision, it also compares the table's predicted ratios between
+those whole models, with and without the measured width penalty, to the measured ones (the penalty comes from
+one-layer probes: does it hold on whole models?). Its benchmark_app step times the project's protocol first and then
+benchmark_app bound to the CPUs the protocol chose (`measure.choose_cpus`), so both time the same cores.
 One difference from `eftnas-hw profile`: the calibration and anchor subnets are spread by MACs (`spread_subnets`
 with a MAC cost), since the blocks are not measured yet when they are chosen. The INT8 IRs are static at length 128.
 """
@@ -215,13 +217,15 @@ class Pack:
         return dest
 
 
-def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list[str] | None) -> None:
+def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list[str] | None,
+            precisions: list[str] | None = None, bapp_rounds: int = 3) -> None:
     import openvino as ov
 
     measure_mod, profiles = import_measurement()
     Profile, started = profiles.Profile, time.time()
     pack_ = Pack(pack_path, measure_mod.core())
-    precisions = [p for p in ("bf16", "int8", "f32") if p in profiles.supported_precisions()]
+    precisions = [p for p in ("bf16", "int8", "f32") if p in profiles.supported_precisions()
+                  and (not precisions or p in precisions)]
     results = {"errors": {}, "env": {
         "lscpu": subprocess.run(["lscpu"], capture_output=True, text=True).stdout, "nproc": os.cpu_count(),
         "openvino": ov.__version__, "device_name": measure_mod.core().get_property("CPU", "FULL_DEVICE_NAME"),
@@ -272,12 +276,14 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
         cases = [(n, p) for p in precisions for n in BAPP]
         files = {(n, p): pack_.write("bapp", n, ir_kind(p)) for n, p in cases}
         profile = {p: Profile(threads=1, seq_len=128, precision=p) for p in precisions}
-        ref = benchmark_app_interleaved([(files[c], profile[c[1]]) for c in cases], 3)
-        ours = {}
-        for p in precisions:
+        ours, cpus = {}, []
+        for p in precisions:  # ours first: benchmark_app then runs on the CPUs ours chose
             stats = measure_mod.measure_compiled([files[(n, p)] for n in BAPP], profile[p])
             ours.update({f"{n}/{p}": s["ms"] for n, s in zip(BAPP, stats)})
-        results["benchmark_app"] = {"bapp": {f"{n}/{p}": v for (n, p), v in zip(cases, ref)}, "ours": ours}
+            cpus = stats[0]["cpus"]
+        ref = benchmark_app_interleaved([(files[c], profile[c[1]]) for c in cases], bapp_rounds, cpus)
+        results["benchmark_app"] = {"bapp": {f"{n}/{p}": v for (n, p), v in zip(cases, ref)}, "ours": ours,
+                                    "cpus": cpus}
 
     for name, fn in (("tables", tables), ("granularity", granularity), ("benchmark_app", benchmark_app)):
         if only and name not in only:
@@ -304,6 +310,7 @@ def fit(results_paths: list[Path], pack_path: Path) -> None:
     res = dict(results[0])  # the first file's machine; the sections of all of them
     for section in ("tables", "granularity", "probes"):
         res[section] = {k: v for r in results for k, v in r.get(section, {}).items()}
+    res["benchmark_app"] = next((r["benchmark_app"] for r in reversed(results) if "benchmark_app" in r), None)
     if pack_path.suffix == ".json":  # the manifest alone (results/xeon-amx-s19/)
         man = json.loads(pack_path.read_text())
     else:
@@ -389,7 +396,8 @@ def fit(results_paths: list[Path], pack_path: Path) -> None:
     if b:
         value = lambda x: x["ms"] if isinstance(x, dict) else min(x) if isinstance(x, list) else x  # noqa: E731
         d = np.array([value(b["ours"][k]) / value(v) - 1 for k, v in b["bapp"].items()])
-        print("[benchmark_app] " + ", ".join(f"{k} {x:+.1%}" for k, x in zip(b["bapp"], d))
+        print("[benchmark_app] " + (f"CPUs {b['cpus']}: " if b.get("cpus") else "")
+              + ", ".join(f"{k} {x:+.1%}" for k, x in zip(b["bapp"], d))
               + f"; median |diff| {np.median(np.abs(d)):.1%}, within 3%: {np.mean(np.abs(d) <= 0.03):.0%}")
 
 
@@ -404,6 +412,8 @@ def main() -> None:
     m.add_argument("out", type=Path)
     m.add_argument("--conditions", help="e.g. 1t-s128-bf16,2t-s128-int8,1t-s32-f32 (INT8 at length 128 only)")
     m.add_argument("--only", help="tables,granularity,benchmark_app")
+    m.add_argument("--precisions", help="of granularity and benchmark_app, e.g. bf16,int8 (default: all supported)")
+    m.add_argument("--bapp-rounds", type=int, default=3, help="interleaved benchmark_app rounds")
     f = sub.add_parser("fit")
     f.add_argument("results", type=Path, nargs="+")
     f.add_argument("pack", type=Path)
@@ -411,7 +421,8 @@ def main() -> None:
     if args.command == "pack":
         pack(args.out, args.work)
     elif args.command == "measure":
-        measure(args.pack, args.out, args.conditions and args.conditions.split(","), args.only and args.only.split(","))
+        measure(args.pack, args.out, args.conditions and args.conditions.split(","), args.only and args.only.split(","),
+                args.precisions and args.precisions.split(","), args.bapp_rounds)
     else:
         fit(args.results, args.pack)
 

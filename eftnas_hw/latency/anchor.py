@@ -62,7 +62,7 @@ def anchor_table(table: LatencyTable, settings: AnchorSettings = AnchorSettings(
             measured = np.minimum(measured, [s["ms"] for s in again])
             stats = [dict(a, unstable=a["unstable"] and b["unstable"]) for a, b in zip(stats, again)]
     return fit_anchor(table, subnets, measured, settings, measured_twice=remeasured,
-                      unstable_measurements=sum(s["unstable"] for s in stats),
+                      unstable_measurements=sum(s["unstable"] for s in stats), cpus=stats[0].get("cpus", []),
                       seconds=round(time.time() - started, 1))
 
 

@@ -15,12 +15,15 @@ With one inference thread each call's latency is also scaled by its CPU/wall tim
 another process preempting the inference thread adds wall time but no CPU time, so the corrected value is the
 call's undisturbed cost (`tools/check_benchmark_app.py` measures how well this holds under load). With more
 threads the process's CPU time sums the threads, so no such correction exists: time those on a quiet machine.
+Where the machine offers more CPUs than the profile's threads, the timing runs bound to the CPUs that ran fastest in a
+short scan (`choose_cpus`, see SCAN_S), not where OpenVINO's own pinning would put it.
 """
 from __future__ import annotations
 
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -47,6 +50,20 @@ ROUNDS = 20
 STATISTIC = "round medians less each round's common slowdown (benchmark_app's median, interleaved rounds)"
 # Rounds whose medians differ by more than this (highest vs lowest) flag the measurement as unstable.
 DISAGREEMENT_BOUND = 0.05
+# The timing's CPUs. OpenVINO's own pinning (ENABLE_CPU_PINNING, on by default on Linux) binds a one-thread inference
+# to a core of its choosing, busy or not: on the 2-vCPU AVX2 EPYC, with a busy loop on CPU 0, MiniLM-L6 f32 ran 80 ms
+# under it whatever the process's affinity, 34.5 ms with it off and the threads bound to CPU 1 (quiet: 35 ms). On the
+# 16-vCPU Xeon VM of session 21 (tools/probe_cpu_noise.py), MiniLM-L6 bf16 ran 5.1-5.7 ms (median) on 7 vCPUs,
+# 10-12 ms on 5, and switched between the two for ~1 s at a time on 4 (a neighbour on the same physical core, which
+# the VM cannot see: no steal time, no load) - CPU 0 among the switching ones. So where the machine offers more CPUs
+# than the profile's threads, OpenVINO's pinning is switched off, each usable CPU (at most SCAN_CPUS, spread) runs
+# the first model alone twice for SCAN_S, and every thread of the process is bound to the `threads` fastest while
+# timing. The choice is kept for SCAN_MAX_AGE_S.
+SCAN_CPUS = 16
+SCAN_S = 0.25
+SCAN_MAX_AGE_S = 300.0
+PINNING = "bound to the CPUs that ran fastest in a short scan, where the machine offers more than the threads"
+_CHOSEN: dict[int, tuple[float, list[int], dict[int, float]]] = {}
 
 _CORE: ov.Core | None = None
 
@@ -120,12 +137,69 @@ def _inputs(model: ov.Model | ov.CompiledModel, profile: Profile) -> dict:
     return {inp.get_any_name(): np.ones((profile.batch, profile.seq_len), dtype=np.int64) for inp in model.inputs}
 
 
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on; [] where the OS cannot bind threads (then nothing is bound)."""
+    if not (hasattr(os, "sched_getaffinity") and os.path.isdir("/proc/self/task")):
+        return []
+    return sorted(os.sched_getaffinity(0))
+
+
+def chooses_cpus(profile: Profile) -> bool:
+    """Whether the timing picks its own CPUs: the machine offers more than the profile's threads."""
+    return profile.device == "CPU" and len(usable_cpus()) > profile.threads
+
+
+@contextmanager
+def bound(cpus: Sequence[int]):
+    """Every thread of this process bound to `cpus` (none: left alone), each back to its own mask afterwards."""
+    before = {}
+    for tid in (map(int, os.listdir("/proc/self/task")) if cpus else ()):
+        try:
+            before[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cpus)
+        except OSError:  # the thread ended meanwhile
+            pass
+    try:
+        yield
+    finally:
+        for tid, mask in before.items():
+            try:
+                os.sched_setaffinity(tid, mask)
+            except OSError:
+                pass
+
+
+def choose_cpus(request: ov.InferRequest, threads: int) -> tuple[list[int], dict[int, float]]:
+    """The `threads` CPUs on which `request` ran fastest and every scanned CPU's ms: the slower of its medians in two
+    passes over the CPUs, SCAN_S each (a CPU that switches speed every second or so must be fast in both to be
+    chosen). The last choice for this thread count while younger than SCAN_MAX_AGE_S."""
+    last = _CHOSEN.get(threads)
+    if last and time.time() - last[0] < SCAN_MAX_AGE_S:
+        return last[1], last[2]
+    cpus = usable_cpus()
+    medians: dict[int, float] = {}
+    for _ in range(2):
+        for cpu in cpus[::max(1, len(cpus) // SCAN_CPUS)][:SCAN_CPUS]:
+            with bound([cpu]):
+                request.infer()  # moves the threads there and re-warms that core's cache
+                ms, end = [], time.perf_counter() + SCAN_S
+                while len(ms) < 3 or time.perf_counter() < end:
+                    request.infer()
+                    ms.append(request.latency)
+            medians[cpu] = max(medians.get(cpu, 0.0), float(np.median(ms)))
+    chosen = sorted(sorted(medians, key=medians.get)[:threads])
+    _CHOSEN[threads] = (time.time(), chosen, medians)
+    return chosen, medians
+
+
 def _request(model: ov.Model | str | os.PathLike, profile: Profile) -> ov.InferRequest:
-    """Compiled under the profile (static shape, precision checked), all-ones inputs set once."""
+    """Compiled under the profile (static shape, precision checked), all-ones inputs set once; without OpenVINO's
+    own pinning where `measure_compiled` binds the threads itself."""
     model = core().read_model(str(model)) if not isinstance(model, ov.Model) else model
     if model.inputs and model.inputs[0].get_partial_shape().is_dynamic:
         model.reshape({inp.get_any_name(): [profile.batch, profile.seq_len] for inp in model.inputs})
-    compiled = core().compile_model(model, profile.device, profile.ov_config())
+    config = dict(profile.ov_config(), **({"ENABLE_CPU_PINNING": False} if chooses_cpus(profile) else {}))
+    compiled = core().compile_model(model, profile.device, config)
     check_precision(compiled, profile)
     request = compiled.create_infer_request()
     for name, value in _inputs(compiled, profile).items():
@@ -137,7 +211,8 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
                      burst: int = BURST, warmup: int = 3, desc: str | None = None, rewarm: int = 1) -> list[dict]:
     """Compile each IR under the profile and time them in interleaved rounds; one stats dict (ms) per model.
 
-    `rewarm` untimed calls precede each candidate's burst in every round (see BURST).
+    `rewarm` untimed calls precede each candidate's burst in every round (see BURST). Timed on the CPUs of
+    `choose_cpus` where `chooses_cpus(profile)` (their ids in each stats dict's "cpus"; [] when not bound).
     """
     if rounds < 1 or burst < 1:
         raise UserError(f"measurement needs at least one round and one call per round (got {rounds}, {burst})")
@@ -145,24 +220,27 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
     # to 2.5-2.8 s (INT8) and 1.9-2.4 to 1.5-1.6 s (f32) on the 2-core AVX2 EPYC. Nothing is timed meanwhile.
     with ThreadPoolExecutor(max(1, min(len(models), os.cpu_count() or 1))) as pool:
         requests = list(pool.map(lambda m: _request(m, profile), models))
-    for request in requests:
-        for _ in range(warmup):
-            request.infer()
+    cpus = choose_cpus(requests[0], profile.threads)[0] if chooses_cpus(profile) else []
     samples = [([], [], []) for _ in requests]
-    for _ in tqdm(range(rounds), desc=desc, leave=False, disable=desc is None):
-        for (lat, wall, cpu), request in zip(samples, requests):
-            for _ in range(rewarm):
+    with bound(cpus):
+        for request in requests:
+            for _ in range(warmup):
                 request.infer()
-            lat.append([]), wall.append([]), cpu.append([])
-            for _ in range(burst):
-                start, start_cpu = time.perf_counter(), time.process_time()
-                request.infer()
-                wall[-1].append((time.perf_counter() - start) * 1e3)
-                cpu[-1].append((time.process_time() - start_cpu) * 1e3)
-                lat[-1].append(request.latency)
+        for _ in tqdm(range(rounds), desc=desc, leave=False, disable=desc is None):
+            for (lat, wall, cpu), request in zip(samples, requests):
+                for _ in range(rewarm):
+                    request.infer()
+                lat.append([]), wall.append([]), cpu.append([])
+                for _ in range(burst):
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    request.infer()
+                    wall[-1].append((time.perf_counter() - start) * 1e3)
+                    cpu[-1].append((time.process_time() - start_cpu) * 1e3)
+                    lat[-1].append(request.latency)
     stats = [summarize(*s, threads=profile.threads) for s in samples]
     for s, level in zip(stats, common_mode([s["round_medians"] for s in stats])):
         s["ms"] = float(level)  # the protocol's latency (see the module docstring)
+        s["cpus"] = cpus
     return stats
 
 

@@ -40,7 +40,7 @@ from ..files import check_writable, read_json, write_json_atomic
 from ..settings import TableBuildSettings
 from ..subnet import BertShape, SubnetConfig
 from .fingerprint import hardware_fingerprint, warn_if_int8_is_slow
-from .measure import BURST, measure_compiled
+from .measure import BURST, PINNING, measure_compiled
 from .prepare import PreparedIRs, RandomSubnet
 from .profiles import Profile
 from .table import CALIBRATION_FEATURES, FORMAT, VERSION, LatencyTable, log_curve_ms
@@ -190,7 +190,7 @@ def table_header(shape: BertShape, profile: Profile, fingerprint: dict, settings
                  selection: str = SELECTION) -> dict:
     """A table document's header: what it is for, where and how it was measured (a partial build resumes only under
     the same header)."""
-    recorded = {**settings.to_dict(), "burst": BURST, "subnet_selection": selection,
+    recorded = {**settings.to_dict(), "burst": BURST, "cpus": PINNING, "subnet_selection": selection,
                 "granularity_probes": granularity_probes(shape)}
     return {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),
             "fingerprint": fingerprint, "settings": recorded}
@@ -367,6 +367,8 @@ def calibrate_and_validate(table: LatencyTable, subnets: list[SubnetConfig], mea
                       "median_spread": float(np.median([m["spread"] for m in everything])),
                       # median wall time / CPU time of a call: ~1 alone (1 thread), >1 when other jobs preempt
                       "median_wall_over_cpu": float(np.median([m["wall_over_cpu"] for m in everything])),
+                      # the CPUs the timing was bound to (`measure.choose_cpus`); none: where OpenVINO pinned it
+                      "cpus": sorted({c for m in everything for c in m.get("cpus", [])}),
                       "unstable": bool(unstable)},
         "subnets": [{"subnet": s.to_dict(), "predicted_ms": float(p), "measured": m}
                     for s, p, m in zip(subnets, candidates[chosen], measured)],
@@ -393,7 +395,9 @@ def summary_lines(table: LatencyTable) -> list[str]:
         f"{v['calibrated_macs']['worst_pct']:.2f}%  Spearman (MACs vs measured) {v['macs_spearman']:.4f}",
         f"  stability: {s['unstable_measurements']}/{s['of']} measurements flagged (round medians differ > 5%), "
         f"median spread (p90-min)/min {100 * s['median_spread']:.1f}%, median wall/CPU time of a call "
-        f"{s['median_wall_over_cpu']:.2f}",
+        f"{s['median_wall_over_cpu']:.2f}; timed on CPU(s) "
+        + (", ".join(map(str, s["cpus"])) + " (the fastest in a short scan)" if s.get("cpus") else
+           "where OpenVINO pinned it"),
     ]
     g = table.data["blocks"].get("granularity")
     if g:
