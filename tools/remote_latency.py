@@ -30,6 +30,7 @@ with a MAC cost), since the blocks are not measured yet when they are chosen. Th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -67,8 +68,6 @@ def ir_kind(precision: str) -> str:
 # ---- here: pack -------------------------------------------------------------------------------------------------
 def model_sets() -> dict:
     """{set: [(subnet dict or None, model)]} of MiniLM-L6 models (random weights) in measurement order."""
-    import dataclasses
-
     from eftnas_hw.latency.prepare import RandomSubnet
     from eftnas_hw.latency.profiler import BLOCK_VOCAB, block_models, ffn_grid, random_subnets, spread_subnets
     from eftnas_hw.subnet import BertShape, SubnetConfig
@@ -297,8 +296,12 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
 
 
 # ---- here: fit --------------------------------------------------------------------------------------------------
-def fit(results_paths: list[Path], pack_path: Path) -> None:
+def fit(results_paths: list[Path], pack_path: Path, write: Path | None = None) -> None:
+    """Print the tables, checks and granularity of the measurements; with `write`, also save each condition's table
+    (as built, the measurements inside) there as minilm-l6_<condition>.json, the shipped tables' naming."""
+    from eftnas_hw.files import write_json_atomic
     from eftnas_hw.latency.anchor import fit_anchor
+    from eftnas_hw.latency.fingerprint import ISA_FLAGS
     from eftnas_hw.latency.profiler import (SELECTION, blocks_from_latencies, calibrate_groups, errors,
                                             table_header, uncalibrated)
     from eftnas_hw.latency.profiles import Profile
@@ -340,10 +343,15 @@ def fit(results_paths: list[Path], pack_path: Path) -> None:
     def fitted(condition: str, blocks: dict, t: dict) -> LatencyTable:
         """The table of `blocks` calibrated on the condition's calibration groups, as `build_table` does."""
         profile = condition_profile(condition, Profile)
-        fingerprint = {"cpu": env["device_name"], "isa": flags, "physical_cores": env["nproc"],
-                       "openvino": env["openvino"].split("-")[0], "profile": profile.to_dict()}
+        profile = dataclasses.replace(profile, name=profile.condition)
+        fingerprint = {"cpu": env["device_name"], "isa": sorted(f for f in ISA_FLAGS if f in flags),
+                       "physical_cores": env["nproc"], "openvino": env["openvino"].split("-")[0],
+                       "profile": profile.to_dict()}
         data = dict(table_header(shape, profile, fingerprint, TableBuildSettings(),
-                                 SELECTION + ", by MACs (tools/remote_latency.py)"), blocks=blocks, complete=True)
+                                 SELECTION + ", by MACs (tools/remote_latency.py)"), blocks=blocks, complete=True,
+                    build_minutes=t["seconds"] / 60,  # the timing there; the IRs were prepared by `pack`
+                    measurements={"blocks": t["blocks"], **{f"subnets/{7 * i}": g
+                                                            for i, g in enumerate(t["calib_groups"])}})
         block_stats = [dict(s, lowest_round_median=s["ms"], median=s["ms"], min=s["ms"], p90=s["ms"])
                        for s in t["blocks"]]
         data.update(calibrate_groups(uncalibrated(data), [SubnetConfig.from_dict(d) for d in man["sets"]["calib"]],
@@ -354,6 +362,8 @@ def fit(results_paths: list[Path], pack_path: Path) -> None:
         blocks = blocks_from_latencies(shape, man["block_grid"], [s["ms"] for s in t["blocks"]])
         table = fitted(condition, blocks, t)
         data = table.data
+        if write:
+            write_json_atomic(write / f"minilm-l6_{table.profile.condition}.json", data)
         v = data["validation"]
         g = blocks.get("granularity")
         found = f"alignment {g['alignment']}, penalty {g['penalty']:.1%}" if g else "not probed"
@@ -417,6 +427,7 @@ def main() -> None:
     f = sub.add_parser("fit")
     f.add_argument("results", type=Path, nargs="+")
     f.add_argument("pack", type=Path)
+    f.add_argument("--write", type=Path, help="save each condition's table (as built) in this folder")
     args = parser.parse_args()
     if args.command == "pack":
         pack(args.out, args.work)
@@ -424,7 +435,7 @@ def main() -> None:
         measure(args.pack, args.out, args.conditions and args.conditions.split(","), args.only and args.only.split(","),
                 args.precisions and args.precisions.split(","), args.bapp_rounds)
     else:
-        fit(args.results, args.pack)
+        fit(args.results, args.pack, args.write)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ def row(table: LatencyTable) -> str:
     data, v, p, s = table.data, table.validation, table.profile, table.shape
     shape = f"{s.num_layers}x{s.hidden_size}"
     build = f"{data['build_minutes']:.1f} min" if data.get("build_minutes") else "converted"
+    if "remote_latency" in data["settings"].get("subnet_selection", ""):
+        build += " timing there (IRs prepared elsewhere: tools/remote_latency.py)"
     if "mape_pct" in v:
         fit = (f"{v['mape_pct']:.2f}% / {v['worst_pct']:.1f}% / {100 * v['within_5pct']:.0f}% / "
                f"{v['spearman']:.3f}")
