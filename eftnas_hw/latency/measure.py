@@ -144,6 +144,11 @@ def usable_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
+def cpu_count() -> int:
+    """How many CPUs this process may use (all of them where the OS cannot say)."""
+    return len(usable_cpus()) or os.cpu_count() or 1
+
+
 def chooses_cpus(profile: Profile) -> bool:
     """Whether the timing picks its own CPUs: the machine offers more than the profile's threads."""
     return profile.device == "CPU" and len(usable_cpus()) > profile.threads
@@ -218,7 +223,7 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
         raise UserError(f"measurement needs at least one round and one call per round (got {rounds}, {burst})")
     # Compilation is native and mostly serial: compiling on every core at once took 8 MiniLM-L6 subnets from 3.8-4.0
     # to 2.5-2.8 s (INT8) and 1.9-2.4 to 1.5-1.6 s (f32) on the 2-core AVX2 EPYC. Nothing is timed meanwhile.
-    with ThreadPoolExecutor(max(1, min(len(models), os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max(1, min(len(models), cpu_count()))) as pool:
         requests = list(pool.map(lambda m: _request(m, profile), models))
     cpus = choose_cpus(requests[0], profile.threads)[0] if chooses_cpus(profile) else []
     samples = [([], [], []) for _ in requests]

@@ -36,7 +36,7 @@ from torch import nn
 from ..export import IR_NAME
 from ..models import build_subnet, random_bert
 from ..subnet import BertShape, SubnetConfig
-from .measure import ROUNDS, core, measure_compiled
+from .measure import ROUNDS, core, cpu_count, measure_compiled
 from .profiles import Profile
 
 
@@ -105,10 +105,6 @@ def quantize_for_timing(xml: Path, profile: Profile, samples: int = 1) -> Path:
     return out
 
 
-def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _serve(conn: Connection) -> None:
     """The helper process: the export and quantization imports (most of its ~14 s start), one torch thread (the main
     process exports beside it), then `export_ir` jobs from the pipe until it closes."""
@@ -151,7 +147,7 @@ class _Helper:
     @classmethod
     def get(cls) -> "_Helper | None":
         """The helper, started if need be; None where there is one usable CPU or it failed before."""
-        if cls._instance is None and not cls._failed and _usable_cpus() > 1:
+        if cls._instance is None and not cls._failed and cpu_count() > 1:
             try:
                 cls._instance = cls()
             except (OSError, RuntimeError) as e:  # RuntimeError: started while a spawned child imports __main__
