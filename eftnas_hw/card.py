@@ -45,8 +45,9 @@ Measured with the project's protocol (`eftnas_hw.latency.measure_compiled`), whi
 with the profile's OpenVINO settings, input tensors set once, `infer()` back to back, the runtime's own per-call
 latency; {n} timed calls in rounds interleaved with the other models of its export, reported: {statistic}. To
 check it yourself (static shape, the profile's threads and precision):
-`benchmark_app -m openvino_model.xml -d CPU -hint none -nthreads {threads} -nstreams 1 -nireq 1 -api sync -shape [{batch},{seq}] {bapp_precision}`
+`{bapp_bind}benchmark_app -m openvino_model.xml -d CPU -hint none -nthreads {threads} -nstreams 1 -nireq 1 -api sync -shape [{batch},{seq}] {bapp_precision}`
 
+- CPUs: {cpus}
 - precision: {precision_note}
 - profile: `{profile}`
 - machine fingerprint: `{machine}`
@@ -101,6 +102,10 @@ def model_card(model: "ExportedModel", shape: BertShape) -> str:
                   + (" UNSTABLE (noisy machine)" if m["unstable"] else "")),
         threads=p["threads"], precision_note=Profile.from_dict(p).describe_precision(),
         bapp_precision="" if model.precision == "int8" else f"-infer_precision {model.precision}",
+        bapp_bind=f"taskset -c {','.join(map(str, m['cpus']))} " if m.get("cpus") else "",
+        cpus=(f"timed bound to {', '.join(map(str, m['cpus']))}, the fastest in a short scan of this machine's CPUs "
+              "(on a shared VM, a neighbour on the same physical core can halve one CPU's speed)" if m.get("cpus")
+              else "where OpenVINO pinned the inference"),
         table_anchor=model.table_anchor or "no latency table",
         describe=shape.describe(), num_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
         widths="\n".join(f"| {i} | {h} | {f} |" for i, (h, f) in enumerate(zip(cfg.heads, cfg.ffn))),

@@ -103,6 +103,8 @@ def test_records_card_and_summary(exported, tiny_shape):
                      "'seq_len': 16",
                      f"{record.measured_ms:.2f} ms"):
             assert text in card
+        cpus = record.measured["cpus"]  # on a machine with more CPUs than the profile's threads: bound, and said so
+        assert (f"taskset -c {','.join(map(str, cpus))} benchmark_app" in card) if cpus else ("OpenVINO pinned" in card)
         stored = json.loads((out / record.name / "eftnas_export.json").read_text())
         assert stored == record.to_dict() and ExportedModel.from_dict(stored) == record
     summary = (out / "summary.csv").read_text().splitlines()
