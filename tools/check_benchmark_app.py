@@ -71,17 +71,23 @@ def benchmark_app_ms(xml: Path, precision: str, threads: int, shape: tuple[int, 
     return float(value) / (1000 if unit == "us" else 1)
 
 
-def benchmark_app_interleaved(models: list[tuple[Path, Profile]], rounds: int,
-                              cpus: list[int] | None = None) -> list[list[float]]:
+def benchmark_app_rounds(models: list[tuple[Path, Profile]], rounds: int,
+                         cpus: list[int] | None = None) -> list[list[float]]:
     """Each IR's benchmark_app medians (ms) in `rounds` rounds that go over all of them in turn, so the machine's
-    drift hits them alike (the yardstick is the lowest); each IR under its own profile (precision, threads, static
-    [batch, seq_len]), bound to `cpus` when given."""
+    drift hits them alike; each IR under its own profile (precision, threads, static [batch, seq_len]), bound to
+    `cpus` when given."""
     medians = [[] for _ in models]
     for _ in range(rounds):
         for i, (xml, profile) in enumerate(models):
             medians[i].append(benchmark_app_ms(xml, profile.precision, profile.threads,
                                                (profile.batch, profile.seq_len), cpus))
     return medians
+
+
+def benchmark_app_interleaved(models: list[tuple[Path, Profile]], rounds: int,
+                              cpus: list[int] | None = None) -> list[float]:
+    """The yardstick: each IR's lowest benchmark_app median over `benchmark_app_rounds`."""
+    return [min(r) for r in benchmark_app_rounds(models, rounds, cpus)]
 
 
 def _spin() -> None:
@@ -116,7 +122,7 @@ def main() -> None:
             p.terminate()
     cpus = next(iter(ours.values()))["cpus"]
     profiles = {p: Profile(threads=args.threads, seq_len=args.seq_len, precision=p) for p in precisions}
-    rounds = benchmark_app_interleaved([(xml, profiles[p]) for _, p, xml in cases], args.rounds, cpus)
+    rounds = benchmark_app_rounds([(xml, profiles[p]) for _, p, xml in cases], args.rounds, cpus)
     yardstick = {(n, p): r for (n, p, _), r in zip(cases, rounds)}
     print(f"threads {args.threads}, [1,{args.seq_len}], busy processes during ours: {args.load}, CPUs "
           f"{cpus or 'as OpenVINO pins them'}")

@@ -41,20 +41,21 @@ def main() -> None:
         parser.error("--reference needs --benchmark-app and an export folder (with its summary.json)")
     models = [(folder, m) for folder in sorted((args.run / "models").iterdir()) if (folder / EXPORT_SUMMARY).exists()
               for m in load_exports(folder)]
-    rows = {}
+    rows, cpus = {}, None
     for key in {tuple(sorted(m.profile.items())) for _, m in models}:
         group = [(f, m) for f, m in models if tuple(sorted(m.profile.items())) == key]
         stats = measure_compiled([f / m.name / IR_NAME for f, m in group], Profile.from_dict(dict(key)),
                                  rounds=args.rounds)
         rows.update({f"{f.name}/{m.name}": [m.subnet.latency_ms, m.measured_ms, s["ms"]]
                      for (f, m), s in zip(group, stats)})
+        cpus = stats[0]["cpus"]
     # keyed like rows; the reference under a key no "folder/subnet" name can take
     timed = [(f"{f.name}/{m.name}", f, m) for f, m in models]
     timed += [("reference", args.reference, load_exports(args.reference)[0])] if args.reference else []
     bapp = {}
-    if args.benchmark_app:  # 3 rounds over every model, so drift hits them alike
+    if args.benchmark_app:  # 3 rounds over every model, so drift hits them alike, on the CPUs ours chose
         irs = [(folder / m.name / IR_NAME, Profile.from_dict(m.profile)) for _, folder, m in timed]
-        bapp = dict(zip([key for key, _, _ in timed], benchmark_app_interleaved(irs, rounds=3)))
+        bapp = dict(zip([key for key, _, _ in timed], benchmark_app_interleaved(irs, 3, cpus)))
     reference = bapp.get("reference")
     print(f"{'model':<22} {'predicted':>9} {'export':>8} {'now':>8} {'bench_app':>9}  error vs now"
           + (f"  x {args.reference.name} ({reference:.2f} ms, benchmark_app)" if reference else ""))
