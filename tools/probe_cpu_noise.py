@@ -9,7 +9,7 @@ CPUs (a neighbour on the same physical core: AMX units are shared by hyperthread
 (frequency, memory bandwidth) decides the remedy: pinning the timing to a quiet CPU, or only interleaving.
 
 1. scan: the IR alone on each usable CPU in turn (a child process pinned to it before OpenVINO loads), --scan-s each;
-2. series: --series-s on the fastest CPU of the scan, then unpinned (the scheduler and OpenVINO place the thread);
+2. series: --series-s on the fastest CPU of the scan, then unpinned (OpenVINO's own pinning places the thread);
 3. together: --parallel children pinned to different CPUs at once, so slow stretches can be matched in time.
 Each call's (wall-clock time, `InferRequest.latency`) is kept. Prints per child the median, p10 and p90, the share of
 calls more than 25% above that child's p10 and the median length of such slow stretches; writes every sample as
@@ -39,7 +39,8 @@ def worker(xml: str, precision: str, seq_len: int, cpu: int, seconds: float) -> 
     from remote_latency import import_measurement
 
     measure, profiles = import_measurement()
-    request = measure._request(xml, profiles.Profile(threads=1, seq_len=seq_len, precision=precision))
+    # OpenVINO's own pinning, as a user's process gets it (within the CPU pinned to, or of its choosing unpinned)
+    request = measure._request(xml, profiles.Profile(threads=1, seq_len=seq_len, precision=precision), bind=False)
     for _ in range(10):
         request.infer()
     t, ms, end = [], [], time.time() + seconds

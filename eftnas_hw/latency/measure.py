@@ -197,13 +197,14 @@ def choose_cpus(request: ov.InferRequest, threads: int) -> tuple[list[int], dict
     return chosen, medians
 
 
-def _request(model: ov.Model | str | os.PathLike, profile: Profile) -> ov.InferRequest:
+def _request(model: ov.Model | str | os.PathLike, profile: Profile, bind: bool | None = None) -> ov.InferRequest:
     """Compiled under the profile (static shape, precision checked), all-ones inputs set once; without OpenVINO's
-    own pinning where `measure_compiled` binds the threads itself."""
+    own pinning where the caller binds the threads itself (`bind`; default: where `measure_compiled` does)."""
     model = core().read_model(str(model)) if not isinstance(model, ov.Model) else model
     if model.inputs and model.inputs[0].get_partial_shape().is_dynamic:
         model.reshape({inp.get_any_name(): [profile.batch, profile.seq_len] for inp in model.inputs})
-    config = dict(profile.ov_config(), **({"ENABLE_CPU_PINNING": False} if chooses_cpus(profile) else {}))
+    bind = chooses_cpus(profile) if bind is None else bind
+    config = dict(profile.ov_config(), **({"ENABLE_CPU_PINNING": False} if bind else {}))
     compiled = core().compile_model(model, profile.device, config)
     check_precision(compiled, profile)
     request = compiled.create_infer_request()
