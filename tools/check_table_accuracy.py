@@ -1,7 +1,7 @@
 """How right is a latency table on this machine? Random subnets it never saw, exported and timed end to end.
 
     python tools/check_table_accuracy.py TABLE [--n 24] [--anchor] [--same-sitting] [--force]
-                                         [--yardstick protocol|benchmark_app]
+                                         [--yardstick protocol|benchmark_app] [--details]
 
 Prints one JSON line: the table's prediction error on `--n` random subnets (seed 7, other than the build's
 calibration/validation subnets and the anchor's; removed attention/FFN blocks included) as the table is, and,
@@ -54,6 +54,7 @@ def main() -> None:
                         help="also fit the anchor on its subnets timed in the same rounds as the checked ones")
     parser.add_argument("--force", action="store_true", help="a table from another kind of machine")
     parser.add_argument("--yardstick", choices=("protocol", "benchmark_app"), default="protocol")
+    parser.add_argument("--details", action="store_true", help="also print each subnet's measured and predicted ms")
     args = parser.parse_args()
     table = LatencyTable.load(args.table, force=args.force)
     shape, profile = table.shape, table.profile
@@ -95,6 +96,11 @@ def main() -> None:
                         "refused_by_default_bound": a["residual"]["mape_pct"] > AnchorSettings().bound_pct}
     if anchored is not None:
         result["anchor"]["seconds"] = round(anchor_seconds, 1)
+    if args.details:
+        tables = {"as_is": table, "anchored": anchored, "anchored_same_sitting": same_sitting}
+        result["subnets"] = [{"subnet": s.to_dict(), "measured_ms": round(float(m), 3),
+                              **{f"{k}_ms": round(t.predict_ms(s), 3) for k, t in tables.items() if t is not None}}
+                             for s, m in zip(subnets, measured)]
     print(json.dumps(result))
 
 
