@@ -511,40 +511,80 @@ def test_measure_ir_ms_on_a_file_and_missing_path(tmp_path):
         measure_ir_ms(tmp_path / "missing", PROFILE)
 
 
-def test_timing_runs_on_the_cpu_that_was_not_busy_and_leaves_the_threads_as_they_were(tmp_path):
-    """A busy loop on one CPU (as a neighbour on the same physical core would be) must not be where the timing runs,
-    whichever core OpenVINO's own pinning would have chosen."""
-    import os
-    import subprocess
-    import sys
-
+def _chain_model(path: Path) -> Path:
+    """An IR of ~1 ms (dependent small matmuls): long enough to feel a shared CPU."""
     import openvino as ov
     import openvino.opset13 as ops
+
+    ids = ops.parameter([1, 16], ov.Type.i64, name="input_ids")
+    x = ops.convert(ids, ov.Type.f32)
+    weight = ops.constant(np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32))
+    for _ in range(300):
+        x = ops.matmul(x, weight, False, False)
+    ov.save_model(ov.Model([x], [ids]), path)
+    return path
+
+
+@contextlib.contextmanager
+def _busy(cpu: int, after_s: float = 0.0):
+    """A busy loop bound to `cpu` (as a neighbour on the same physical core would be), started after `after_s`."""
+    import subprocess
+    import sys
+    import threading
+
+    spin = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass"
+    procs = []
+    timer = threading.Timer(after_s, lambda: procs.append(subprocess.Popen([sys.executable, "-c", spin, str(cpu)])))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+        for proc in procs:
+            proc.kill()
+
+
+def test_timing_runs_on_the_cpu_that_was_not_busy_and_leaves_the_threads_as_they_were(tmp_path):
+    """A busy CPU must not be where the timing runs, whichever core OpenVINO's own pinning would have chosen."""
+    import os
 
     from eftnas_hw.latency import measure
 
     cpus = measure.usable_cpus()
     if len(cpus) < 2:
         pytest.skip("needs a machine that can bind threads and has two CPUs")
-    ids = ops.parameter([1, 16], ov.Type.i64, name="input_ids")
-    x = ops.convert(ids, ov.Type.f32)
-    weight = ops.constant(np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32))
-    for _ in range(300):  # ~1 ms of dependent small matmuls: long enough to feel a shared CPU
-        x = ops.matmul(x, weight, False, False)
-    ov.save_model(ov.Model([x], [ids]), tmp_path / "m.xml")
-    spin = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass"
-    busy = subprocess.Popen([sys.executable, "-c", spin, str(cpus[0])])
+    xml = _chain_model(tmp_path / "m.xml")
     before = {tid: os.sched_getaffinity(int(tid)) for tid in os.listdir("/proc/self/task")}
     measure._CHOSEN.clear()
     try:
-        stats = measure.measure_compiled([tmp_path / "m.xml"], PROFILE, rounds=2)[0]
+        with _busy(cpus[0]):
+            stats = measure.measure_compiled([xml], PROFILE, rounds=2)[0]
         scanned = measure._CHOSEN[1][2]
     finally:
-        busy.kill()
         measure._CHOSEN.clear()
-    assert len(stats["cpus"]) == 1 and stats["cpus"] != [cpus[0]] and scanned[cpus[0]] > scanned[stats["cpus"][0]]
+    assert stats["cpus"] != [cpus[0]] and len(stats["cpus"]) == 1 and scanned[cpus[0]] > scanned[stats["cpus"][0]]
     alive = [tid for tid in before if os.path.exists(f"/proc/self/task/{tid}")]
     assert alive and all(os.sched_getaffinity(int(tid)) == before[tid] for tid in alive)
+
+
+def test_timing_moves_off_a_cpu_that_turns_busy(tmp_path):
+    """The CPU chosen at the start turns busy half a second into the measurement: the threads are moved."""
+    import time
+
+    from eftnas_hw.latency import measure
+
+    cpus = measure.usable_cpus()
+    if len(cpus) < 2:
+        pytest.skip("needs a machine that can bind threads and has two CPUs")
+    xml = _chain_model(tmp_path / "m.xml")
+    measure._CHOSEN[1] = (time.time(), [cpus[0]], {})  # as if the scan had chosen it
+    try:
+        with _busy(cpus[0], after_s=0.5):
+            stats = measure.measure_compiled([xml], PROFILE, rounds=300)[0]
+    finally:
+        measure._CHOSEN.clear()
+    assert stats["cpu_moves"] >= 1 and cpus[0] in stats["cpus"] and len(stats["cpus"]) >= 2
 
 
 def test_bf16_profile_runs_bf16_or_is_refused():

@@ -62,6 +62,14 @@ DISAGREEMENT_BOUND = 0.05
 SCAN_CPUS = 16
 SCAN_S = 0.25
 SCAN_MAX_AGE_S = 300.0
+# A chosen CPU can turn slow later: on that Xeon VM the vCPU fastest in the scan ran an INT8 check's full model at
+# 6.5-11.9 ms from one round to the next, a neighbour's 2x. When the first model's burst median stays above
+# MOVE_FACTOR x its best on these CPUs for MOVE_AFTER rounds in a row, the CPUs are chosen afresh and the threads moved
+# (at most MAX_MOVES times); the rounds' common slowdown (`common_mode`) absorbs the change of level. Why 1.5: on the
+# AVX2 EPYC a sub-millisecond model's 5-call medians spread 1.3x between rounds on a quiet CPU.
+MOVE_FACTOR = 1.5
+MOVE_AFTER = 3
+MAX_MOVES = 3
 PINNING = "bound to the CPUs that ran fastest in a short scan, where the machine offers more than the threads"
 _CHOSEN: dict[int, tuple[float, list[int], dict[int, float]]] = {}
 
@@ -154,16 +162,22 @@ def chooses_cpus(profile: Profile) -> bool:
     return profile.device == "CPU" and len(usable_cpus()) > profile.threads
 
 
-@contextmanager
-def bound(cpus: Sequence[int]):
-    """Every thread of this process bound to `cpus` (none: left alone), each back to its own mask afterwards."""
+def _bind(cpus: Sequence[int]) -> dict[int, set[int]]:
+    """Every thread of this process bound to `cpus`; each one's mask before."""
     before = {}
-    for tid in (map(int, os.listdir("/proc/self/task")) if cpus else ()):
+    for tid in map(int, os.listdir("/proc/self/task")):
         try:
             before[tid] = os.sched_getaffinity(tid)
             os.sched_setaffinity(tid, cpus)
         except OSError:  # the thread ended meanwhile
             pass
+    return before
+
+
+@contextmanager
+def bound(cpus: Sequence[int]):
+    """Every thread of this process bound to `cpus` (none: left alone), each back to its own mask afterwards."""
+    before = _bind(cpus) if cpus else {}
     try:
         yield
     finally:
@@ -174,14 +188,15 @@ def bound(cpus: Sequence[int]):
                 pass
 
 
-def choose_cpus(request: ov.InferRequest, threads: int) -> tuple[list[int], dict[int, float]]:
-    """The `threads` CPUs on which `request` ran fastest and every scanned CPU's ms: the slower of its medians in two
-    passes over the CPUs, SCAN_S each (a CPU that switches speed every second or so must be fast in both to be
-    chosen). The last choice for this thread count while younger than SCAN_MAX_AGE_S."""
+def choose_cpus(request: ov.InferRequest, threads: int, among: Sequence[int],
+                fresh: bool = False) -> tuple[list[int], dict[int, float]]:
+    """The `threads` CPUs of `among` on which `request` ran fastest and every scanned CPU's ms: the slower of its
+    medians in two passes over the CPUs, SCAN_S each (a CPU that switches speed every second or so must be fast in
+    both to be chosen). The last choice for this thread count while younger than SCAN_MAX_AGE_S, unless `fresh`."""
     last = _CHOSEN.get(threads)
-    if last and time.time() - last[0] < SCAN_MAX_AGE_S:
+    if last and not fresh and time.time() - last[0] < SCAN_MAX_AGE_S:
         return last[1], last[2]
-    cpus = usable_cpus()
+    cpus = list(among)
     medians: dict[int, float] = {}
     for _ in range(2):
         for cpu in cpus[::max(1, len(cpus) // SCAN_CPUS)][:SCAN_CPUS]:
@@ -218,7 +233,8 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
     """Compile each IR under the profile and time them in interleaved rounds; one stats dict (ms) per model.
 
     `rewarm` untimed calls precede each candidate's burst in every round (see BURST). Timed on the CPUs of
-    `choose_cpus` where `chooses_cpus(profile)` (their ids in each stats dict's "cpus"; [] when not bound).
+    `choose_cpus` where `chooses_cpus(profile)`, moved when they turn slow (see MOVE_FACTOR): each stats dict's
+    "cpus" lists every CPU used ([] when not bound), "cpu_moves" how often they were chosen again.
     """
     if rounds < 1 or burst < 1:
         raise UserError(f"measurement needs at least one round and one call per round (got {rounds}, {burst})")
@@ -226,7 +242,9 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
     # to 2.5-2.8 s (INT8) and 1.9-2.4 to 1.5-1.6 s (f32) on the 2-core AVX2 EPYC. Nothing is timed meanwhile.
     with ThreadPoolExecutor(max(1, min(len(models), cpu_count()))) as pool:
         requests = list(pool.map(lambda m: _request(m, profile), models))
-    cpus = choose_cpus(requests[0], profile.threads)[0] if chooses_cpus(profile) else []
+    choosing, among = chooses_cpus(profile), usable_cpus()  # `among` before any binding of this thread
+    cpus = choose_cpus(requests[0], profile.threads, among)[0] if choosing else []
+    used, moves, best, slow_rounds = set(cpus), 0, float("inf"), 0
     samples = [([], [], []) for _ in requests]
     with bound(cpus):
         for request in requests:
@@ -243,10 +261,17 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
                     wall[-1].append((time.perf_counter() - start) * 1e3)
                     cpu[-1].append((time.process_time() - start_cpu) * 1e3)
                     lat[-1].append(request.latency)
+            reference = float(np.median(samples[0][0][-1]))
+            best = min(best, reference)
+            slow_rounds = slow_rounds + 1 if reference > MOVE_FACTOR * best else 0
+            if choosing and slow_rounds >= MOVE_AFTER and moves < MAX_MOVES:
+                cpus = choose_cpus(requests[0], profile.threads, among, fresh=True)[0]
+                _bind(cpus)  # `bound` still restores the masks from before the measurement
+                used, moves, slow_rounds, best = used | set(cpus), moves + 1, 0, float("inf")
     stats = [summarize(*s, threads=profile.threads) for s in samples]
     for s, level in zip(stats, common_mode([s["round_medians"] for s in stats])):
         s["ms"] = float(level)  # the protocol's latency (see the module docstring)
-        s["cpus"] = cpus
+        s["cpus"], s["cpu_moves"] = sorted(used), moves
     return stats
 
 
