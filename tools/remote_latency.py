@@ -2,6 +2,7 @@
 
     python tools/remote_latency.py pack PACK.tar.xz [--work DIR]            # here: export + quantize, pack
     python tools/remote_latency.py measure PACK.tar.xz OUT [--conditions 1t-s128-bf16,...] [--only tables,...]
+                                       [--precisions bf16,int8] [--repetitions 3] [--bapp-rounds 3]
                                                                             # there: needs openvino, numpy, pyyaml,
                                                                             # tqdm and this repository
     python tools/remote_latency.py fit RESULTS.json [RESULTS.json ...] PACK.tar.xz|MANIFEST.json
@@ -18,8 +19,8 @@ without the package's `__init__` (no transformers, optimum or NNCF needed there)
 those measurements with the build's own code (`blocks_from_latencies`, `calibrate_groups`) and checks it on the 24
 unseen subnets as built, anchored on the anchor's subnets measured first (as `run` does), and anchored on them
 measured in the same rounds as the checked ones (`check_table_accuracy.py --same-sitting`). Given repeated timings
-of the block models with the granularity probes (a "probes" section: session 19's first draft took them,
-results/xeon-amx-s19/granularity-probes.json; `measure` times the probes only with each table's blocks) and whole
+of the block models with the granularity probes (a "probes" section: `measure --only probes`; session 19's first
+draft took results/xeon-amx-s19/granularity-probes.json) and whole
 models with all FFNs at one width of the same precision, it also compares the table's predicted ratios between
 those whole models, with and without the measured width penalty, to the measured ones (the penalty comes from
 one-layer probes: does it hold on whole models?). Its benchmark_app step times the project's protocol first and then
@@ -217,7 +218,7 @@ class Pack:
 
 
 def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list[str] | None,
-            precisions: list[str] | None = None, bapp_rounds: int = 3) -> None:
+            precisions: list[str] | None = None, bapp_rounds: int = 3, repetitions: int = 3) -> None:
     import openvino as ov
 
     measure_mod, profiles = import_measurement()
@@ -268,6 +269,14 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
                 "uniform": timed(profile, pack_.models("uniform", kind), 20, "uniform widths")}
             save()
 
+    def probes():  # the block models with the granularity probes, timed `repetitions` times (what `fit` checks)
+        for p in precisions:
+            profile, kind = Profile(threads=1, seq_len=128, precision=p), ir_kind(p)
+            results.setdefault("probes", {})[p] = [timed(profile, pack_.models("blocks", kind), 32,
+                                                         f"blocks + probes {i + 1}/{repetitions}")
+                                                   for i in range(repetitions)]
+            save()
+
     def benchmark_app():
         sys.path.insert(0, str(REPO / "tools"))
         from check_benchmark_app import benchmark_app_interleaved
@@ -284,7 +293,8 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
         results["benchmark_app"] = {"bapp": {f"{n}/{p}": v for (n, p), v in zip(cases, ref)}, "ours": ours,
                                     "cpus": cpus}
 
-    for name, fn in (("tables", tables), ("granularity", granularity), ("benchmark_app", benchmark_app)):
+    for name, fn in (("tables", tables), ("granularity", granularity), ("probes", probes),
+                     ("benchmark_app", benchmark_app)):
         if only and name not in only:
             continue
         try:
@@ -421,8 +431,10 @@ def main() -> None:
     m.add_argument("pack", type=Path)
     m.add_argument("out", type=Path)
     m.add_argument("--conditions", help="e.g. 1t-s128-bf16,2t-s128-int8,1t-s32-f32 (INT8 at length 128 only)")
-    m.add_argument("--only", help="tables,granularity,benchmark_app")
-    m.add_argument("--precisions", help="of granularity and benchmark_app, e.g. bf16,int8 (default: all supported)")
+    m.add_argument("--only", help="tables,granularity,probes,benchmark_app")
+    m.add_argument("--repetitions", type=int, default=3, help="times the probes step times the block models")
+    m.add_argument("--precisions", help="of granularity, probes and benchmark_app, e.g. bf16,int8 (default: all "
+                                        "supported)")
     m.add_argument("--bapp-rounds", type=int, default=3, help="interleaved benchmark_app rounds")
     f = sub.add_parser("fit")
     f.add_argument("results", type=Path, nargs="+")
@@ -433,7 +445,7 @@ def main() -> None:
         pack(args.out, args.work)
     elif args.command == "measure":
         measure(args.pack, args.out, args.conditions and args.conditions.split(","), args.only and args.only.split(","),
-                args.precisions and args.precisions.split(","), args.bapp_rounds)
+                args.precisions and args.precisions.split(","), args.bapp_rounds, args.repetitions)
     else:
         fit(args.results, args.pack, args.write)
 
