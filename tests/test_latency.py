@@ -727,8 +727,8 @@ def _graph(xml: Path) -> list[tuple]:
 
 def test_the_helper_process_exports_what_this_one_would_and_each_random_subnet_once(tmp_path):
     """IRs for timing are prepared by this process and a spawned helper: a random subnet exported by the helper gives
-    the same IR (f32 and NNCF INT8: graph and weights) as one exported here; the helper is idle once `paths` returns (nothing may run
-    beside the timing); a subnet asked for again, in one call or the next, is not exported again; forgotten ones go."""
+    the same IR (f32 and NNCF INT8: graph and weights) as one exported here; the helper is idle once `paths` returns
+    (nothing may run beside the timing); a subnet asked for again, in one call or the next, is not exported again; forgotten ones go."""
     from eftnas_hw.latency.prepare import PreparedIRs, RandomSubnet, _Helper, export_ir
 
     net = RandomSubnet(MICRO, 3, SubnetConfig((1,), (32,)))

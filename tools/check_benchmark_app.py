@@ -107,6 +107,7 @@ def main() -> None:
     precisions = [p for p in ("f32", "bf16", "int8") if p in supported_precisions()]
     cases = [(name, precision, irs[(name, "int8" if precision == "int8" else "f32")])
              for precision in precisions for name in MODELS]
+    profiles = {p: Profile(threads=args.threads, seq_len=args.seq_len, precision=p) for p in precisions}
     load = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.load)]
     for p in load:
         p.start()
@@ -114,14 +115,12 @@ def main() -> None:
     try:
         for precision in precisions:
             group = [(n, xml) for n, p, xml in cases if p == precision]
-            profile = Profile(threads=args.threads, seq_len=args.seq_len, precision=precision)
-            for (name, _), stats in zip(group, measure_compiled([xml for _, xml in group], profile)):
+            for (name, _), stats in zip(group, measure_compiled([xml for _, xml in group], profiles[precision])):
                 ours[(name, precision)] = stats
     finally:
         for p in load:
             p.terminate()
     cpus = next(iter(ours.values()))["cpus"]
-    profiles = {p: Profile(threads=args.threads, seq_len=args.seq_len, precision=p) for p in precisions}
     rounds = benchmark_app_rounds([(xml, profiles[p]) for _, p, xml in cases], args.rounds, cpus)
     yardstick = {(n, p): r for (n, p, _), r in zip(cases, rounds)}
     print(f"threads {args.threads}, [1,{args.seq_len}], busy processes during ours: {args.load}, CPUs "

@@ -52,6 +52,7 @@ FILL_BYTES = 16384  # constants at least this large are weights: dropped from th
 WIDTHS = [896, 928, 960, 992, 1000, 1008, 1016, 1024, 1032, 1040, 1056, 1088, 1120, 1152]
 UNIFORM = [1536, 1528, 1520, 1504, 1088, 1024, 1016, 1008, 992, 960]
 BAPP = ["one-layer", "quarter", "half", "minilm-l6", "bert-medium"]
+GROUP = 7  # calibration subnets timed together (+ the full model), as TableBuildSettings' group_size
 
 
 def condition_profile(condition: str, profile_class):
@@ -251,9 +252,10 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
             t, r = time.time(), {}
             r["blocks"] = timed(profile, pack_.models("blocks", kind), 32, "blocks")
             n = len(pack_.manifest["sets"]["calib"])
-            r["calib_groups"] = [  # groups of 7 + the full model (calib 0) as drift reference, as build_table
-                timed(profile, [pack_.model("calib", 0, kind)] + pack_.models("calib", kind, range(i, min(i + 7, n))),
-                      16, f"calibration subnets {i}-{min(i + 7, n) - 1}") for i in range(0, n, 7)]
+            r["calib_groups"] = [  # groups of GROUP + the full model (calib 0) as drift reference, as build_table
+                timed(profile, [pack_.model("calib", 0, kind)]
+                      + pack_.models("calib", kind, range(i, min(i + GROUP, n))), 16,
+                      f"calibration subnets {i}-{min(i + GROUP, n) - 1}") for i in range(0, n, GROUP)]
             r["anchor_first"] = timed(profile, pack_.models("anchor", kind), 20, "anchor")
             r["check_same_sitting"] = timed(profile, pack_.models("check", kind) + pack_.models("anchor", kind), 20,
                                             "check + anchor")
@@ -311,7 +313,7 @@ def fit(results_paths: list[Path], pack_path: Path, write: Path | None = None) -
     (as built, the measurements inside) there as minilm-l6_<condition>.json, the shipped tables' naming."""
     from eftnas_hw.files import write_json_atomic
     from eftnas_hw.latency.anchor import fit_anchor
-    from eftnas_hw.latency.fingerprint import ISA_FLAGS
+    from eftnas_hw.latency.fingerprint import fingerprint
     from eftnas_hw.latency.profiler import (SELECTION, blocks_from_latencies, calibrate_groups, errors,
                                             table_header, uncalibrated)
     from eftnas_hw.latency.profiles import Profile
@@ -354,13 +356,11 @@ def fit(results_paths: list[Path], pack_path: Path, write: Path | None = None) -
         """The table of `blocks` calibrated on the condition's calibration groups, as `build_table` does."""
         profile = condition_profile(condition, Profile)
         profile = dataclasses.replace(profile, name=profile.condition)
-        fingerprint = {"cpu": env["device_name"], "isa": sorted(f for f in ISA_FLAGS if f in flags),
-                       "physical_cores": env["nproc"], "openvino": env["openvino"].split("-")[0],
-                       "profile": profile.to_dict()}
-        data = dict(table_header(shape, profile, fingerprint, TableBuildSettings(),
+        machine = fingerprint(env["device_name"], flags, env["nproc"], env["openvino"], profile)
+        data = dict(table_header(shape, profile, machine, TableBuildSettings(),
                                  SELECTION + ", by MACs (tools/remote_latency.py)"), blocks=blocks, complete=True,
                     build_minutes=t["seconds"] / 60,  # the timing there; the IRs were prepared by `pack`
-                    measurements={"blocks": t["blocks"], **{f"subnets/{7 * i}": g
+                    measurements={"blocks": t["blocks"], **{f"subnets/{GROUP * i}": g
                                                             for i, g in enumerate(t["calib_groups"])}})
         block_stats = [dict(s, lowest_round_median=s["ms"], median=s["ms"], min=s["ms"], p90=s["ms"])
                        for s in t["blocks"]]

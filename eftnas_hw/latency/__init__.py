@@ -9,5 +9,6 @@ from .profiles import Profile, default_precision, supported_precisions
 from .table import LatencyTable, find_shipped_table
 
 __all__ = ["STATISTIC", "LatencyTable", "Profile", "RandomSubnet", "TableDoesNotFit", "anchor_line", "anchor_table",
-           "build_table", "compile_ir", "default_precision", "find_shipped_table", "hardware_fingerprint", "measure_ir_ms",
-           "measure_models_ms", "random_subnets", "start_helper", "summary_lines", "supported_precisions"]
+           "build_table", "compile_ir", "default_precision", "find_shipped_table", "hardware_fingerprint",
+           "measure_ir_ms", "measure_models_ms", "random_subnets", "start_helper", "summary_lines",
+           "supported_precisions"]

@@ -70,10 +70,15 @@ def _physical_cores() -> int:
         return os.cpu_count() or 1
 
 
+def fingerprint(cpu: str, flags, physical_cores: int, openvino: str, profile: Profile) -> dict:
+    """A table's machine record from its parts (also for a machine measured elsewhere: tools/remote_latency.py)."""
+    return {"cpu": cpu, "isa": sorted(f for f in ISA_FLAGS if f in flags), "physical_cores": physical_cores,
+            "openvino": openvino.split("-")[0], "profile": profile.to_dict()}
+
+
 def hardware_fingerprint(profile: Profile) -> dict:
     model, flags = _cpuinfo()
-    return {"cpu": model, "isa": sorted(f for f in ISA_FLAGS if f in flags), "physical_cores": _physical_cores(),
-            "openvino": ov.__version__.split("-")[0], "profile": profile.to_dict()}
+    return fingerprint(model, flags, _physical_cores(), ov.__version__, profile)
 
 
 def fingerprint_differences(stored: dict, current: dict) -> list[str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Sequence
 
@@ -54,11 +54,11 @@ DISAGREEMENT_BOUND = 0.05
 # to a core of its choosing, busy or not: on the 2-vCPU AVX2 EPYC, with a busy loop on CPU 0, MiniLM-L6 f32 ran 80 ms
 # under it whatever the process's affinity, 34.5 ms with it off and the threads bound to CPU 1 (quiet: 35 ms). On the
 # 16-vCPU Xeon VM of session 21 (tools/probe_cpu_noise.py), MiniLM-L6 bf16 ran 5.1-5.7 ms (median) on 7 vCPUs,
-# 10-12 ms on 5, and switched between the two for ~1 s at a time on 4 (a neighbour on the same physical core, which
-# the VM cannot see: no steal time, no load) - CPU 0 among the switching ones. So where the machine offers more CPUs
-# than the profile's threads, OpenVINO's pinning is switched off, each usable CPU (at most SCAN_CPUS, spread) runs
-# the first model alone twice for SCAN_S, and every thread of the process is bound to the `threads` fastest while
-# timing. The choice is kept for SCAN_MAX_AGE_S.
+# 10-12 ms on 5, and switched between the two for ~1 s at a time on 4 (most likely a neighbour on the same physical
+# core, which the VM cannot see: no steal time, no load) - CPU 0 among the switching ones. So where the machine offers
+# more CPUs than the profile's threads, OpenVINO's pinning is switched off, each usable CPU (at most SCAN_CPUS,
+# spread) runs the first model alone twice for SCAN_S, and every thread of the process is bound to the `threads`
+# fastest while timing. The choice is kept for SCAN_MAX_AGE_S.
 SCAN_CPUS = 16
 SCAN_S = 0.25
 SCAN_MAX_AGE_S = 300.0
@@ -157,20 +157,13 @@ def cpu_count() -> int:
     return len(usable_cpus()) or os.cpu_count() or 1
 
 
-def chooses_cpus(profile: Profile) -> bool:
-    """Whether the timing picks its own CPUs: the machine offers more than the profile's threads."""
-    return profile.device == "CPU" and len(usable_cpus()) > profile.threads
-
-
 def _bind(cpus: Sequence[int]) -> dict[int, set[int]]:
     """Every thread of this process bound to `cpus`; each one's mask before."""
     before = {}
     for tid in map(int, os.listdir("/proc/self/task")):
-        try:
+        with suppress(OSError):  # the thread ended meanwhile
             before[tid] = os.sched_getaffinity(tid)
             os.sched_setaffinity(tid, cpus)
-        except OSError:  # the thread ended meanwhile
-            pass
     return before
 
 
@@ -182,10 +175,8 @@ def bound(cpus: Sequence[int]):
         yield
     finally:
         for tid, mask in before.items():
-            try:
+            with suppress(OSError):
                 os.sched_setaffinity(tid, mask)
-            except OSError:
-                pass
 
 
 def choose_cpus(request: ov.InferRequest, threads: int, among: Sequence[int],
@@ -212,13 +203,12 @@ def choose_cpus(request: ov.InferRequest, threads: int, among: Sequence[int],
     return chosen, medians
 
 
-def _request(model: ov.Model | str | os.PathLike, profile: Profile, bind: bool | None = None) -> ov.InferRequest:
+def _request(model: ov.Model | str | os.PathLike, profile: Profile, bind: bool) -> ov.InferRequest:
     """Compiled under the profile (static shape, precision checked), all-ones inputs set once; without OpenVINO's
-    own pinning where the caller binds the threads itself (`bind`; default: where `measure_compiled` does)."""
+    own pinning where the caller binds the threads itself (`bind`)."""
     model = core().read_model(str(model)) if not isinstance(model, ov.Model) else model
     if model.inputs and model.inputs[0].get_partial_shape().is_dynamic:
         model.reshape({inp.get_any_name(): [profile.batch, profile.seq_len] for inp in model.inputs})
-    bind = chooses_cpus(profile) if bind is None else bind
     config = dict(profile.ov_config(), **({"ENABLE_CPU_PINNING": False} if bind else {}))
     compiled = core().compile_model(model, profile.device, config)
     check_precision(compiled, profile)
@@ -233,16 +223,18 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
     """Compile each IR under the profile and time them in interleaved rounds; one stats dict (ms) per model.
 
     `rewarm` untimed calls precede each candidate's burst in every round (see BURST). Timed on the CPUs of
-    `choose_cpus` where `chooses_cpus(profile)`, moved when they turn slow (see MOVE_FACTOR): each stats dict's
-    "cpus" lists every CPU used ([] when not bound), "cpu_moves" how often they were chosen again.
+    `choose_cpus` where the machine offers more than the profile's threads, moved when they turn slow (see
+    MOVE_FACTOR): each stats dict's "cpus" lists every CPU used ([] when not bound), "cpu_moves" how often they were
+    chosen again.
     """
     if rounds < 1 or burst < 1:
         raise UserError(f"measurement needs at least one round and one call per round (got {rounds}, {burst})")
     # Compilation is native and mostly serial: compiling on every core at once took 8 MiniLM-L6 subnets from 3.8-4.0
     # to 2.5-2.8 s (INT8) and 1.9-2.4 to 1.5-1.6 s (f32) on the 2-core AVX2 EPYC. Nothing is timed meanwhile.
+    among = usable_cpus()  # before any binding of this thread
+    choosing = profile.device == "CPU" and len(among) > profile.threads
     with ThreadPoolExecutor(max(1, min(len(models), cpu_count()))) as pool:
-        requests = list(pool.map(lambda m: _request(m, profile), models))
-    choosing, among = chooses_cpus(profile), usable_cpus()  # `among` before any binding of this thread
+        requests = list(pool.map(lambda m: _request(m, profile, choosing), models))
     cpus = choose_cpus(requests[0], profile.threads, among)[0] if choosing else []
     used, moves, best, slow_rounds = set(cpus), 0, float("inf"), 0
     samples = [([], [], []) for _ in requests]
@@ -261,10 +253,12 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
                     wall[-1].append((time.perf_counter() - start) * 1e3)
                     cpu[-1].append((time.process_time() - start_cpu) * 1e3)
                     lat[-1].append(request.latency)
+            if not choosing or moves == MAX_MOVES:
+                continue
             reference = float(np.median(samples[0][0][-1]))
             best = min(best, reference)
             slow_rounds = slow_rounds + 1 if reference > MOVE_FACTOR * best else 0
-            if choosing and slow_rounds >= MOVE_AFTER and moves < MAX_MOVES:
+            if slow_rounds >= MOVE_AFTER:
                 cpus = choose_cpus(requests[0], profile.threads, among, fresh=True)[0]
                 _bind(cpus)  # `bound` still restores the masks from before the measurement
                 used, moves, slow_rounds, best = used | set(cpus), moves + 1, 0, float("inf")
