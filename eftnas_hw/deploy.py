@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .card import model_card
@@ -26,11 +28,14 @@ from .evaluate import SubnetEvaluator, ir_logits, runtime_config
 from .evolution import select_subnet, spread_along_front
 from .export import export_openvino, export_task
 from .files import check_writable, read_json, write_json_atomic, write_text_atomic
-from .latency import STATISTIC, LatencyTable, Profile, anchor_line, hardware_fingerprint
+from .latency import STATISTIC, LatencyTable, Profile, TableDoesNotFit, anchor_line, hardware_fingerprint
+from .latency.anchor import anchor_models, fit_anchor
 from .latency.fingerprint import warn_if_int8_is_slow
 from .latency.measure import ir_path, measure_compiled
+from .latency.prepare import exported_irs
 from .reports import EXPORT_SUMMARY, write_export_summary
 from .search import load_search
+from .settings import AnchorSettings
 from .subnet import BertShape, EvaluatedSubnet, SubnetConfig
 from .supernet import REPORT_FILE, load_supernet
 
@@ -72,6 +77,10 @@ class ExportedModel:
     table_anchor: str | None = None
     label_names: tuple[str, ...] = ()  # the IR config's id2label, in id order (what its predictions read as)
     head: str = "text-classification"  # optimum's task: what OVModelFor... loads the IR as
+    # The table re-anchored on its anchor's subnets timed in the same rounds as this model (`measure_exports`): its
+    # prediction, and how that anchor fitted (None where the table is for another precision, or there is none).
+    reanchored_ms: float | None = None
+    export_anchor: str | None = None
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "subnet": self.subnet.to_dict(), "label_names": list(self.label_names)}
@@ -114,9 +123,10 @@ def export_subnets(ctx: RunContext, supernet: ElasticBert, subnets: Sequence[Eva
     """Export each subnet to out_dir/subnet-NN/, resumably, under `ctx`'s profile and latency table.
 
     Per model: extract (no fine-tuning), export (dynamic shapes, optional NNCF INT8 calibrated on training
-    sentences), evaluate the IR and the PyTorch subnet on the dev set. Then all of them are timed together
-    (`measure_exports`). Returns the records; measure=False leaves the models pending and returns none, for
-    `measure_exports` to time them in the same rounds as another folder's (the run's base model and front).
+    sentences), evaluate the IR and the PyTorch subnet on the dev set. Then all of them are timed together, beside
+    the table's anchor subnets (`measure_exports`). Returns the records; measure=False leaves the models pending and
+    returns none, for `measure_exports` to time them in the same rounds as another folder's (the run's base model
+    and front).
     """
     if supernet.shape.num_labels != ctx.spec.num_labels:
         raise UserError(f"the super-network has {supernet.shape.num_labels} outputs, task {ctx.spec.name} needs "
@@ -146,10 +156,13 @@ def export_subnets(ctx: RunContext, supernet: ElasticBert, subnets: Sequence[Eva
         # settings (checked above)
         if not (folder / RECORD_NAME).exists() and not (folder / PENDING_NAME).exists():
             _export_and_evaluate(ctx, evaluator, record, folder, profile, calibration, source, fingerprint)
-    return measure_exports([out_dir], supernet.shape, progress)[0] if measure else []
+    if not measure:
+        return []
+    return measure_exports([out_dir], supernet.shape, progress, ctx.table, ctx.config.latency.anchor)[0]
 
 
-def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, progress: bool = True
+def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, progress: bool = True,
+                    table: LatencyTable | None = None, anchor: AnchorSettings = AnchorSettings()
                     ) -> list[list[ExportedModel]]:
     """Time the exported, not yet measured models of several export folders together, under their profile
     (MEASURE_ROUNDS interleaved rounds), then give each its README.md (model card) and eftnas_export.json and each
@@ -158,6 +171,11 @@ def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, pro
     Why together: models timed in one measurement share its rounds, so their latencies relative to each other
     carry no drift of the machine between measurements. A run's base model and front timed apart (the base alone,
     the front ~50 s later) read the base 5% apart from the full-size front subnet, the same graph, on the AVX2 EPYC.
+    For the same reason `table`'s anchor subnets (`anchor`) are timed in these rounds too, where the table is for
+    the models' precision, and the table re-anchored on them predicts each model again (`reanchored_ms`): the
+    table anchored minutes earlier, before the search, carries the machine's speed of that minute, and a shared VM
+    moves by 6-18% between minutes (the AVX2 EPYC's default runs: the exported models 8.5% faster than at the
+    anchoring 5 minutes before, the same IRs re-timed right after back at the anchoring's level).
     """
     out_dirs = [Path(d) for d in out_dirs]
     runs = [read_json(d / RUN_NAME, "export run record") for d in out_dirs]
@@ -166,11 +184,19 @@ def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, pro
     folders = [[d / f"subnet-{i:02d}" for i in range(len(r["subnets"]))] for d, r in zip(out_dirs, runs)]
     pending = [f for group in folders for f in group if not (f / RECORD_NAME).exists()]
     if pending:
-        stats = measure_compiled([ir_path(f) for f in pending], Profile.from_dict(runs[0]["profile"]),
-                                 MEASURE_ROUNDS, desc="measuring" if progress else None)
+        profile = Profile.from_dict(runs[0]["profile"])
+        reanchor = table is not None and table.profile.precision == profile.precision
+        subnets, models = anchor_models(table, anchor) if reanchor else ([], [])
+        started = time.time()
+        with exported_irs(models, profile) as anchor_irs:
+            stats = measure_compiled([ir_path(f) for f in pending] + anchor_irs, profile, MEASURE_ROUNDS,
+                                     desc="measuring" if progress else None)
+        checked, line = _reanchor(table, subnets, stats[len(pending):], anchor, time.time() - started) \
+            if reanchor else (None, None)
         for folder, measured in zip(pending, stats):
-            result = replace(ExportedModel.from_dict(read_json(folder / PENDING_NAME, "pending export record")),
-                             measured_ms=measured["ms"], measured=measured)
+            result = ExportedModel.from_dict(read_json(folder / PENDING_NAME, "pending export record"))
+            result = replace(result, measured_ms=measured["ms"], measured=measured, export_anchor=line,
+                             reanchored_ms=checked.predict_ms(result.subnet.config) if checked else None)
             write_text_atomic(folder / "README.md", model_card(result, shape))
             write_json_atomic(folder / RECORD_NAME, result.to_dict())  # the marker of a finished model
             (folder / PENDING_NAME).unlink()
@@ -179,6 +205,18 @@ def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, pro
         done.append([ExportedModel.from_dict(read_json(f / RECORD_NAME, "export record")) for f in group])
         write_export_summary(done[-1], out_dir)
     return done
+
+
+def _reanchor(table: LatencyTable, subnets: list[SubnetConfig], stats: list[dict], anchor: AnchorSettings,
+              seconds: float) -> tuple[LatencyTable | None, str]:
+    """`table` re-anchored on its anchor subnets' measurements (None where no rising line fits them) and the line
+    that says how; a residual above the anchor's bound is reported, not refused: the models are measured anyway."""
+    try:
+        checked = fit_anchor(table, subnets, np.array([s["ms"] for s in stats]), anchor, refuse=False,
+                             cpus=stats[0].get("cpus", []), seconds=round(seconds, 1))
+    except TableDoesNotFit as e:
+        return None, f"no re-anchoring in the export's rounds: {e}"
+    return checked, "in the export's timing rounds, " + anchor_line(checked)
 
 
 def _export_and_evaluate(ctx: RunContext, evaluator: SubnetEvaluator, record: EvaluatedSubnet, folder: Path,

@@ -240,7 +240,8 @@ def _export_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) -
             export_subnets(ctx, teacher, [shape.full_subnet()], base, int8=int8, measure=False,
                            source={"model": "the fine-tuned teacher (base model), no compression"}, **common)
             export_subnets(ctx, supernet, chosen, front, int8=int8, source=source, measure=False, **common)
-            measure_exports([base, front], shape, progress)  # in the same rounds: the front relative to the base
+            # in the same rounds: the front relative to the base, and the table re-anchored on its anchor subnets
+            measure_exports([base, front], shape, progress, ctx.table, ctx.config.latency.anchor)
 
     run.stage("export", [_common(ctx.config), settings.key()], ("search",), ("models",), export_models)
 

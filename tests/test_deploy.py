@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -18,8 +19,9 @@ from eftnas_hw.elastic import ElasticBert
 from eftnas_hw.errors import UserError
 from eftnas_hw.evaluate import Evaluator, ir_logits
 from eftnas_hw.latency import LatencyTable, Profile
+from eftnas_hw.latency.anchor import anchor_models
 from eftnas_hw.models import load_model, load_tokenizer
-from eftnas_hw.settings import RunConfig
+from eftnas_hw.settings import AnchorSettings, RunConfig
 from eftnas_hw.subnet import SubnetConfig
 
 from conftest import table_document
@@ -103,6 +105,10 @@ def test_records_card_and_summary(exported, tiny_shape):
                      "'seq_len': 16",
                      f"{record.measured_ms:.2f} ms"):
             assert text in card
+        assert record.reanchored_ms > 0 and record.export_anchor.startswith("in the export's timing rounds, table "
+                                                                            "re-anchored on this machine")
+        assert f"re-anchored in this export's timing rounds | {record.reanchored_ms:.2f} ms" in card
+        assert f"median {record.measured['median']:.2f}" in card
         cpus = record.measured["cpus"]  # on a machine with more CPUs than the profile's threads: bound, and said so
         assert (f"taskset -c {','.join(map(str, cpus))} benchmark_app" in card) if cpus else ("OpenVINO pinned" in card)
         stored = json.loads((out / record.name / "eftnas_export.json").read_text())
@@ -176,12 +182,52 @@ def test_models_exported_but_not_measured_are_timed_together_on_resume(exported,
     monkeypatch.setattr(deploy, "measure_compiled", lambda paths, *a, **k: calls.append(paths) or real(paths, *a, **k))
     ctx = make_ctx(tiny_model_dir, sst2_dir, synthetic_table(tiny_shape))
     again = export_subnets(ctx, supernet, SUBNETS, copy, progress=False, source={"supernet": "tiny"})
-    assert [[p.parent.name for p in paths] for paths in calls] == [[r.name for r in records]]
+    anchor_subnets = AnchorSettings().subnets  # timed beside them: the table re-anchored in the same rounds
+    assert [[p.parent.name for p in paths][:len(records)] for paths in calls] == [[r.name for r in records]]
+    assert [len(paths) for paths in calls] == [len(records) + anchor_subnets]
     for old, new in zip(records, again):
         assert new.measured_ms > 0 and new.measured_ms == new.measured["ms"] != old.measured_ms
-        assert replace(new, measured_ms=old.measured_ms, measured=old.measured) == old
+        assert replace(new, measured_ms=old.measured_ms, measured=old.measured, reanchored_ms=old.reanchored_ms,
+                       export_anchor=old.export_anchor) == old
         assert not (copy / new.name / deploy.PENDING_NAME).exists()
         assert f"{new.measured_ms:.2f} ms" in (copy / new.name / "README.md").read_text()
+
+
+def test_the_table_is_re_anchored_in_the_exports_own_rounds(exported, tiny_shape, tmp_path, monkeypatch):
+    """The table's anchor subnets are timed after the exported models in the same measurement, and the table
+    re-anchored on them predicts each model (`reanchored_ms`); with a table for another precision nothing is added."""
+    out, records = exported
+    folder = tmp_path / "front"
+    shutil.copytree(out, folder)
+    table, settings = synthetic_table(tiny_shape), AnchorSettings()
+    subnets, _ = anchor_models(table, settings)
+
+    @contextmanager
+    def fake_irs(models, profile):
+        yield [tmp_path / f"anchor-{i}.xml" for i in range(len(models))]
+
+    def fake_measure(paths, *args, **kwargs):  # the machine at 2.5x the table's speed, as the anchor subnets say
+        calls.append(paths)
+        anchor = {tmp_path / f"anchor-{i}.xml": 2.5 * table.calibrated_ms(s) for i, s in enumerate(subnets)}
+        return [dict.fromkeys(("ms", "median", "min", "p90"), anchor.get(p, 1.0)) | {"n": 100, "unstable": False}
+                for p in paths]
+
+    monkeypatch.setattr(deploy, "exported_irs", fake_irs)
+    monkeypatch.setattr(deploy, "measure_compiled", fake_measure)
+    for other_precision in (False, True):
+        for record in records:
+            (folder / record.name / deploy.RECORD_NAME).rename(folder / record.name / deploy.PENDING_NAME)
+        calls = []
+        used = synthetic_table(tiny_shape, replace(PROFILE, precision="int8")) if other_precision else table
+        done = deploy.measure_exports([folder], tiny_shape, progress=False, table=used, anchor=settings)[0]
+        assert len(calls) == 1 and len(calls[0]) == len(records) + (0 if other_precision else settings.subnets)
+        for cfg, model in zip(SUBNETS, done):
+            assert model.measured_ms == 1.0
+            if other_precision:
+                assert model.reanchored_ms is None and model.export_anchor is None
+            else:
+                assert model.reanchored_ms == pytest.approx(2.5 * table.calibrated_ms(cfg))
+                assert "full model +150.0% against the table" in model.export_anchor
 
 
 def test_mismatched_table_is_refused(supernet, tiny_model_dir, sst2_dir, tiny_shape, tmp_path):
