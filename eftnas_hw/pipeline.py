@@ -148,7 +148,8 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike, progress: bool = Tru
     summary = run_summary(out, groups, str((out / TABLE_NAME).resolve()),
                           {k[:-8]: v for k, v in run.done.items() if k.endswith("_seconds")},
                           {"table_source": table_source or "built in this run",
-                           "precision": ctx.profile.describe_precision(), "anchor": anchor_line(ctx.table)})
+                           "precision": ctx.profile.describe_precision(), "anchor": anchor_line(ctx.table)},
+                          config.export.budget_ms)
     write_json_atomic(out / "summary.json", summary)
     print(format_run_summary(summary))
     return summary
@@ -222,7 +223,7 @@ def _export_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) -
     out, settings = run.out, ctx.config.export
     front, _ = load_search(out / "search") if (out / "search" / SEARCH_FRONT).exists() else ([], {})
     chosen = spread_along_front(front, settings.max_models)
-    if settings.budget_ms is not None and front:
+    if settings.budget_ms is not None and front:  # last: the run's summary reports it against the budget
         chosen.append(select_subnet(front, budget_ms=settings.budget_ms))
     common = dict(calibration_size=settings.calibration_size, batch_size=settings.batch_size, progress=progress)
     source = {"super-network": str(out / "supernet"), "search": str(out / "search"),

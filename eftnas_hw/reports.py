@@ -89,9 +89,11 @@ def write_export_summary(models: Sequence["ExportedModel"], out_dir: Path) -> No
 
 
 def run_summary(run_dir: Path, groups: dict[str, list["ExportedModel"]], table_source: str,
-                stage_seconds: dict, latency: dict) -> dict:
+                stage_seconds: dict, latency: dict, budget_ms: float | None = None) -> dict:
     """Measured latency and IR dev metric of the base model and of every exported subnet, with speed-ups, the
-    latency table that predicted them and how well (`latency`: the profile's precision, the table's anchor)."""
+    latency table that predicted them and how well (`latency`: the profile's precision, the table's anchor), and
+    whether the subnet a budget chose (`budget_ms`: the last front model, see `pipeline._export_stage`) measured
+    within it."""
     base = groups["base"][0]
     rows = [{"group": group, "name": m.name, "heads": list(m.subnet.config.heads), "ffn": list(m.subnet.config.ffn),
              "predicted_ms": m.subnet.latency_ms, "measured_ms": m.measured_ms,
@@ -116,7 +118,11 @@ def run_summary(run_dir: Path, groups: dict[str, list["ExportedModel"]], table_s
             search, ir = np.array(pairs).T
             objective[group] = {"spearman": float(spearmanr(search, ir).statistic),
                                 "mean_ir_minus_search": float(np.mean(ir - search)), "n": len(pairs)}
-    return {"run": str(run_dir), "table": table_source, **latency,
+    chosen = [r for r in rows if r["group"] == "front"][-1:] if budget_ms is not None else []
+    budget = {"ms": budget_ms, "model": f"front/{chosen[0]['name']}", "predicted_ms": chosen[0]["predicted_ms"],
+              "reanchored_ms": chosen[0]["reanchored_ms"], "measured_ms": chosen[0]["measured_ms"],
+              "held": chosen[0]["measured_ms"] <= budget_ms} if chosen else None
+    return {"run": str(run_dir), "table": table_source, **latency, "budget": budget,
             "prediction": {"mape_pct": 100 * sum(errors) / len(errors), "worst_pct": 100 * max(errors),
                            "within_5pct": sum(e <= 0.05 for e in errors) / len(errors),
                            "base_error_pct": 100 * (base.subnet.latency_ms / base.measured_ms - 1)
@@ -157,6 +163,12 @@ def format_run_summary(summary: dict) -> str:
             r = p["reanchored"]
             lines.append(f"predicted by the table re-anchored in the export's timing rounds: MAPE {r['mape_pct']:.1f}%, "
                          f"worst {r['worst_pct']:.1f}%, {100 * r['within_5pct']:.0f}% within 5% ({r['anchor']})")
+    b = summary.get("budget")
+    if b:
+        reanchored = f", {b['reanchored_ms']:.2f} re-anchored in the export's rounds" if b["reanchored_ms"] else ""
+        lines.append(f"budget {b['ms']:g} ms: {b['model']} predicted {b['predicted_ms']:.2f} ms{reanchored}, measured "
+                     f"{b['measured_ms']:.2f} ms: " + ("within the budget" if b["held"] else
+                                                       f"OVER the budget by {100 * (b['measured_ms'] / b['ms'] - 1):.1f}%"))
     for group, o in summary["search_objective_vs_ir"].items():
         lines.append(f"search objective vs IR dev metric ({group}, {o['n']} models): Spearman {o['spearman']:.2f}, "
                      f"IR minus search {o['mean_ir_minus_search']:+.4f} on average")

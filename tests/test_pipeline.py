@@ -1,6 +1,7 @@
 """The whole pipeline on a tiny BERT and real SST-2 rows: every stage runs, a second run skips them all, and a
 changed later setting re-runs only the stages that depend on it."""
 import json
+import shutil
 
 import pytest
 
@@ -8,6 +9,7 @@ from eftnas_hw.cli import main
 from eftnas_hw.errors import UserError
 from eftnas_hw.evolution import spread_along_front
 from eftnas_hw.pipeline import run_pipeline, share_finished_stage
+from eftnas_hw.reports import format_run_summary
 from eftnas_hw.settings import RunConfig
 
 TINY_RUN = {
@@ -51,6 +53,23 @@ def test_every_stage_leaves_its_artifacts(tiny_run):
     p = summary["prediction"]
     assert p["relative_mape_pct"] == pytest.approx(100 * sum(relative) / len(relative))
     assert p["base_error_pct"] == pytest.approx(100 * (base["predicted_ms"] / base["measured_ms"] - 1))
+    # and predicted again by the table re-anchored on its anchor subnets timed in the export's own rounds
+    reanchored = [abs(r["reanchored_ms"] / r["measured_ms"] - 1) for r in summary["models"]]
+    assert p["reanchored"]["mape_pct"] == pytest.approx(100 * sum(reanchored) / len(reanchored))
+    assert p["reanchored"]["anchor"].startswith("in the export's timing rounds") and summary["budget"] is None
+
+
+def test_a_budget_is_reported_against_the_measured_latency(tiny_run, tmp_path, capsys):
+    """With --budget-ms the chosen subnet is exported last and the summary says whether it measured within it."""
+    out, config, _ = tiny_run
+    shutil.copytree(out, tmp_path / "run")  # only the export stage runs again there
+    summary = run_pipeline(config.merged({"export": {"budget_ms": 1e4}}), tmp_path / "run", progress=False)
+    chosen = [r for r in summary["models"] if r["group"] == "front"][-1]
+    b = summary["budget"]
+    assert b["model"] == f"front/{chosen['name']}" and b["measured_ms"] == chosen["measured_ms"] and b["held"]
+    assert f"budget 10000 ms: front/{chosen['name']} predicted" in capsys.readouterr().out
+    over = {**summary, "budget": {**b, "ms": b["measured_ms"] / 1.1, "held": False}}
+    assert "OVER the budget by 10.0%" in format_run_summary(over)
 
 
 def test_rerun_skips_finished_stages_and_changed_settings_rerun_later_ones(tiny_run, capsys):

@@ -8,7 +8,10 @@ A candidate's latency is its round medians with each round's common slowdown rem
 fastest round's level; alone, that is the lowest of its round medians. Why (measured on 2-core VMs): a noisy period
 inflates the rounds it falls in, every candidate of such a round alike, not the candidate that happened to run then;
 on a quiet machine the result is what benchmark_app reports (the issue's own yardstick: min of 3 interleaved
-benchmark_app medians). Taking each candidate's lowest round median alone left 4.9-5.3% leave-one-out error in
+benchmark_app medians). On a VM whose speed switches between levels every second or so it is the fastest level, where
+benchmark_app's median reads the mix (the AVX2 EPYC of session 22: ours 39.6 ms for MiniLM-L6 f32, benchmark_app
+46.1, a Python loop doing what benchmark_app does 45.9-46.7; the median of all our calls, kept as "median", lands
+near benchmark_app there). Taking each candidate's lowest round median alone left 4.9-5.3% leave-one-out error in
 MiniLM-L6 f32 tables built on the noisy AVX2 EPYC (the same build measurements with the rounds' common factor
 removed: 2.1-3.8%, `tools/check_common_mode.py`).
 With one inference thread each call's latency is also scaled by its CPU/wall time ratio when that is below 1:
@@ -47,7 +50,8 @@ from .profiles import Profile
 BURST = 5
 ROUNDS = 20
 # What a measurement's "ms" is (`measure_compiled`), for records and cards.
-STATISTIC = "round medians less each round's common slowdown (benchmark_app's median, interleaved rounds)"
+STATISTIC = ("round medians less each round's common slowdown, at the fastest round's level (benchmark_app's median "
+             "on a quiet machine; interleaved rounds)")
 # Rounds whose medians differ by more than this (highest vs lowest) flag the measurement as unstable.
 DISAGREEMENT_BOUND = 0.05
 # The timing's CPUs. OpenVINO's own pinning (ENABLE_CPU_PINNING, on by default on Linux) binds a one-thread inference
