@@ -43,7 +43,8 @@ from .profiles import Profile
 @dataclass(frozen=True)
 class RandomSubnet:
     """A subnet cut from the random weights of `seed` (`random_bert`): what tables and anchors time. Plain data, so
-    the helper process can build it; latency does not depend on the weights."""
+    the helper process can build it; latency does not depend on the weights' values (`random_bert` keeps every
+    constant a trained model has)."""
 
     shape: BertShape
     seed: int
