@@ -494,6 +494,26 @@ def test_int8_profile_measures_a_quantized_model():
     assert 0 < stats["min"] <= stats["ms"] <= stats["p90"]
 
 
+@pytest.mark.parametrize("precision", ["f32", "int8"])
+def test_timed_random_models_keep_every_bias_add_of_a_trained_one(precision, tmp_path):
+    """OpenVINO drops an Add of zeros: a freshly initialised BERT (biases and LayerNorm betas 0) converts to a
+    cheaper graph than a trained one. The random models the tables time keep one Add per Linear bias and per
+    LayerNorm beta, in f32 and in the INT8 timing IR (quantized without bias correction, which changes values only)."""
+    import openvino as ov
+    from torch import nn
+
+    from eftnas_hw.latency.prepare import RandomSubnet, export_ir
+
+    subnet = RandomSubnet(MICRO, 0, MICRO.full_subnet())
+    model = subnet.build()
+    linears = sum(isinstance(m, nn.Linear) for m in model.modules())
+    norms = sum(isinstance(m, nn.LayerNorm) for m in model.modules())
+    ir = ov.Core().read_model(export_ir(subnet, tmp_path / "ir", Profile(seq_len=16, precision=precision)))
+    producers = [op.input_value(0).get_node().get_type_name() for op in ir.get_ops() if op.get_type_name() == "Add"]
+    # a bias Add follows its MatMul; a LayerNorm beta Add follows the gamma Multiply
+    assert producers.count("MatMul") == linears and producers.count("Multiply") >= norms
+
+
 def test_measure_ir_ms_on_a_file_and_missing_path(tmp_path):
     import openvino as ov
     import openvino.opset13 as ops
