@@ -97,13 +97,14 @@ def run_summary(run_dir: Path, groups: dict[str, list["ExportedModel"]], table_s
     base = groups["base"][0]
     rows = [{"group": group, "name": m.name, "heads": list(m.subnet.config.heads), "ffn": list(m.subnet.config.ffn),
              "predicted_ms": m.subnet.latency_ms, "measured_ms": m.measured_ms,
-             "reanchored_ms": m.reanchored_ms, "speedup": base.measured_ms / m.measured_ms, "ir_dev_metric": m.ir_dev_metric,
+             "reanchored_ms": m.reanchored_ms, "speedup": base.measured_ms / m.measured_ms,
+             "ir_dev_metric": m.ir_dev_metric,
              "search_metric": m.subnet.metric, "search_metric_se": m.subnet.metric_se,
              "delta_metric": m.ir_dev_metric - base.ir_dev_metric, "path": str(run_dir / "models" / group / m.name)}
             for group, models in groups.items() for m in models]
-    errors = [abs(r["predicted_ms"] / r["measured_ms"] - 1) for r in rows if r["predicted_ms"] is not None]
+    predicted = _prediction_errors(rows, "predicted_ms")
     # The same with the table re-anchored on its anchor subnets timed in the export's own rounds (deploy.py).
-    reanchored = [abs(r["reanchored_ms"] / r["measured_ms"] - 1) for r in rows if r["reanchored_ms"] is not None]
+    reanchored = _prediction_errors(rows, "reanchored_ms")
     # The same errors with each model's latency taken relative to the base model measured in the same stage: what
     # remains when the machine's speed has moved since the table was anchored (this VM drifts by ~10% in minutes).
     relative = [abs(r["predicted_ms"] / base.subnet.latency_ms / (r["measured_ms"] / base.measured_ms) - 1)
@@ -118,24 +119,27 @@ def run_summary(run_dir: Path, groups: dict[str, list["ExportedModel"]], table_s
             search, ir = np.array(pairs).T
             objective[group] = {"spearman": float(spearmanr(search, ir).statistic),
                                 "mean_ir_minus_search": float(np.mean(ir - search)), "n": len(pairs)}
-    chosen = [r for r in rows if r["group"] == "front"][-1:] if budget_ms is not None else []
-    budget = {"ms": budget_ms, "model": f"front/{chosen[0]['name']}", "predicted_ms": chosen[0]["predicted_ms"],
-              "reanchored_ms": chosen[0]["reanchored_ms"], "measured_ms": chosen[0]["measured_ms"],
-              "held": chosen[0]["measured_ms"] <= budget_ms} if chosen else None
+    chosen = next((r for r in reversed(rows) if r["group"] == "front"), None) if budget_ms is not None else None
+    budget = {"ms": budget_ms, "model": f"front/{chosen['name']}", "predicted_ms": chosen["predicted_ms"],
+              "reanchored_ms": chosen["reanchored_ms"], "measured_ms": chosen["measured_ms"],
+              "held": chosen["measured_ms"] <= budget_ms} if chosen else None
     return {"run": str(run_dir), "table": table_source, **latency, "budget": budget,
-            "prediction": {"mape_pct": 100 * sum(errors) / len(errors), "worst_pct": 100 * max(errors),
-                           "within_5pct": sum(e <= 0.05 for e in errors) / len(errors),
+            "prediction": {**predicted,
                            "base_error_pct": 100 * (base.subnet.latency_ms / base.measured_ms - 1)
                            if base.subnet.latency_ms else None,
                            "relative_mape_pct": 100 * sum(relative) / len(relative) if relative else None,
-                           "reanchored": {"mape_pct": 100 * float(np.mean(reanchored)),
-                                          "worst_pct": 100 * max(reanchored),
-                                          "within_5pct": float(np.mean(np.array(reanchored) <= 0.05)),
-                                          "anchor": base.export_anchor} if reanchored else None}
-            if errors else None,
+                           "reanchored": {**reanchored, "anchor": base.export_anchor} if reanchored else None}
+            if predicted else None,
             "search_objective_vs_ir": objective,
             "base": {"measured_ms": base.measured_ms, "ir_dev_metric": base.ir_dev_metric},
             "models": rows, "pareto_plot": str(run_dir / "search" / "pareto.png"), "stage_seconds": stage_seconds}
+
+
+def _prediction_errors(rows: list[dict], key: str) -> dict | None:
+    """MAPE, worst error (percent) and share within 5% of the rows' `key` predictions against their measured ms."""
+    e = np.array([abs(r[key] / r["measured_ms"] - 1) for r in rows if r[key] is not None])
+    return {"mape_pct": 100 * float(e.mean()), "worst_pct": 100 * float(e.max()),
+            "within_5pct": float(np.mean(e <= 0.05))} if e.size else None
 
 
 def format_run_summary(summary: dict) -> str:
@@ -161,14 +165,16 @@ def format_run_summary(summary: dict) -> str:
                          "since the table was anchored)")
         if p.get("reanchored"):
             r = p["reanchored"]
-            lines.append(f"predicted by the table re-anchored in the export's timing rounds: MAPE {r['mape_pct']:.1f}%, "
-                         f"worst {r['worst_pct']:.1f}%, {100 * r['within_5pct']:.0f}% within 5% ({r['anchor']})")
+            lines.append(f"predicted by the table re-anchored in the export's timing rounds: MAPE "
+                         f"{r['mape_pct']:.1f}%, worst {r['worst_pct']:.1f}%, {100 * r['within_5pct']:.0f}% within 5% "
+                         f"({r['anchor']})")
     b = summary.get("budget")
     if b:
         reanchored = f", {b['reanchored_ms']:.2f} re-anchored in the export's rounds" if b["reanchored_ms"] else ""
-        lines.append(f"budget {b['ms']:g} ms: {b['model']} predicted {b['predicted_ms']:.2f} ms{reanchored}, measured "
-                     f"{b['measured_ms']:.2f} ms: " + ("within the budget" if b["held"] else
-                                                       f"OVER the budget by {100 * (b['measured_ms'] / b['ms'] - 1):.1f}%"))
+        verdict = ("within the budget" if b["held"] else
+                   f"OVER the budget by {100 * (b['measured_ms'] / b['ms'] - 1):.1f}%")
+        lines.append(f"budget {b['ms']:g} ms: {b['model']} predicted {b['predicted_ms']:.2f} ms{reanchored}, "
+                     f"measured {b['measured_ms']:.2f} ms: {verdict}")
     for group, o in summary["search_objective_vs_ir"].items():
         lines.append(f"search objective vs IR dev metric ({group}, {o['n']} models): Spearman {o['spearman']:.2f}, "
                      f"IR minus search {o['mean_ir_minus_search']:+.4f} on average")
