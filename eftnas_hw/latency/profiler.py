@@ -49,6 +49,15 @@ BLOCK_VOCAB = 512
 # How the calibration subnets are chosen (recorded with the build settings: a partial build of another selection is
 # not resumed).
 SELECTION = "spread over the block-sum range (spread_subnets)"
+# A group whose drift reference (the full model) ran more than STATE_FACTOR x the fastest group's is measured again,
+# at most STATE_RETRIES times (`build_table`). Why: on the 2-vCPU Xeon with AMX of session 23 the machine ran in two
+# states for seconds at a time (bf16 MiniLM-L6 6.2-7.0 ms or 14-15 ms, INT8 6.4-7 or 11-12 ms), and the slow state
+# is no common factor: a 1.3-ms subnet slowed 1.7x where the full model slowed 2.2x, so 12 subnets relative to the
+# full model read 0.253-0.259 in the fast state and 0.228 in a measurement wholly in the slow one. A drift factor
+# rescales such a group to the others' level but keeps the slow state's proportions. The AVX2 EPYC's speed levels,
+# 1.2-1.4x apart and common to all candidates, stay below it.
+STATE_FACTOR = 1.4
+STATE_RETRIES = 2
 
 
 def random_subnets(shape: BertShape, n: int, seed: int, width_step: int = 64,
@@ -116,10 +125,11 @@ class _Progress:
 
 
 def _measure_group(progress: _Progress, key: str, models: Sequence[RandomSubnet], irs: PreparedIRs,
-                   rounds: int, label: str | None) -> list[dict]:
-    """Measure (or reuse from a previous run) one group of models, exported where `irs` does not hold them yet."""
+                   rounds: int, label: str | None, again: bool = False) -> list[dict]:
+    """Measure (or reuse from a previous run, unless `again`) one group of models, exported where `irs` does not
+    hold them yet."""
     stats = progress.get(key)
-    if stats is None:
+    if stats is None or again:
         stats = measure_compiled(irs.paths(models), irs.profile, rounds, desc=label)
         progress.put(key, stats)
     return stats
@@ -209,7 +219,6 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
     if state.data.get("complete"):
         return LatencyTable(state.data)
     label = (lambda text: text) if progress else (lambda text: None)
-    groups = []
     with PreparedIRs(profile) as irs:
         models = block_models(shape, grid, settings.seed)
         block_stats = _measure_group(state, "blocks", models, irs, settings.block_rounds, label("blocks"))
@@ -220,13 +229,25 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
         raw = uncalibrated(dict(state.data, blocks=blocks))
         subnets = spread_subnets(shape, settings.subnets, settings.seed, raw.raw_ms)
         full = RandomSubnet(shape, settings.seed, shape.full_subnet())  # every group's drift reference, exported once
-        for start in range(0, len(subnets), settings.group_size):
-            members = [RandomSubnet(shape, settings.seed, s) for s in subnets[start:start + settings.group_size]]
-            groups.append(_measure_group(state, f"subnets/{start}", [full] + members, irs, settings.subnet_rounds,
-                                         label(f"subnets {start + 1}-{start + len(members)}/{len(subnets)}")))
-            irs.forget([m for m in members if m != full])
+        starts = range(0, len(subnets), settings.group_size)
+        members = {start: [RandomSubnet(shape, settings.seed, s) for s in subnets[start:start + settings.group_size]]
+                   for start in starts}
+
+        def measure(start: int, again: bool = False) -> list[dict]:
+            group = members[start]
+            stats = _measure_group(state, f"subnets/{start}", [full] + group, irs, settings.subnet_rounds,
+                                   label(f"subnets {start + 1}-{start + len(group)}/{len(subnets)}"), again)
+            irs.forget([m for m in group if m != full])
+            return stats
+
+        groups, remeasured = [measure(start) for start in starts], 0
+        for _ in range(STATE_RETRIES):  # groups timed in a slow second state of the machine (see STATE_FACTOR)
+            fastest = min(g[0]["ms"] for g in groups)
+            for i in [i for i, g in enumerate(groups) if g[0]["ms"] > STATE_FACTOR * fastest]:
+                groups[i], remeasured = measure(starts[i], again=True), remeasured + 1
     data = dict(state.data, blocks=blocks)
     data.update(calibrate_groups(raw, subnets, groups, block_stats))
+    data["validation"]["stability"]["remeasured_groups"] = remeasured
     data["build_minutes"] = data.get("build_minutes", 0.0) + (time.time() - started) / 60
     data["complete"] = True
     table = LatencyTable(data)
@@ -400,7 +421,9 @@ def summary_lines(table: LatencyTable) -> list[str]:
         f"median spread (p90-min)/min {100 * s['median_spread']:.1f}%, median wall/CPU time of a call "
         f"{s['median_wall_over_cpu']:.2f}; timed on CPU(s) "
         + (", ".join(map(str, s["cpus"])) + " (the fastest in a short scan)" if s.get("cpus") else
-           "where OpenVINO pinned it"),
+           "where OpenVINO pinned it")
+        + (f"; {s['remeasured_groups']} group(s) measured again, their full model over {STATE_FACTOR}x the fastest "
+           "group's" if s.get("remeasured_groups") else ""),
     ]
     g = table.data["blocks"].get("granularity")
     if g:
