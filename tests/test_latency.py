@@ -713,6 +713,37 @@ def test_anchor_measures_again_before_refusing(real_table, monkeypatch):
         anchor_module.anchor_table(table, settings, progress=False)
 
 
+def test_anchor_timed_in_a_slow_state_is_timed_again(real_table, monkeypatch):
+    """The anchor's first measurement falls wholly in a slow state (everything 2x, the fit itself fine): timed again,
+    the faster measurement is kept and the line says so. On a machine really 2x slower every measurement agrees:
+    timed at most STATE_RETRIES more times, and the scale stays 2."""
+    from eftnas_hw.latency import anchor as anchor_module
+    from eftnas_hw.latency.profiler import STATE_RETRIES
+    from eftnas_hw.settings import AnchorSettings
+
+    table, factors = LatencyTable.load(real_table), []
+
+    def measure(irs, *args, **kwargs):
+        factor = factors.pop(0) if factors else 2.0
+        return [{"ms": table.calibrated_ms(s) * factor, "unstable": False} for s in irs]
+
+    monkeypatch.setattr(anchor_module, "exported_irs", lambda models, profile: contextlib.nullcontext(
+        [m.subnet for m in models]))  # the "IRs" are the subnets
+    monkeypatch.setattr(anchor_module, "measure_compiled", measure)
+    settings = AnchorSettings(subnets=6, rounds=1)
+    factors[:] = [2.0, 1.0]
+    anchored = anchor_module.anchor_table(table, settings, progress=False)
+    a = anchored.data["anchor"]
+    assert not factors and a["slow_state_retries"] == 1 and a["scale"] == pytest.approx(1.0)
+    assert "timed 1 more time(s)" in anchor_module.anchor_line(anchored)
+    factors[:] = [2.0] * (STATE_RETRIES + 1) + [1.0]
+    a = anchor_module.anchor_table(table, settings, progress=False).data["anchor"]
+    assert factors == [1.0] and a["slow_state_retries"] == STATE_RETRIES and a["scale"] == pytest.approx(2.0)
+    factors[:] = [1.2]
+    a = anchor_module.anchor_table(table, settings, progress=False).data["anchor"]
+    assert not factors and not a["slow_state_retries"] and a["scale"] == pytest.approx(1.2)
+
+
 def test_int8_on_a_cpu_without_vnni_or_amx_warns_once(monkeypatch, capsys):
     from eftnas_hw.latency import fingerprint
 

@@ -25,7 +25,7 @@ from ..subnet import SubnetConfig
 from .fingerprint import hardware_fingerprint
 from .measure import measure_compiled
 from .prepare import RandomSubnet, exported_irs
-from .profiler import errors, leave_one_out, relative_fit, spread_subnets
+from .profiler import STATE_FACTOR, STATE_RETRIES, errors, leave_one_out, relative_fit, spread_subnets
 from .table import LatencyTable
 
 
@@ -49,6 +49,16 @@ def anchor_table(table: LatencyTable, settings: AnchorSettings = AnchorSettings(
     before = np.array([table.calibrated_ms(s) for s in subnets])
     with exported_irs(models, table.profile) as irs:
         stats = measure_compiled(irs, table.profile, settings.rounds, desc="re-anchoring" if progress else None)
+        slow_state_retries = 0
+        while stats[0]["ms"] > STATE_FACTOR * before[0] and slow_state_retries < STATE_RETRIES:
+            # The full model over 1.4x the table's: a slower machine, or a measurement that fell wholly in a slow
+            # second state of a shared one (the 2-vCPU Xeon of session 23: an f32 anchor at scale 1.34 and a 2-thread
+            # bf16 one at 1.87, where the same sitting's check found 0.90 and 0.99). Timed again, the faster kept; on
+            # a machine that is really slower, the same scale comes back and only time is lost (~10-30 s).
+            slow_state_retries += 1
+            again = measure_compiled(irs, table.profile, settings.rounds,
+                                     desc="re-anchoring, measured again (slow?)" if progress else None)
+            stats = again if again[0]["ms"] < stats[0]["ms"] else stats
         measured = np.array([s["ms"] for s in stats])
         model, fits = _choose_fit(before, measured, len(subnets))
         remeasured = fits[model][2]["mape_pct"] > settings.bound_pct
@@ -62,7 +72,7 @@ def anchor_table(table: LatencyTable, settings: AnchorSettings = AnchorSettings(
             measured = np.minimum(measured, [s["ms"] for s in again])
             stats = [dict(a, unstable=a["unstable"] and b["unstable"]) for a, b in zip(stats, again)]
     return fit_anchor(table, subnets, measured, settings, measured_twice=remeasured,
-                      unstable_measurements=sum(s["unstable"] for s in stats), cpus=stats[0].get("cpus", []),
+                      slow_state_retries=slow_state_retries, unstable_measurements=sum(s["unstable"] for s in stats), cpus=stats[0].get("cpus", []),
                       seconds=round(time.time() - started, 1))
 
 
@@ -134,4 +144,6 @@ def anchor_line(table: LatencyTable) -> str:
             f"fitted {a['model']} ({a['scale']:.3f}, {a['offset_ms']:+.3f} ms), leave-one-out MAPE "
             f"{a['residual']['mape_pct']:.1f}% (worst {a['residual']['worst_pct']:.1f}%) on {a['n']} subnets (before: "
             f"MAPE {a['before']['mape_pct']:.1f}%), {a['seconds']:.0f} s"
-            + (", measured twice" if a.get("measured_twice") else ""))
+            + (", measured twice" if a.get("measured_twice") else "")
+            + (f", timed {a['slow_state_retries']} more time(s): the full model ran over {STATE_FACTOR}x the table"
+               if a.get("slow_state_retries") else ""))
