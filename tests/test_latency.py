@@ -744,6 +744,22 @@ def test_anchor_timed_in_a_slow_state_is_timed_again(real_table, monkeypatch):
     assert not factors and not a["slow_state_retries"] and a["scale"] == pytest.approx(1.2)
 
 
+def test_a_machine_with_more_cores_is_the_same_kind():
+    """A 1-thread table from the 16-vCPU Xeon applies on the 2-vCPU one (re-anchored like any of its kind); a profile
+    needing more cores than one of the machines has still tells them apart."""
+    from eftnas_hw.latency.fingerprint import fingerprint_differences
+
+    def machine(cores: int, threads: int) -> dict:
+        return {"cpu": "Intel(R) Xeon(R) Processor", "isa": ["amx_bf16", "amx_tile"], "physical_cores": cores,
+                "openvino": "2026.4.1", "profile": {"threads": threads}}
+
+    assert fingerprint_differences(machine(16, 1), machine(2, 1)) == []
+    assert fingerprint_differences(machine(16, 2), machine(2, 2)) == []
+    assert fingerprint_differences(machine(16, 4), machine(2, 4)) == [
+        "physical_cores: table 16, this machine 2 (the profile runs 4 threads)"]
+    assert "openvino" in fingerprint_differences(machine(2, 1), dict(machine(2, 1), openvino="2026.5.0"))[0]
+
+
 def test_int8_on_a_cpu_without_vnni_or_amx_warns_once(monkeypatch, capsys):
     from eftnas_hw.latency import fingerprint
 

@@ -87,7 +87,15 @@ def fingerprint_differences(stored: dict, current: dict) -> list[str]:
     for key in sorted(set(stored) | set(current)):
         if key == "profile":
             continue  # the profile is the table's own; a caller asking for another profile is checked elsewhere
-        if key == "isa":
+        if key == "physical_cores":
+            # A table's milliseconds come from `threads` cores (re-anchoring absorbs the speed of another machine of
+            # the kind): a machine with more cores is no other kind. Session 23's 2-vCPU Xeon refused the 16-vCPU
+            # Xeon's 1-thread tables for this alone, and built its own.
+            threads = (stored.get("profile") or {}).get("threads", 1)
+            if stored.get(key) != current.get(key) and min(stored.get(key) or 0, current.get(key) or 0) < threads:
+                diffs.append(f"{key}: table {stored.get(key)!r}, this machine {current.get(key)!r} (the profile "
+                             f"runs {threads} threads)")
+        elif key == "isa":
             if isa_level(stored.get(key) or []) != isa_level(current.get(key) or []):
                 diffs.append(f"kernel level: table {isa_level(stored.get(key) or [])}, this machine "
                              f"{isa_level(current.get(key) or [])}")
