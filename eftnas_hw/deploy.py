@@ -33,6 +33,7 @@ from .latency.anchor import anchor_models, fit_anchor
 from .latency.fingerprint import warn_if_int8_is_slow
 from .latency.measure import ir_path, measure_compiled
 from .latency.prepare import exported_irs
+from .latency.profiler import STATE_FACTOR, STATE_RETRIES
 from .reports import EXPORT_SUMMARY, write_export_summary
 from .search import load_search
 from .settings import AnchorSettings
@@ -188,10 +189,19 @@ def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, pro
         reanchor = table is not None and table.profile.precision == profile.precision
         subnets, models = anchor_models(table, anchor) if reanchor else ([], [])
         started = time.time()
+        irs, retries = [ir_path(f) for f in pending], 0
         with exported_irs(models, profile) as anchor_irs:
-            stats = measure_compiled([ir_path(f) for f in pending] + anchor_irs, profile, MEASURE_ROUNDS,
-                                     desc="measuring" if progress else None)
-        checked, line = _reanchor(table, subnets, stats[len(pending):], anchor, time.time() - started) \
+            stats = measure_compiled(irs + anchor_irs, profile, MEASURE_ROUNDS, desc="measuring" if progress else None)
+            while reanchor and retries < STATE_RETRIES and \
+                    stats[len(pending)]["ms"] > STATE_FACTOR * table.predict_ms(subnets[0]):
+                # The full model over 1.4x the run's table: this measurement may have fallen wholly in a slow state
+                # of the machine (the 2-vCPU Xeon of session 23: a default run's export at 2.0x its anchoring, every
+                # model alike); timed again, the faster kept (see `anchor_table`).
+                retries += 1
+                again = measure_compiled(irs + anchor_irs, profile, MEASURE_ROUNDS,
+                                         desc="measuring again (slow?)" if progress else None)
+                stats = again if again[len(pending)]["ms"] < stats[len(pending)]["ms"] else stats
+        checked, line = _reanchor(table, subnets, stats[len(pending):], anchor, time.time() - started, retries) \
             if reanchor else (None, None)
         for folder, measured in zip(pending, stats):
             result = ExportedModel.from_dict(read_json(folder / PENDING_NAME, "pending export record"))
@@ -208,12 +218,13 @@ def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, pro
 
 
 def _reanchor(table: LatencyTable, subnets: list[SubnetConfig], stats: list[dict], anchor: AnchorSettings,
-              seconds: float) -> tuple[LatencyTable | None, str]:
+              seconds: float, slow_state_retries: int = 0) -> tuple[LatencyTable | None, str]:
     """`table` re-anchored on its anchor subnets' measurements (None where no rising line fits them) and the line
     that says how; a residual above the anchor's bound is reported, not refused: the models are measured anyway."""
     try:
         checked = fit_anchor(table, subnets, np.array([s["ms"] for s in stats]), anchor, refuse=False,
-                             cpus=stats[0].get("cpus", []), seconds=round(seconds, 1))
+                             cpus=stats[0].get("cpus", []), seconds=round(seconds, 1),
+                             slow_state_retries=slow_state_retries)
     except TableDoesNotFit as e:
         return None, f"no re-anchoring in the export's rounds: {e}"
     return checked, "in the export's timing rounds, " + anchor_line(checked)

@@ -206,28 +206,31 @@ def test_the_table_is_re_anchored_in_the_exports_own_rounds(exported, tiny_shape
     def fake_irs(models, profile):
         yield [tmp_path / f"anchor-{i}.xml" for i in range(len(models))]
 
-    def fake_measure(paths, *args, **kwargs):  # the machine at 2.5x the table's speed, as the anchor subnets say
+    def fake_measure(paths, *args, **kwargs):  # the machine at `factor` x the table's time, as the anchor says
         calls.append(paths)
-        anchor = {tmp_path / f"anchor-{i}.xml": 2.5 * table.calibrated_ms(s) for i, s in enumerate(subnets)}
+        anchor = {tmp_path / f"anchor-{i}.xml": factor * table.calibrated_ms(s) for i, s in enumerate(subnets)}
         return [dict.fromkeys(("ms", "median", "min", "p90"), anchor.get(p, 1.0)) | {"n": 100, "unstable": False}
                 for p in paths]
 
     monkeypatch.setattr(deploy, "exported_irs", fake_irs)
     monkeypatch.setattr(deploy, "measure_compiled", fake_measure)
-    for other_precision in (False, True):
+    for other_precision, factor in ((False, 1.2), (True, 1.2), (False, 2.5)):
         for record in records:
             (folder / record.name / deploy.RECORD_NAME).rename(folder / record.name / deploy.PENDING_NAME)
         calls = []
         used = synthetic_table(tiny_shape, replace(PROFILE, precision="int8")) if other_precision else table
         done = deploy.measure_exports([folder], tiny_shape, progress=False, table=used, anchor=settings)[0]
-        assert len(calls) == 1 and len(calls[0]) == len(records) + (0 if other_precision else settings.subnets)
+        # over 1.4x the table: possibly a slow state of the machine, timed again (here it is the machine's speed)
+        assert len(calls) == (1 + deploy.STATE_RETRIES if factor > deploy.STATE_FACTOR else 1)
+        assert len(calls[0]) == len(records) + (0 if other_precision else settings.subnets)
         for cfg, model in zip(SUBNETS, done):
             assert model.measured_ms == 1.0
             if other_precision:
                 assert model.reanchored_ms is None and model.export_anchor is None
             else:
-                assert model.reanchored_ms == pytest.approx(2.5 * table.calibrated_ms(cfg))
-                assert "full model +150.0% against the table" in model.export_anchor
+                assert model.reanchored_ms == pytest.approx(factor * table.calibrated_ms(cfg))
+                assert f"full model {100 * (factor - 1):+.1f}% against the table" in model.export_anchor
+                assert ("timed 2 more time(s)" in model.export_anchor) == (factor > 1.4)
 
 
 def test_mismatched_table_is_refused(supernet, tiny_model_dir, sst2_dir, tiny_shape, tmp_path):
