@@ -563,15 +563,16 @@ def test_measure_ir_ms_on_a_file_and_missing_path(tmp_path):
         measure_ir_ms(tmp_path / "missing", PROFILE)
 
 
-def _chain_model(path: Path) -> Path:
-    """An IR of ~1 ms (dependent small matmuls): long enough to feel a shared CPU."""
+def _chain_model(path: Path, length: int = 300) -> Path:
+    """An IR of `length` dependent small matmuls (300: ~1 ms on the AVX2 EPYC, ~0.3 ms on the Xeon): long enough to
+    feel a shared CPU."""
     import openvino as ov
     import openvino.opset13 as ops
 
     ids = ops.parameter([1, 16], ov.Type.i64, name="input_ids")
     x = ops.convert(ids, ov.Type.f32)
     weight = ops.constant(np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32))
-    for _ in range(300):
+    for _ in range(length):
         x = ops.matmul(x, weight, False, False)
     ov.save_model(ov.Model([x], [ids]), path)
     return path
@@ -629,7 +630,10 @@ def test_timing_moves_off_a_cpu_that_turns_busy(tmp_path):
     cpus = measure.usable_cpus()
     if len(cpus) < 2:
         pytest.skip("needs a machine that can bind threads and has two CPUs")
-    xml = _chain_model(tmp_path / "m.xml")
+    # calls of several ms, so that the busy loop (started 0.5 s in) meets the measurement on a fast CPU too, and each
+    # call spans the scheduler's slices (sub-millisecond calls run whole inside the inference's slices: their
+    # median hardly rises; failed once in four runs on the 2-vCPU Xeon of session 23 with 300 matmuls)
+    xml = _chain_model(tmp_path / "m.xml", length=1500)
     measure._CHOSEN[1] = (time.time(), [cpus[0]], {})  # as if the scan had chosen it
     try:
         with _busy(cpus[0], after_s=0.5):
