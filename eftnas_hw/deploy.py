@@ -29,11 +29,10 @@ from .evolution import select_subnet, spread_along_front
 from .export import export_openvino, export_task
 from .files import check_writable, read_json, write_json_atomic, write_text_atomic
 from .latency import STATISTIC, LatencyTable, Profile, TableDoesNotFit, anchor_line, hardware_fingerprint
-from .latency.anchor import anchor_models, fit_anchor
+from .latency.anchor import anchor_models, fit_anchor, timed_out_of_a_slow_state
 from .latency.fingerprint import warn_if_int8_is_slow
 from .latency.measure import ir_path, measure_compiled
 from .latency.prepare import exported_irs
-from .latency.profiler import STATE_FACTOR, STATE_RETRIES
 from .reports import EXPORT_SUMMARY, write_export_summary
 from .search import load_search
 from .settings import AnchorSettings
@@ -189,18 +188,15 @@ def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, pro
         reanchor = table is not None and table.profile.precision == profile.precision
         subnets, models = anchor_models(table, anchor) if reanchor else ([], [])
         started = time.time()
-        irs, retries = [ir_path(f) for f in pending], 0
+        irs = [ir_path(f) for f in pending]
         with exported_irs(models, profile) as anchor_irs:
-            stats = measure_compiled(irs + anchor_irs, profile, MEASURE_ROUNDS, desc="measuring" if progress else None)
-            while reanchor and retries < STATE_RETRIES and \
-                    stats[len(pending)]["ms"] > STATE_FACTOR * table.predict_ms(subnets[0]):
-                # The full model over 1.4x the run's table: this measurement may have fallen wholly in a slow state
-                # of the machine (the 2-vCPU Xeon of session 23: a default run's export at 2.0x its anchoring, every
-                # model alike); timed again, the faster kept (see `anchor_table`).
-                retries += 1
-                again = measure_compiled(irs + anchor_irs, profile, MEASURE_ROUNDS,
-                                         desc="measuring again (slow?)" if progress else None)
-                stats = again if again[len(pending)]["ms"] < stats[len(pending)]["ms"] else stats
+            def measure(again: bool) -> list[dict]:
+                desc = ("measuring again (slow?)" if again else "measuring") if progress else None
+                return measure_compiled(irs + anchor_irs, profile, MEASURE_ROUNDS, desc=desc)
+
+            # the anchor's full model, timed after the pending models, tells a slow state of the machine
+            stats, retries = timed_out_of_a_slow_state(measure, len(pending), table.predict_ms(subnets[0])) \
+                if reanchor else (measure(False), 0)
         checked, line = _reanchor(table, subnets, stats[len(pending):], anchor, time.time() - started, retries) \
             if reanchor else (None, None)
         for folder, measured in zip(pending, stats):
