@@ -26,13 +26,13 @@ from .elastic import ElasticBert
 from .errors import UserError
 from .evaluate import SubnetEvaluator, ir_logits, runtime_config
 from .evolution import select_subnet, spread_along_front
-from .export import NUMPY_STATISTICS_MAX_SAMPLES, calibration_inputs, export_openvino, export_task
+from .export import export_openvino, export_task
 from .files import check_writable, read_json, write_json_atomic, write_text_atomic
 from .latency import STATISTIC, LatencyTable, Profile, TableDoesNotFit, anchor_line, hardware_fingerprint
-from .latency.anchor import anchor_models, fit_anchor, models_kind, timed_out_of_a_slow_state
+from .latency.anchor import anchor_models, fit_anchor, timed_out_of_a_slow_state
 from .latency.fingerprint import warn_if_int8_is_slow
 from .latency.measure import ir_path, measure_compiled
-from .latency.prepare import DeploymentRecipe, exported_irs
+from .latency.prepare import exported_irs
 from .reports import EXPORT_SUMMARY, write_export_summary
 from .search import load_search
 from .settings import AnchorSettings
@@ -103,19 +103,6 @@ def _check_table(table: LatencyTable, supernet: ElasticBert, profile: Profile) -
                         "compared with this measurement: " + "; ".join(diffs))
 
 
-def deployment_recipe(ctx: RunContext, model_dir: str | os.PathLike | None) -> DeploymentRecipe | None:
-    """In an INT8 profile, what anchor subnets are cut from and calibrated on: the trained model in `model_dir` (a
-    run's teacher, a super-network) and NUMPY_STATISTICS_MAX_SAMPLES of the task's training texts at the profile's
-    length (`DeploymentRecipe`: on AMX, random-weight INT8 twins ran up to 9% faster than the deployed models).
-    Other precisions, or no model, time random weights (None): f32 and bf16 speed does not depend on the values."""
-    profile = ctx.profile
-    if profile.precision != "int8" or model_dir is None:
-        return None
-    texts = calibration_texts(ctx.spec, ctx.splits["train"], NUMPY_STATISTICS_MAX_SAMPLES, ctx.config.seed)
-    return DeploymentRecipe(str(Path(model_dir).resolve()),
-                            tuple(calibration_inputs(ctx.tokenizer, texts, None, (1, profile.seq_len))))
-
-
 def _prepare_out_dir(out_dir: Path, run: dict, overwrite: bool) -> None:
     """A folder of an interrupted export with the same settings is resumed; anything else is refused."""
     check_writable(out_dir)
@@ -132,15 +119,14 @@ def _prepare_out_dir(out_dir: Path, run: dict, overwrite: bool) -> None:
 def export_subnets(ctx: RunContext, supernet: ElasticBert, subnets: Sequence[EvaluatedSubnet | SubnetConfig],
                    out_dir: str | os.PathLike, int8: bool = False, calibration_size: int = 300,
                    batch_size: int = 64, source: dict | None = None, overwrite: bool = False,
-                   progress: bool = True, measure: bool = True,
-                   model_dir: str | os.PathLike | None = None) -> list[ExportedModel]:
+                   progress: bool = True, measure: bool = True) -> list[ExportedModel]:
     """Export each subnet to out_dir/subnet-NN/, resumably, under `ctx`'s profile and latency table.
 
     Per model: extract (no fine-tuning), export (dynamic shapes, optional NNCF INT8 calibrated on training
     sentences), evaluate the IR and the PyTorch subnet on the dev set. Then all of them are timed together, beside
-    the table's anchor subnets (`measure_exports`; in INT8 cut from the trained model in `model_dir`, the
-    super-network's folder, where given). Returns the records; measure=False leaves the models pending and returns
-    none, for `measure_exports` to time them in the same rounds as another folder's (the run's base model and front).
+    the table's anchor subnets (`measure_exports`). Returns the records; measure=False leaves the models pending and
+    returns none, for `measure_exports` to time them in the same rounds as another folder's (the run's base model
+    and front).
     """
     if supernet.shape.num_labels != ctx.spec.num_labels:
         raise UserError(f"the super-network has {supernet.shape.num_labels} outputs, task {ctx.spec.name} needs "
@@ -172,13 +158,12 @@ def export_subnets(ctx: RunContext, supernet: ElasticBert, subnets: Sequence[Eva
             _export_and_evaluate(ctx, evaluator, record, folder, profile, calibration, source, fingerprint)
     if not measure:
         return []
-    return measure_exports([out_dir], supernet.shape, progress, ctx.table, ctx.config.latency.anchor,
-                           deployment_recipe(ctx, model_dir))[0]
+    return measure_exports([out_dir], supernet.shape, progress, ctx.table, ctx.config.latency.anchor)[0]
 
 
 def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, progress: bool = True,
-                    table: LatencyTable | None = None, anchor: AnchorSettings = AnchorSettings(),
-                    recipe: DeploymentRecipe | None = None) -> list[list[ExportedModel]]:
+                    table: LatencyTable | None = None, anchor: AnchorSettings = AnchorSettings()
+                    ) -> list[list[ExportedModel]]:
     """Time the exported, not yet measured models of several export folders together, under their profile
     (MEASURE_ROUNDS interleaved rounds), then give each its README.md (model card) and eftnas_export.json and each
     folder its summary.{json,csv}; returns each folder's records.
@@ -190,8 +175,7 @@ def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, pro
     the models' precision, and the table re-anchored on them predicts each model again (`reanchored_ms`): the
     table anchored minutes earlier, before the search, carries the machine's speed of that minute, and a shared VM
     moves by 6-18% between minutes (the AVX2 EPYC's default runs: the exported models 8.5% faster than at the
-    anchoring 5 minutes before, the same IRs re-timed right after back at the anchoring's level). The anchor
-    subnets are made as the table's anchoring made them: of `recipe` where given (`anchor_models`).
+    anchoring 5 minutes before, the same IRs re-timed right after back at the anchoring's level).
     """
     out_dirs = [Path(d) for d in out_dirs]
     runs = [read_json(d / RUN_NAME, "export run record") for d in out_dirs]
@@ -202,7 +186,7 @@ def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, pro
     if pending:
         profile = Profile.from_dict(runs[0]["profile"])
         reanchor = table is not None and table.profile.precision == profile.precision
-        subnets, models = anchor_models(table, anchor, recipe) if reanchor else ([], [])
+        subnets, models = anchor_models(table, anchor) if reanchor else ([], [])
         started = time.time()
         irs = [ir_path(f) for f in pending]
         with exported_irs(models, profile) as anchor_irs:
@@ -213,8 +197,8 @@ def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, pro
             # the anchor's full model, timed after the pending models, tells a slow state of the machine
             stats, retries = timed_out_of_a_slow_state(measure, len(pending), table.predict_ms(subnets[0])) \
                 if reanchor else (measure(False), 0)
-        checked, line = _reanchor(table, subnets, stats[len(pending):], anchor, time.time() - started, retries,
-                                  models_kind(recipe)) if reanchor else (None, None)
+        checked, line = _reanchor(table, subnets, stats[len(pending):], anchor, time.time() - started, retries) \
+            if reanchor else (None, None)
         for folder, measured in zip(pending, stats):
             result = ExportedModel.from_dict(read_json(folder / PENDING_NAME, "pending export record"))
             result = replace(result, measured_ms=measured["ms"], measured=measured, export_anchor=line,
@@ -230,13 +214,13 @@ def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, pro
 
 
 def _reanchor(table: LatencyTable, subnets: list[SubnetConfig], stats: list[dict], anchor: AnchorSettings,
-              seconds: float, slow_state_retries: int = 0, models: str = "random") -> tuple[LatencyTable | None, str]:
+              seconds: float, slow_state_retries: int = 0) -> tuple[LatencyTable | None, str]:
     """`table` re-anchored on its anchor subnets' measurements (None where no rising line fits them) and the line
     that says how; a residual above the anchor's bound is reported, not refused: the models are measured anyway."""
     try:
         checked = fit_anchor(table, subnets, np.array([s["ms"] for s in stats]), anchor, refuse=False,
                              cpus=stats[0].get("cpus", []), seconds=round(seconds, 1),
-                             slow_state_retries=slow_state_retries, models=models)
+                             slow_state_retries=slow_state_retries)
     except TableDoesNotFit as e:
         return None, f"no re-anchoring in the export's rounds: {e}"
     return checked, "in the export's timing rounds, " + anchor_line(checked)
@@ -302,4 +286,4 @@ def export_from_search(ctx: RunContext, search_dir: str | os.PathLike, out_dir: 
                             f"{len(front)} subnets spread along the Pareto front" if max_models is not None else
                             "whole Pareto front")}
     return export_subnets(ctx, supernet, front, out_dir, int8=int8, calibration_size=calibration_size,
-                          source=source, overwrite=overwrite, progress=progress, model_dir=supernet_dir)
+                          source=source, overwrite=overwrite, progress=progress)

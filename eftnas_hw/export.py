@@ -68,21 +68,15 @@ def quantize_int8(ir: ov.Model, tokenizer: PreTrainedTokenizerBase,
     """NNCF post-training quantization with the transformer preset on tokenized calibration texts."""
     import nncf
 
-    inputs = calibration_inputs(tokenizer, texts, {inp.get_any_name() for inp in ir.inputs}, static_shape)
-    return nncf_int8(ir, nncf.Dataset(inputs), len(inputs))
-
-
-def calibration_inputs(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str | tuple[str, str]],
-                       names: set[str] | None, static_shape: tuple[int, int] | None = None) -> list[dict]:
-    """Each text (a sentence or a pair) tokenized as the IR's inputs `names` (None: all the tokenizer gives) take
-    it (numpy, batch of one), padded to `static_shape`'s length where given."""
+    names = {inp.get_any_name() for inp in ir.inputs}
     padding = dict(padding="max_length", max_length=static_shape[1]) if static_shape else dict(padding=True)
-    encoded = []
-    for text in texts:
+
+    def encode(text: str | tuple[str, str]) -> dict:
         pair = (text,) if isinstance(text, str) else tuple(text)
         enc = tokenizer(*pair, truncation=True, return_tensors="np", **padding)
-        encoded.append({k: v for k, v in enc.items() if names is None or k in names})
-    return encoded
+        return {k: v for k, v in enc.items() if k in names}
+
+    return nncf_int8(ir, nncf.Dataset(list(texts), encode), len(texts))
 
 
 def nncf_int8(ir: ov.Model, dataset, samples: int, bias_correction: bool = True) -> ov.Model:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from .context import RunContext
 from .cost import cost_model
-from .deploy import deployment_recipe, export_subnets, load_exports, measure_exports
+from .deploy import export_subnets, load_exports, measure_exports
 from .elastic import ElasticBert
 from .errors import UserError, warn
 from .evolution import select_subnet, spread_along_front
@@ -181,32 +181,22 @@ def _latency_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) 
     (built here instead when it does not fit even re-anchored), else a table built here. The machine is part of
     the key, so a run folder carried to another machine re-anchors or rebuilds."""
     given, build, anchor = ctx.table, ctx.config.latency.build, ctx.config.latency.anchor
-    recipe = deployment_recipe(ctx, run.out / "teacher")  # INT8: anchors time the teacher's subnets
 
     def make_table(staging: Path) -> None:
         path = staging / TABLE_NAME
         if given is not None:
             try:
-                anchored = anchor_table(given, anchor, progress=progress, recipe=recipe)
+                anchored = anchor_table(given, anchor, progress=progress)
                 print(f"[latency] {anchor_line(anchored)}")
                 anchored.save(path)
                 return
             except TableDoesNotFit as e:
                 warn(f"{e}; building a table on this machine instead")
         # progress is kept in the (incomplete, so unloadable) table file: a killed build resumes
-        built = build_table(shape, ctx.profile, path, build, progress=progress)
-        print("\n".join(summary_lines(built)))
-        if recipe is not None:  # the build timed random twins: anchored on the teacher's INT8 subnets
-            try:
-                built = anchor_table(built, anchor, progress=progress, recipe=recipe)
-                print(f"[latency] {anchor_line(built)}")
-                built.save(path)
-            except TableDoesNotFit as e:
-                warn(f"{e}; the table stays as built")
+        print("\n".join(summary_lines(build_table(shape, ctx.profile, path, build, progress=progress))))
 
     source = [given.digest, anchor.key()] if given is not None else [shape.to_dict(), build.key()]
-    run.stage("latency", [source, hardware_fingerprint(ctx.profile)], ("finetune",) if recipe else (), (TABLE_NAME,),
-              make_table)
+    run.stage("latency", [source, hardware_fingerprint(ctx.profile)], (), (TABLE_NAME,), make_table)
     ctx.table = LatencyTable.load(run.out / TABLE_NAME)
 
 
@@ -252,8 +242,7 @@ def _export_stage(run: Run, ctx: RunContext, shape: BertShape, progress: bool) -
                            source={"model": "the fine-tuned teacher (base model), no compression"}, **common)
             export_subnets(ctx, supernet, chosen, front, int8=int8, source=source, measure=False, **common)
             # in the same rounds: the front relative to the base, and the table re-anchored on its anchor subnets
-            measure_exports([base, front], shape, progress, ctx.table, ctx.config.latency.anchor,
-                            deployment_recipe(ctx, out / "teacher"))
+            measure_exports([base, front], shape, progress, ctx.table, ctx.config.latency.anchor)
 
     run.stage("export", [_common(ctx.config), settings.key()], ("search",), ("models",), export_models)
 

@@ -255,41 +255,6 @@ def test_int8_export_is_quantized_and_measured(supernet, tiny_model_dir, sst2_di
     assert "INT8" in (tmp_path / "int8" / "subnet-00" / "README.md").read_text()
 
 
-def test_int8_anchor_subnets_are_the_trained_models_quantized_on_task_texts(tiny_model_dir, supernet, sst2_dir,
-                                                                             tiny_shape, tmp_path, monkeypatch):
-    """Under an INT8 table the export's anchor subnets are cut from the trained model it is given and calibrated on
-    the task's texts at the profile's length (`DeploymentRecipe`: on AMX, random twins ran up to 9% faster than
-    deployed models), quantized for real; other precisions, or no model, keep random weights."""
-    from eftnas_hw.export import NUMPY_STATISTICS_MAX_SAMPLES
-    from eftnas_hw.latency import prepare
-
-    profile = replace(PROFILE, precision="int8")
-    assert deploy.deployment_recipe(make_ctx(tiny_model_dir, sst2_dir), tiny_model_dir) is None
-    assert deploy.deployment_recipe(make_ctx(tiny_model_dir, sst2_dir, profile=profile), None) is None
-    recipe = deploy.deployment_recipe(make_ctx(tiny_model_dir, sst2_dir, profile=profile), tiny_model_dir)
-    assert len(recipe.calibration) == NUMPY_STATISTICS_MAX_SAMPLES
-    assert {k: v.shape for k, v in recipe.calibration[0].items()} == dict.fromkeys(
-        ("input_ids", "token_type_ids", "attention_mask"), (1, PROFILE.seq_len))
-    built = prepare.TrainedSubnet(recipe, SUBNETS[0]).build()
-    assert [layer.intermediate.dense.out_features for layer in built.bert.encoder.layer] == list(SUBNETS[0].ffn)
-    trained = load_model(tiny_model_dir).bert.encoder.layer[0].intermediate.dense.weight
-    assert torch.equal(built.bert.encoder.layer[0].intermediate.dense.weight, trained[:SUBNETS[0].ffn[0]])
-
-    calibrated, real = [], prepare.quantize_for_timing
-    monkeypatch.setattr(prepare, "quantize_for_timing",
-                        lambda xml, prof, inputs=None: calibrated.append(inputs) or real(xml, prof, inputs))
-    ctx = make_ctx(tiny_model_dir, sst2_dir, synthetic_table(tiny_shape, profile), profile)
-    ctx.config = ctx.config.merged({"latency": {"anchor": {"subnets": 3, "rounds": 2}}})
-    record = export_subnets(ctx, supernet, SUBNETS[:1], tmp_path / "int8", calibration_size=8, progress=False,
-                            model_dir=tiny_model_dir)[0]
-    # this process's share of the anchor subnets (the helper process exports the others), on the recipe's texts
-    assert 1 <= len(calibrated) <= 3
-    assert all(len(inputs) == len(recipe.calibration) and all(np.array_equal(a["input_ids"], b["input_ids"])
-               for a, b in zip(inputs, recipe.calibration)) for inputs in calibrated)
-    assert record.reanchored_ms > 0 and "on subnets of the trained model quantized on task texts" in \
-        record.export_anchor
-
-
 def test_bf16_profile_exports_f32_weights_run_in_bf16(supernet, tiny_model_dir, sst2_dir, tiny_shape, tmp_path):
     if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         pytest.skip("this CPU has no bf16 (the refusal is tested in test_latency)")

@@ -526,6 +526,44 @@ def test_int8_profile_measures_a_quantized_model():
     assert 0 < stats["min"] <= stats["ms"] <= stats["p90"]
 
 
+def test_timed_int8_models_give_their_quantizers_zero_points_as_trained_ones_have(tmp_path):
+    """A random model's activations are symmetric, so NNCF's asymmetric quantizers in front of its weight MatMuls
+    can land on zero point 128, which the CPU plugin runs as plain s8 (faster on AMX than the deployed models' zero
+    points). The timing IR gives every such quantizer a zero point (its range moved one step); the query and key
+    quantizers (in front of a Reshape) keep theirs symmetric."""
+    import nncf
+    import openvino as ov
+
+    from eftnas_hw.export import nncf_int8
+    from eftnas_hw.latency.prepare import RandomSubnet, export_ir, give_zero_points
+
+    def quantizers(model):  # (feeds MatMuls only, symmetric) per FakeQuantize
+        out = []
+        for fq in model.get_ordered_ops():
+            if fq.get_type_name() == "FakeQuantize":
+                low, high = (float(fq.input_value(k).get_node().get_data().ravel()[0]) for k in (1, 2))
+                feeds = {t.get_node().get_type_name() for t in fq.output(0).get_target_inputs()}
+                out.append((feeds == {"MatMul"}, abs(low + high * 128 / 127) <= 1e-3 * high))
+        return out
+
+    profile = Profile(seq_len=16, precision="int8")
+    timed = quantizers(ov.Core().read_model(export_ir(RandomSubnet(MICRO, 0, MICRO.full_subnet()), tmp_path / "a",
+                                                      profile)))
+    assert not any(matmul and symmetric for matmul, symmetric in timed)
+    assert any(not matmul and symmetric for matmul, symmetric in timed)  # query and key
+
+    ir = ov.Core().read_model(export_ir(RandomSubnet(MICRO, 0, MICRO.full_subnet()), tmp_path / "b",
+                                        Profile(seq_len=16)))
+    ir.reshape({i.get_any_name(): [1, 16] for i in ir.inputs})
+    data = [{i.get_any_name(): np.ones((1, 16), np.int64) for i in ir.inputs}]
+    plain = nncf_int8(ir, nncf.Dataset(data), 1, bias_correction=False)
+    before = quantizers(plain)
+    moved = give_zero_points(plain)
+    after = quantizers(plain)
+    assert moved == sum(m and s for m, s in before) > 0  # with one sample of ones, some land on 128
+    assert [(m, s and not m) for m, s in before] == after
+
+
 @pytest.mark.parametrize("precision", ["f32", "int8"])
 def test_timed_random_models_keep_every_bias_add_of_a_trained_one(precision, tmp_path):
     """OpenVINO drops an Add of zeros: a freshly initialised BERT (biases and LayerNorm betas 0) converts to a

@@ -186,7 +186,7 @@ def test_a_table_that_does_not_fit_this_machine_is_rebuilt_in_the_run(tiny_run, 
 
     out, config, _ = tiny_run
 
-    def refuse(table, settings, progress=True, recipe=None):
+    def refuse(table, settings, progress=True):
         raise TableDoesNotFit("latency table does not fit this machine even re-anchored: residual MAPE 30.0%")
 
     monkeypatch.setattr(pipeline, "anchor_table", refuse)
@@ -201,42 +201,6 @@ def test_a_table_that_does_not_fit_this_machine_is_rebuilt_in_the_run(tiny_run, 
     built = json.loads((tmp_path / "run" / "latency_table.json").read_text())
     assert built["complete"] and "anchor" not in built and ctx.table.validation["n"] == 8
     assert "latency" in json.loads((tmp_path / "run" / "stages.json").read_text())
-
-
-def test_an_int8_run_anchors_the_table_it_builds_on_the_teachers_subnets(tiny_run, tmp_path, monkeypatch, capsys):
-    """A table build times random-weight INT8 twins, which on AMX ran up to 9% faster than deployed models: an INT8
-    run anchors the table it built on the teacher's subnets quantized on the task's texts (for real here), and its
-    latency stage depends on the teacher."""
-    import dataclasses
-
-    from eftnas_hw import pipeline
-    from eftnas_hw.context import RunContext
-    from eftnas_hw.latency import LatencyTable, hardware_fingerprint
-    from eftnas_hw.models import load_config
-    from eftnas_hw.subnet import BertShape
-
-    out, config, _ = tiny_run
-    ctx = RunContext(config)
-    ctx.profile = dataclasses.replace(ctx.profile, precision="int8")
-
-    def build(shape, profile, path, settings, progress=True):  # the tiny run's table, as if measured in INT8
-        document = json.loads((out / "latency_table.json").read_text())
-        path.write_text(json.dumps({**document, "profile": profile.to_dict(),
-                                    "fingerprint": hardware_fingerprint(profile)}))
-        return LatencyTable.load(path)
-
-    monkeypatch.setattr(pipeline, "build_table", build)
-    shape = dataclasses.replace(BertShape.from_config(load_config(config.model)), num_labels=2)
-    run = pipeline.Run(tmp_path / "run", ctx.config)
-    shutil.copytree(out / "teacher", run.out / "teacher")
-    run.keys["finetune"] = "a teacher"
-    pipeline._latency_stage(run, ctx, shape, progress=False)
-    assert "on subnets of the trained model quantized on task texts" in capsys.readouterr().out
-    anchored = json.loads((run.out / "latency_table.json").read_text())
-    assert anchored["anchor"]["models"] == "trained" and ctx.table.data["anchor"]["n"] == 4
-    run.keys["finetune"] = "another teacher"  # a teacher trained again: the table is anchored again
-    pipeline._latency_stage(run, ctx, shape, progress=False)
-    assert "[latency] running" in capsys.readouterr().out
 
 
 def _write_config(config: RunConfig, path) -> str:

@@ -25,7 +25,7 @@ from ..settings import AnchorSettings
 from ..subnet import SubnetConfig
 from .fingerprint import hardware_fingerprint
 from .measure import measure_compiled
-from .prepare import DeploymentRecipe, Model, RandomSubnet, TrainedSubnet, exported_irs
+from .prepare import RandomSubnet, exported_irs
 from .profiler import STATE_FACTOR, STATE_RETRIES, errors, leave_one_out, relative_fit, spread_subnets
 from .table import LatencyTable
 
@@ -34,23 +34,19 @@ class TableDoesNotFit(UserError):
     """The table's proportions do not hold on this machine, even re-anchored."""
 
 
-def anchor_models(table: LatencyTable, settings: AnchorSettings = AnchorSettings(),
-                  recipe: DeploymentRecipe | None = None) -> tuple[list[SubnetConfig], list[Model]]:
-    """The subnets an anchor times (the full model and random ones spread over the table's range) and their models:
-    cut from the user's trained weights and calibrated on their task's texts where `recipe` gives them (what an
-    INT8 deployment runs, see `DeploymentRecipe`), else from random weights of the anchor's seed."""
+def anchor_models(table: LatencyTable, settings: AnchorSettings = AnchorSettings()
+                  ) -> tuple[list[SubnetConfig], list[RandomSubnet]]:
+    """The subnets an anchor times (the full model and random ones spread over the table's range) and their models,
+    cut from random weights of the anchor's seed."""
     subnets = spread_subnets(table.shape, settings.subnets, settings.seed, table.calibrated_ms)
-    if recipe is not None:
-        return subnets, [TrainedSubnet(recipe, s) for s in subnets]
     return subnets, [RandomSubnet(table.shape, settings.seed, s) for s in subnets]
 
 
 def anchor_table(table: LatencyTable, settings: AnchorSettings = AnchorSettings(),
-                 progress: bool = True, recipe: DeploymentRecipe | None = None) -> LatencyTable:
-    """A copy of `table` anchored to this machine (see the module docstring), on models of `recipe` where given
-    (`anchor_models`); TableDoesNotFit when it stays off."""
+                 progress: bool = True) -> LatencyTable:
+    """A copy of `table` anchored to this machine (see the module docstring); TableDoesNotFit when it stays off."""
     started = time.time()
-    subnets, models = anchor_models(table, settings, recipe)
+    subnets, models = anchor_models(table, settings)
     before = np.array([table.calibrated_ms(s) for s in subnets])
     with exported_irs(models, table.profile) as irs:
         stats, slow_state_retries = timed_out_of_a_slow_state(lambda again: measure_compiled(
@@ -69,14 +65,9 @@ def anchor_table(table: LatencyTable, settings: AnchorSettings = AnchorSettings(
                                      desc="re-anchoring, measured again" if progress else None)
             measured = np.minimum(measured, [s["ms"] for s in again])
             stats = [dict(a, unstable=a["unstable"] and b["unstable"]) for a, b in zip(stats, again)]
-    return fit_anchor(table, subnets, measured, settings, measured_twice=remeasured, models=models_kind(recipe),
+    return fit_anchor(table, subnets, measured, settings, measured_twice=remeasured,
                       slow_state_retries=slow_state_retries, unstable_measurements=sum(s["unstable"] for s in stats),
                       cpus=stats[0].get("cpus", []), seconds=round(time.time() - started, 1))
-
-
-def models_kind(recipe: DeploymentRecipe | None) -> str:
-    """How the anchor's models were made, as its record and line say."""
-    return "trained" if recipe is not None else "random"
 
 
 def timed_out_of_a_slow_state(measure: Callable[[bool], list[dict]], full: int,
@@ -163,7 +154,6 @@ def anchor_line(table: LatencyTable) -> str:
             f"fitted {a['model']} ({a['scale']:.3f}, {a['offset_ms']:+.3f} ms), leave-one-out MAPE "
             f"{a['residual']['mape_pct']:.1f}% (worst {a['residual']['worst_pct']:.1f}%) on {a['n']} subnets (before: "
             f"MAPE {a['before']['mape_pct']:.1f}%), {a['seconds']:.0f} s"
-            + (", on subnets of the trained model quantized on task texts" if a.get("models") == "trained" else "")
             + (", measured twice" if a.get("measured_twice") else "")
             + (f", timed {a['slow_state_retries']} more time(s): the full model ran over {STATE_FACTOR}x the table"
                if a.get("slow_state_retries") else ""))

@@ -7,9 +7,8 @@ child of a process that has run OpenVINO hung. So a spawned helper process expor
 (`RandomSubnet`: plain data that crosses processes; the helper builds the weights itself from the seed) beside the
 main process: 8 INT8 MiniLM-L6 subnets in 19-22 s against 33-35 s (`tools/benchmark_prepare.py`), the INT8 build
 3.9 minutes. Nothing is timed while it works: `PreparedIRs.paths` returns only when the helper is idle (waiting on
-its pipe), its start (7-14 s of imports, once per process) included. Subnets of a user's trained model
-(`TrainedSubnet`: its folder and the subnet) are plain data too; models given as torch modules are exported by the
-main process.
+its pipe), its start (7-14 s of imports, once per process) included. Models given as torch modules (a user's
+trained weights) are exported by the main process.
 
 Scripts that build or re-anchor tables from Python need the usual `if __name__ == "__main__":` guard of any
 multiprocessing code (the helper imports the main module); where the helper cannot start or dies, the main process
@@ -32,9 +31,9 @@ from pathlib import Path
 from typing import Iterator, Sequence, Union
 
 import numpy as np
+import openvino as ov
 from torch import nn
 
-from ..elastic import ElasticBert
 from ..export import IR_NAME
 from ..models import build_subnet, random_bert
 from ..subnet import BertShape, SubnetConfig
@@ -56,43 +55,7 @@ class RandomSubnet:
         return build_subnet(_weights(self.shape, self.seed), self.subnet)
 
 
-@dataclass(frozen=True)
-class DeploymentRecipe:
-    """What INT8 timing models are cut from and calibrated on where the user's trained model is at hand (a run's
-    teacher or super-network folder): its weights and a few of its task's texts, tokenized at the profile's length.
-    Why: on AMX an INT8 graph's speed depends on its quantizers' ranges, which depend on the weights and the texts.
-    A trained model's activations are skewed, so NNCF gives them zero points; a random model's are symmetric within
-    a 256th, NNCF's zero point lands on 128, and the CPU plugin runs those as plain s8, faster. Measured on the
-    2-vCPU Xeon with AMX (session 24; deployed MiniLM-L6 subnets of 3.7-7.2 ms, medians of 4-5 interleaved rounds):
-    random-weight twins ran 2.8-8.9% faster than the deployed IRs; a random twin with the deployed IR's ranges
-    copied in, as fast as deployed within 2.5%; the teacher's weights on random token ids 1.2-4.4% faster; the
-    teacher or the super-network on 8 task texts 0.9-2.6% faster, as close as on 300 texts (1.5-1.8%). Plain data
-    (a folder and token ids), so the helper process can export these too."""
-
-    model_dir: str
-    calibration: tuple[dict, ...]
-
-
-@functools.lru_cache(maxsize=1)  # a run's teacher, asked for by every anchor subnet
-def _trained_weights(model_dir: str) -> ElasticBert:
-    from ..models import load_model
-
-    return ElasticBert(load_model(model_dir)).eval()
-
-
-@dataclass(frozen=True, eq=False)
-class TrainedSubnet:
-    """A subnet of a `DeploymentRecipe`'s trained model, calibrated on its texts in an INT8 profile."""
-
-    recipe: DeploymentRecipe
-    subnet: SubnetConfig
-
-    def build(self) -> nn.Module:
-        return _trained_weights(self.recipe.model_dir).set_active_subnet(self.subnet).get_active_subnet().eval()
-
-
-Model = Union[nn.Module, RandomSubnet, TrainedSubnet]
-PLAIN = (RandomSubnet, TrainedSubnet)  # models the helper process can build: plain data
+Model = Union[nn.Module, RandomSubnet]
 
 
 @functools.lru_cache(maxsize=2)  # a table build's full shape and its one-layer block shape
@@ -111,45 +74,88 @@ def export_ir(model: Model, out: str | os.PathLike, profile: Profile) -> Path:
     """
     from ..export import export_openvino
 
-    built = model.build() if isinstance(model, PLAIN) else model
-    path = export_openvino(built, out, overwrite=True)
-    if profile.precision != "int8":
-        return path / IR_NAME
-    return quantize_for_timing(path / IR_NAME, profile,
-                               model.recipe.calibration if isinstance(model, TrainedSubnet) else None)
+    path = export_openvino(model.build() if isinstance(model, RandomSubnet) else model, out, overwrite=True)
+    return quantize_for_timing(path / IR_NAME, profile) if profile.precision == "int8" \
+        else path / IR_NAME
 
 
-def quantize_for_timing(xml: Path, profile: Profile, inputs: Sequence[dict] | None = None) -> Path:
-    """NNCF INT8 (transformer preset) calibrated on `inputs` (a `DeploymentRecipe`'s tokenized texts), else on one
-    sample of random token ids; returns the quantized IR's path.
+def quantize_for_timing(xml: Path, profile: Profile, samples: int = 1) -> Path:
+    """NNCF INT8 (transformer preset) calibrated on random token ids; returns the quantized IR's path.
 
-    Random tokens give other quantization ranges than real text, but the same quantized ops; one sample (MiniLM-L6
-    on the AVX2 EPYC: 2.7-3.2 s against 3.7-4.0 s with four, the same ops; the two IRs of 3 subnets timed together 3
-    times: 0.955-1.022x, no direction). On AMX the ranges matter (`DeploymentRecipe`). The IR is made static at the
-    profile's shape first, as the measurement would: NNCF then compiles and matches a static graph (5.9-6.3 -> 4.9-5.1
-    s per MiniLM-L6 before `nncf_int8` reduced statistics outside the graph), with the same quantized ops. No bias
-    correction: it changes bias values, not the quantizers' ranges (a MiniLM-L6 teacher subnet on 8 texts: identical
-    ranges, 4.8 s against 7.3 s with it on the Xeon).
+    Random tokens give other quantization scales than real text, but the same quantized ops: so one sample
+    (MiniLM-L6 on the AVX2 EPYC: 2.7-3.2 s against 3.7-4.0 s with four, the same ops; the two IRs of 3 subnets timed
+    together 3 times: 0.955-1.022x, no direction). Real deployments calibrate on text (`eftnas-hw export --int8`);
+    where their quantizers get zero points a random model's may not, which matters on AMX (`give_zero_points`,
+    applied here). The IR is made static at the profile's shape
+    first, as the measurement would: NNCF then compiles and matches a static graph (5.9-6.3 -> 4.9-5.1 s per
+    MiniLM-L6 before `nncf_int8` reduced statistics outside the graph), with the same quantized ops. No bias
+    correction: it only changes bias values (2.4 s of 5.6 s per MiniLM-L6 once the random models had biases).
     """
     import nncf
-    import openvino as ov
 
     from ..export import nncf_int8, telemetry_only_with_consent
 
     ir = core().read_model(xml)
     ir.reshape({inp.get_any_name(): [profile.batch, profile.seq_len] for inp in ir.inputs})
-    names = [inp.get_any_name() for inp in ir.inputs]
-    if inputs is None:
-        rng = np.random.default_rng(0)
-        data = [{name: (rng.integers(0, 100, (profile.batch, profile.seq_len)) if "input_ids" in name
-                        else np.ones((profile.batch, profile.seq_len))).astype(np.int64) for name in names}]
-    else:  # one tokenized text per sample, repeated over the profile's batch
-        data = [{name: np.repeat(sample[name], profile.batch, axis=0) for name in names} for sample in inputs]
+    rng = np.random.default_rng(0)
+    data = [{inp.get_any_name(): (rng.integers(0, 100, (profile.batch, profile.seq_len)) if "input_ids" in
+                                  inp.get_any_name() else np.ones((profile.batch, profile.seq_len))).astype(np.int64)
+             for inp in ir.inputs} for _ in range(samples)]
     with telemetry_only_with_consent():
-        quantized = nncf_int8(ir, nncf.Dataset(data), len(data), bias_correction=False)
+        quantized = nncf_int8(ir, nncf.Dataset(data), samples, bias_correction=False)
+    give_zero_points(quantized)
     out = xml.with_name("int8.xml")
     ov.save_model(quantized, out, compress_to_fp16=False)
     return out
+
+
+# Ops between a constant and a weight MatMul in an NNCF-compressed IR (int8 weights, decompressed in the graph).
+_WEIGHT_PATH_OPS = {"Constant", "Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze"}
+
+
+def give_zero_points(model: ov.Model) -> int:
+    """Give each per-tensor activation quantizer in front of weight MatMuls that came out symmetric a zero point
+    (its range moved up one step: zero point 127), as a trained model's quantizers have; returns how many.
+
+    Why: NNCF quantizes these activations asymmetrically, with the range it observed. A trained model's activations
+    are skewed, so they get zero points; a random model's are symmetric within a 256th, the zero point lands on 128,
+    and OpenVINO's CPU plugin runs them as plain s8, which is faster on AMX. So a random model's INT8 graph ran
+    faster than the deployed one, and by a lottery per model: a random MiniLM-L6 one-layer attention block got zero
+    points with 8-12 heads and none with 2-7, and INT8 tables on the 2-vCPU Xeon with AMX (session 24) predicted
+    every full-depth model with 0-9 heads per layer 8-17% too fast (10-12 heads: within 3.4%), against a free choice
+    of heads in the search. Deployed INT8 subnets against their random twins, four subnets timed together four times:
+    twins 2.8-5.8% faster, twins given zero points here within 1.4% (0.986-1.001). Of 26 such quantizers the
+    deployed IRs had 2-3 without a zero point. Quantizers feeding anything else (query and key, symmetric in
+    deployed IRs too) are left alone."""
+    from openvino import opset13 as ops
+
+    def constant(node) -> bool:
+        kind = node.get_type_name()
+        return kind == "Constant" or (kind in _WEIGHT_PATH_OPS and all(constant(v.get_node())
+                                                                       for v in node.input_values()))
+
+    def weight_matmul(target) -> bool:
+        node = target.get_node()
+        return node.get_type_name() == "MatMul" and constant(node.input_value(1 - target.get_index()).get_node())
+
+    moved = 0
+    for fq in model.get_ordered_ops():
+        if fq.get_type_name() != "FakeQuantize" or fq.get_attributes()["levels"] != 256:
+            continue
+        limits = [fq.input_value(k).get_node() for k in (1, 2, 3, 4)]
+        if any(n.get_type_name() != "Constant" or n.get_data().size != 1 for n in limits):
+            continue
+        low, high = float(limits[0].get_data().ravel()[0]), float(limits[1].get_data().ravel()[0])
+        if not (low < 0 < high and abs(low + high * 128 / 127) <= 1e-3 * high):
+            continue  # already a zero point (or unsigned)
+        if not all(weight_matmul(t) for t in fq.output(0).get_target_inputs()):
+            continue
+        step = (high - low) / 255
+        for k, node in zip((1, 2, 3, 4), limits):
+            value = np.full(node.get_data().shape, node.get_data().ravel()[0] + step, node.get_data().dtype)
+            fq.input(k).replace_source_output(ops.constant(value).output(0))
+        moved += 1
+    return moved
 
 
 def _serve(conn: Connection) -> None:
@@ -235,7 +241,7 @@ class _Helper:
             self._receive(block=False)
         return self.started and not self.busy
 
-    def submit(self, model: RandomSubnet | TrainedSubnet, out: Path, profile: Profile) -> None:
+    def submit(self, model: RandomSubnet, out: Path, profile: Profile) -> None:
         try:
             self.conn.send((model, out, profile))
         except OSError as e:  # its end of the pipe is gone
@@ -315,13 +321,13 @@ class PreparedIRs:
         folders = [self._folder() for _ in models]
         out: dict[int, Path] = {}
         todo = deque(range(len(models)))
-        helper = _Helper.get() if sum(isinstance(m, PLAIN) for m in models) > 1 else None
+        helper = _Helper.get() if sum(isinstance(m, RandomSubnet) for m in models) > 1 else None
         job: int | None = None  # the index the helper exports
         try:
             while todo or job is not None:
                 try:
                     if job is None and helper is not None and len(todo) > 1 and helper.idle():
-                        offload = [i for i in todo if isinstance(models[i], PLAIN)]
+                        offload = [i for i in todo if isinstance(models[i], RandomSubnet)]
                         if offload:
                             job = offload[-1]
                             todo.remove(job)
