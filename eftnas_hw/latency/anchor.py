@@ -26,7 +26,7 @@ from ..subnet import SubnetConfig
 from .fingerprint import hardware_fingerprint
 from .measure import measure_compiled
 from .prepare import RandomSubnet, exported_irs
-from .profiler import STATE_FACTOR, STATE_RETRIES, errors, leave_one_out, relative_fit, spread_subnets
+from .profiler import STATE_RETRIES, errors, leave_one_out, relative_fit, spread_subnets
 from .table import LatencyTable
 
 
@@ -70,16 +70,22 @@ def anchor_table(table: LatencyTable, settings: AnchorSettings = AnchorSettings(
                       cpus=stats[0].get("cpus", []), seconds=round(time.time() - started, 1))
 
 
+# Where an anchor's full model measures over this x the table's prediction, it is timed again (`timed_out_of_a_slow_
+# state`). Lower than the build's `profiler.STATE_FACTOR` (1.4): anchors on the 2-vCPU Xeon came out at scale 1.33
+# (INT8, session 24) and 1.34 (f32, session 23) where the same sitting's check found 0.99 and 0.90.
+SLOW_STATE_FACTOR = 1.3
+
+
 def timed_out_of_a_slow_state(measure: Callable[[bool], list[dict]], full: int,
                               expected_ms: float) -> tuple[list[dict], int]:
     """`measure(again)`'s stats and how many more times it ran: where the full model (stats[`full`]) measures over
-    STATE_FACTOR x `expected_ms`, the measurement may have fallen wholly in a slow second state of a shared machine,
-    so it is timed again (at most STATE_RETRIES times) and the one with the faster full model kept. Why: on the
-    2-vCPU Xeon of session 23 an f32 anchor came out at scale 1.34 and a 2-thread bf16 one at 1.87 where the same
+    SLOW_STATE_FACTOR x `expected_ms`, the measurement may have fallen wholly in a slow second state of a shared
+    machine, so it is timed again (at most STATE_RETRIES times) and the one with the faster full model kept. Why: on
+    the 2-vCPU Xeon of session 23 an f32 anchor came out at scale 1.34 and a 2-thread bf16 one at 1.87 where the same
     sitting's check found 0.90 and 0.99, and a default run's whole export at 2.0x its anchoring. On a machine that is
-    really slower the same comes back and only time is lost (~10-30 s for MiniLM-L6)."""
+    really slower the same comes back and only time is lost (~20-40 s for MiniLM-L6)."""
     stats, retries = measure(False), 0
-    while stats[full]["ms"] > STATE_FACTOR * expected_ms and retries < STATE_RETRIES:
+    while stats[full]["ms"] > SLOW_STATE_FACTOR * expected_ms and retries < STATE_RETRIES:
         retries += 1
         again = measure(True)
         stats = again if again[full]["ms"] < stats[full]["ms"] else stats
@@ -155,5 +161,5 @@ def anchor_line(table: LatencyTable) -> str:
             f"{a['residual']['mape_pct']:.1f}% (worst {a['residual']['worst_pct']:.1f}%) on {a['n']} subnets (before: "
             f"MAPE {a['before']['mape_pct']:.1f}%), {a['seconds']:.0f} s"
             + (", measured twice" if a.get("measured_twice") else "")
-            + (f", timed {a['slow_state_retries']} more time(s): the full model ran over {STATE_FACTOR}x the table"
+            + (f", timed {a['slow_state_retries']} more time(s): the full model ran over {SLOW_STATE_FACTOR}x the table"
                if a.get("slow_state_retries") else ""))
