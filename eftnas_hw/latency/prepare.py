@@ -86,10 +86,10 @@ def quantize_for_timing(xml: Path, profile: Profile, samples: int = 1) -> Path:
     (MiniLM-L6 on the AVX2 EPYC: 2.7-3.2 s against 3.7-4.0 s with four, the same ops; the two IRs of 3 subnets timed
     together 3 times: 0.955-1.022x, no direction). Real deployments calibrate on text (`eftnas-hw export --int8`);
     where their quantizers get zero points a random model's may not, which matters on AMX (`give_zero_points`,
-    applied here). The IR is made static at the profile's shape
-    first, as the measurement would: NNCF then compiles and matches a static graph (5.9-6.3 -> 4.9-5.1 s per
-    MiniLM-L6 before `nncf_int8` reduced statistics outside the graph), with the same quantized ops. No bias
-    correction: it only changes bias values (2.4 s of 5.6 s per MiniLM-L6 once the random models had biases).
+    applied here). The IR is made static at the profile's shape first, as the measurement would: NNCF then compiles
+    and matches a static graph (5.9-6.3 -> 4.9-5.1 s per MiniLM-L6 before `nncf_int8` reduced statistics outside the
+    graph), with the same quantized ops. No bias correction: it changes bias values, not the quantizers' ranges (a
+    MiniLM-L6 subnet on the Xeon: identical ranges; 2.4 s of 5.6 s per MiniLM-L6 on the AVX2 EPYC).
     """
     import nncf
 
