@@ -221,7 +221,7 @@ def test_the_table_is_re_anchored_in_the_exports_own_rounds(exported, tiny_shape
         calls = []
         used = synthetic_table(tiny_shape, replace(PROFILE, precision="int8")) if other_precision else table
         done = deploy.measure_exports([folder], tiny_shape, progress=False, table=used, anchor=settings)[0]
-        # over 1.4x the table: possibly a slow state of the machine, timed again (here it is the machine's speed)
+        # over SLOW_STATE_FACTOR x the table: possibly a slow state, timed again (here it is the machine's speed)
         assert len(calls) == (1 + STATE_RETRIES if factor > SLOW_STATE_FACTOR else 1)
         assert len(calls[0]) == len(records) + (0 if other_precision else settings.subnets)
         for cfg, model in zip(SUBNETS, done):

@@ -152,8 +152,7 @@ def give_zero_points(model: ov.Model) -> int:
             continue
         step = (high - low) / 255
         for k, node in zip((1, 2, 3, 4), limits):
-            value = np.full(node.get_data().shape, node.get_data().ravel()[0] + step, node.get_data().dtype)
-            fq.input(k).replace_source_output(ops.constant(value).output(0))
+            fq.input(k).replace_source_output(ops.constant(node.get_data() + step).output(0))  # same shape and type
         moved += 1
     return moved
 
