@@ -19,7 +19,8 @@ import numpy as np
 
 from eftnas_hw.latency import LatencyTable
 from eftnas_hw.latency.measure import common_mode
-from eftnas_hw.latency.profiler import blocks_from_latencies, calibrate_and_validate, drift_factors, uncalibrated
+from eftnas_hw.latency.profiler import (blocks_from_latencies, calibrate_and_validate, drift_factors, measured_blocks,
+                                        uncalibrated)
 from eftnas_hw.subnet import SubnetConfig
 
 ESTIMATORS = {"lowest round median": lambda m: m.min(axis=1), "common-mode per round": common_mode}
@@ -30,7 +31,7 @@ def refit(data: dict, estimator) -> tuple[LatencyTable, dict]:
     leave-one-out validation."""
     stored, shape = data["measurements"], LatencyTable(data).shape
     blocks = blocks_from_latencies(shape, data["blocks"]["ffn_grid"],
-                                   estimator(np.array([s["round_medians"] for s in stored["blocks"]])))
+                                   estimator(np.array([s["round_medians"] for s in measured_blocks(data)])))
     raw = uncalibrated(dict(data, blocks=blocks))
     groups = sorted((k for k in stored if k.startswith("subnets/")), key=lambda k: int(k.split("/")[1]))
     estimates = [estimator(np.array([s["round_medians"] for s in stored[k]])) for k in groups]
@@ -39,7 +40,7 @@ def refit(data: dict, estimator) -> tuple[LatencyTable, dict]:
     validated = data["validation"]["subnets"]
     subnets = [SubnetConfig.from_dict(s["subnet"]) for s in validated]
     measured = [dict(s["measured"], ms=float(m)) for s, m in zip(validated, ms)]
-    return raw, calibrate_and_validate(raw, subnets, measured, stored["blocks"])["validation"]
+    return raw, calibrate_and_validate(raw, subnets, measured, measured_blocks(data))["validation"]
 
 
 def main() -> None:

@@ -357,8 +357,9 @@ def fit(results_paths: list[Path], pack_path: Path, write: Path | None = None) -
         profile = condition_profile(condition, Profile)
         profile = dataclasses.replace(profile, name=profile.condition)
         machine = fingerprint(env["device_name"], flags, env["nproc"], env["openvino"], profile)
-        data = dict(table_header(shape, profile, machine, TableBuildSettings(),
-                                 SELECTION + ", by MACs (tools/remote_latency.py)"), blocks=blocks, complete=True,
+        header = table_header(shape, profile, machine, TableBuildSettings(),
+                              SELECTION + ", by MACs (tools/remote_latency.py)", block_reference=False)
+        data = dict(header, blocks=blocks, complete=True,
                     build_minutes=t["seconds"] / 60,  # the timing there; the IRs were prepared by `pack`
                     measurements={"blocks": t["blocks"], **{f"subnets/{GROUP * i}": g
                                                             for i, g in enumerate(t["calib_groups"])}})

@@ -50,11 +50,14 @@ BLOCK_VOCAB = 512
 # not resumed).
 SELECTION = "spread over the block-sum range (spread_subnets)"
 # A group whose drift reference (the full model) ran more than STATE_FACTOR x the fastest group's is measured again,
-# at most STATE_RETRIES times (`build_table`). Why: on the 2-vCPU Xeon with AMX of session 23 the machine ran in two
+# at most STATE_RETRIES times (`build_table`); the block models' group too, which leads with the full model for this. Why: on the 2-vCPU Xeon with AMX of session 23 the machine ran in two
 # states for seconds at a time (bf16 MiniLM-L6 6.2-7.0 ms or 14-15 ms, INT8 6.4-7 or 11-12 ms), and the slow state
 # is no common factor: a 1.3-ms subnet slowed 1.7x where the full model slowed 2.2x, so 12 subnets relative to the
 # full model read 0.253-0.259 in the fast state and 0.228 in a measurement wholly in the slow one. A drift factor
-# rescales such a group to the others' level but keeps the slow state's proportions. The AVX2 EPYC's speed levels,
+# rescales such a group to the others' level but keeps the slow state's proportions. The block models have no drift
+# factor at all: session 24's INT8 MiniLM-L6 table there measured them 1.5-1.7x slower than a quiet minute did
+# (session 25: the empty layer 1.5x, the 128-wide FFN block 1.7x, the 1536-wide one 1.6x), which made narrow FFN
+# blocks 17% dearer relative to wide ones than in a fast state. The AVX2 EPYC's speed levels,
 # 1.2-1.4x apart and common to all candidates, stay below it.
 STATE_FACTOR = 1.4
 STATE_RETRIES = 2
@@ -98,9 +101,17 @@ def spread_subnets(shape: BertShape, n: int, seed: int, cost) -> list[SubnetConf
 
 
 def ffn_grid(shape: BertShape, step: int) -> list[int]:
+    """The FFN widths whose blocks a table measures: multiples of `step`, the full width, and half a step.
+
+    Why half a step: an FFN block's cost jumps at removal (its fixed per-operation costs go with it), so the line from
+    width 0 to the first multiple halves the cost of narrower widths, which search spaces on a finer step contain. On
+    the Xeon with AMX (session 25, INT8 MiniLM-L6) a one-layer FFN block of width 64 cost 0.91x the 128-wide one where
+    the line said 0.5x, and whole models with all six FFNs at 64 or at 128 ran equally fast.
+    """
     if step < 1:
         raise UserError(f"--ffn-step must be positive, got {step}")
-    return sorted(set(range(0, shape.intermediate_size, step)) | {shape.intermediate_size})
+    half = max(1, min(step // 2, shape.intermediate_size))
+    return sorted(set(range(0, shape.intermediate_size, step)) | {shape.intermediate_size, half})
 
 
 class _Progress:
@@ -197,11 +208,11 @@ def errors(predicted: np.ndarray, measured: np.ndarray) -> dict:
 
 
 def table_header(shape: BertShape, profile: Profile, fingerprint: dict, settings: TableBuildSettings,
-                 selection: str = SELECTION) -> dict:
+                 selection: str = SELECTION, block_reference: bool = True) -> dict:
     """A table document's header: what it is for, where and how it was measured (a partial build resumes only under
-    the same header)."""
+    the same header). `block_reference`: the block models' group starts with the full model (`build_table`)."""
     recorded = {**settings.to_dict(), "burst": BURST, "cpus": PINNING, "subnet_selection": selection,
-                "granularity_probes": granularity_probes(shape)}
+                "granularity_probes": granularity_probes(shape), "block_reference": block_reference}
     return {"format": FORMAT, "version": VERSION, "shape": shape.to_dict(), "profile": profile.to_dict(),
             "fingerprint": fingerprint, "settings": recorded}
 
@@ -220,15 +231,21 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
         return LatencyTable(state.data)
     label = (lambda text: text) if progress else (lambda text: None)
     with PreparedIRs(profile) as irs:
+        full = RandomSubnet(shape, settings.seed, shape.full_subnet())  # every group's drift reference, exported once
         models = block_models(shape, grid, settings.seed)
-        block_stats = _measure_group(state, "blocks", models, irs, settings.block_rounds, label("blocks"))
-        irs.forget(models)
-        blocks = blocks_from_latencies(shape, grid, [s["ms"] for s in block_stats])
+
+        def measure_blocks(key: str, again: bool = False) -> list[dict]:
+            stats = _measure_group(state, key, [full] + models, irs, settings.block_rounds, label("blocks"), again)
+            irs.forget(models)
+            return stats
+
+        # The calibration subnets are chosen by the first block measurement's sums (so a resumed build chooses the
+        # same ones); a measurement again (below) replaces the blocks themselves.
+        first = measure_blocks("blocks")
+        raw = uncalibrated(dict(state.data, blocks=blocks_from_latencies(shape, grid, [s["ms"] for s in first[1:]])))
         # The full model is always a calibration point: it anchors the top of the range the search cares about; the
         # others spread over the whole range by their block sums.
-        raw = uncalibrated(dict(state.data, blocks=blocks))
         subnets = spread_subnets(shape, settings.subnets, settings.seed, raw.raw_ms)
-        full = RandomSubnet(shape, settings.seed, shape.full_subnet())  # every group's drift reference, exported once
         starts = range(0, len(subnets), settings.group_size)
         members = {start: [RandomSubnet(shape, settings.seed, s) for s in subnets[start:start + settings.group_size]]
                    for start in starts}
@@ -241,12 +258,16 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
             return stats
 
         groups, remeasured = [measure(start) for start in starts], 0
+        block_group = state.get("blocks/again") or first
         for _ in range(STATE_RETRIES):  # groups timed in a slow second state of the machine (see STATE_FACTOR)
-            fastest = min(g[0]["ms"] for g in groups)
+            fastest = min(g[0]["ms"] for g in [block_group, *groups])
             for i in [i for i, g in enumerate(groups) if g[0]["ms"] > STATE_FACTOR * fastest]:
                 groups[i], remeasured = measure(starts[i], again=True), remeasured + 1
-    data = dict(state.data, blocks=blocks)
-    data.update(calibrate_groups(raw, subnets, groups, block_stats))
+            if block_group[0]["ms"] > STATE_FACTOR * fastest:
+                block_group, remeasured = measure_blocks("blocks/again", again=True), remeasured + 1
+    block_stats = measured_blocks(state.data)
+    data = dict(state.data, blocks=blocks_from_latencies(shape, grid, [s["ms"] for s in block_stats]))
+    data.update(calibrate_groups(uncalibrated(data), subnets, groups, block_stats))
     data["validation"]["stability"]["remeasured_groups"] = remeasured
     data["build_minutes"] = data.get("build_minutes", 0.0) + (time.time() - started) / 60
     data["complete"] = True
@@ -349,6 +370,14 @@ def uncalibrated(data: dict) -> LatencyTable:
     """A table document's blocks as a table predicting their plain sum (calibration = the block sum x 1)."""
     identity = dict(zip(CALIBRATION_FEATURES, (1.0, 0.0, 0.0, 0.0)))
     return LatencyTable(dict(data, complete=True, calibration={"coef": identity}))
+
+
+def measured_blocks(data: dict) -> list[dict]:
+    """A table document's block-model measurements, in `block_models`' order: the last ones taken (`build_table`
+    measures the group again when it caught a slow state), without the full model that leads the group."""
+    stored = data["measurements"]
+    stats = stored.get("blocks/again") or stored["blocks"]
+    return stats[1:] if data["settings"].get("block_reference") else stats
 
 
 def drift_factors(references: Sequence[float]) -> list[float]:
