@@ -20,7 +20,9 @@ Why blocks are measured this way (decided from measurements on this machine):
   fitted on 12 subnets validated at 3.9% MAPE on 30 others, the same model fitted on 41 at 2.4% (leave-one-out):
   the per-subnet noise, not the model, limited the small fit.
 - The machine's speed drifts while a table is built (another tenant of the host, frequency): every group of
-  subnets also times the full model, and each group is rescaled to the median of those references.
+  subnets also times the full model, and each group is rescaled to the median of those references. The block models'
+  group times it too, not to be rescaled (their sums only need the right proportions) but to be measured again when
+  it caught the machine's slow state (see STATE_FACTOR).
 - Progress is written atomically to the output file after every measured group, so a killed run resumes.
 """
 from __future__ import annotations
@@ -50,15 +52,15 @@ BLOCK_VOCAB = 512
 # not resumed).
 SELECTION = "spread over the block-sum range (spread_subnets)"
 # A group whose drift reference (the full model) ran more than STATE_FACTOR x the fastest group's is measured again,
-# at most STATE_RETRIES times (`build_table`); the block models' group too, which leads with the full model for this. Why: on the 2-vCPU Xeon with AMX of session 23 the machine ran in two
-# states for seconds at a time (bf16 MiniLM-L6 6.2-7.0 ms or 14-15 ms, INT8 6.4-7 or 11-12 ms), and the slow state
-# is no common factor: a 1.3-ms subnet slowed 1.7x where the full model slowed 2.2x, so 12 subnets relative to the
-# full model read 0.253-0.259 in the fast state and 0.228 in a measurement wholly in the slow one. A drift factor
-# rescales such a group to the others' level but keeps the slow state's proportions. The block models have no drift
-# factor at all: session 24's INT8 MiniLM-L6 table there measured them 1.5-1.7x slower than a quiet minute did
-# (session 25: the empty layer 1.5x, the 128-wide FFN block 1.7x, the 1536-wide one 1.6x), which made narrow FFN
-# blocks 17% dearer relative to wide ones than in a fast state. The AVX2 EPYC's speed levels,
-# 1.2-1.4x apart and common to all candidates, stay below it.
+# at most STATE_RETRIES times (`build_table`); the block models' group too, which leads with the full model for this.
+# Why: on the 2-vCPU Xeon with AMX of session 23 the machine ran in two states for seconds at a time (bf16 MiniLM-L6
+# 6.2-7.0 ms or 14-15 ms, INT8 6.4-7 or 11-12 ms), and the slow state is no common factor: a 1.3-ms subnet slowed 1.7x
+# where the full model slowed 2.2x, so 12 subnets relative to the full model read 0.253-0.259 in the fast state and
+# 0.228 in a measurement wholly in the slow one. A drift factor rescales such a group to the others' level but keeps
+# the slow state's proportions. The block models have no drift factor at all: session 24's INT8 MiniLM-L6 table there
+# measured them 1.5-1.7x slower than a quiet minute did (session 25: the empty layer 1.5x, the 128-wide FFN block
+# 1.7x, the 1536-wide one 1.6x), which made narrow FFN blocks 17% dearer relative to wide ones than in a fast state.
+# The AVX2 EPYC's speed levels, 1.2-1.4x apart and common to all candidates, stay below it.
 STATE_FACTOR = 1.4
 STATE_RETRIES = 2
 
