@@ -396,6 +396,16 @@ def test_random_subnets_are_seeded_and_valid():
     assert all(f % 64 == 0 for s in a for f in s.ffn)
 
 
+def test_the_ffn_grid_holds_half_a_step_below_its_first_multiple():
+    """The FFN cost jumps at removal, so the grid measures a width below its first multiple (`profiler.ffn_grid`)."""
+    minilm = BertShape.named("minilm-l6")
+    assert profiler.ffn_grid(minilm, 128)[:4] == [0, 64, 128, 256] and profiler.ffn_grid(minilm, 128)[-1] == 1536
+    assert profiler.ffn_grid(MICRO, 1) == list(range(65))  # nothing to add
+    assert profiler.ffn_grid(MICRO, 256) == [0, 64]  # a step past the full width: the full width only
+    with pytest.raises(UserError, match="positive"):
+        profiler.ffn_grid(MICRO, 0)
+
+
 def test_spread_subnets_cover_the_range_from_the_smallest_to_the_full_model():
     """Calibration and anchor subnets reach the small end a plain random draw of the same number misses."""
     shape = BertShape(6, 384, 12, 32, 1536)
