@@ -221,7 +221,8 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="incomplete"):
         LatencyTable.load(out)
     table = build_table(MICRO, PROFILE, out, settings, progress=False)
-    # blocks (7 models), then subnets 0-2 (interrupted, redone), 3-5 and 6-7, each group with the full model
+    # blocks (the full model and 7 block models), then subnets 0-2 (interrupted, redone), 3-5 and 6-7, each group with
+    # the full model
     assert calls == [8, 4, 4, 4, 3]
     assert table.validation["n"] == 8 and LatencyTable.load(out).data == table.data
     with pytest.raises(UserError, match="other settings"):
