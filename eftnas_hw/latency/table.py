@@ -13,7 +13,12 @@ Prediction (microseconds, no model in sight), in three steps:
    1.6% where the linear table missed by up to 9%. Why the counts: a removed sub-block does
    not remove all of its cost once it sits in a real model (fused kernels and layer norms at the seams, and in
    bf16/INT8 the conversions and fixed per-operation costs that dominate small blocks), so subnets with removed
-   blocks came out under-predicted by 15-25% from the block sum alone;
+   blocks came out under-predicted by 15-25% from the block sum alone. A third form leaves the block sum out: a cost
+   per kept head, per kept FFN channel (off-alignment channels weighted by the measured penalty) and per kept block,
+   for short sequences only (`profiler.STRUCTURAL_MAX_SEQ_LEN`). Why: at length 32 the one-layer block models run
+   0.03-0.3 ms, where a block's cost alone and in context differ by more than the subnets' spread (session 26, 2-vCPU
+   Xeon, MiniLM-L6: unseen subnets within 5% 88-100% against the log curve's 79-88%). The build keeps whichever
+   form has the lowest leave-one-out error on its own subnets;
 3. anchor (`anchor.py`): `scale * calibrated + offset_ms`, fitted on this machine's end-to-end measurements of a
    few subnets, because machines of the same kind run at different speeds (-27% seen between two Xeons).
 """
@@ -35,7 +40,9 @@ from .profiles import Profile
 FORMAT = "eftnas-hw latency table"
 VERSION = 2
 # What the calibration is linear in (step 2 of the module docstring), in this order.
-CALIBRATION_FEATURES = ("block_sum_ms", "one", "attention_blocks", "ffn_blocks")
+CALIBRATION_FEATURES = ("block_sum_ms", "one", "attention_blocks", "ffn_blocks", "heads", "ffn_channels")
+# Features tables from before session 26 do not name: their coefficient there is 0 (no such candidate existed).
+LATER_FEATURES = ("heads", "ffn_channels")
 # The dimensions that change cost; vocabulary size and label count only change a gather / a tiny matmul.
 COST_FIELDS = ("num_layers", "hidden_size", "num_heads", "head_size", "intermediate_size")
 
@@ -72,14 +79,19 @@ class LatencyTable:
             self.ffn_alignment, self.ffn_penalty = int(granularity["alignment"]), float(granularity["penalty"])
             if self.ffn_alignment < 1 or not 0 <= self.ffn_penalty < 10:
                 raise ValueError("FFN alignment must be a positive width and its penalty a fraction in [0, 10)")
+            # A kept FFN channel's weight in the per-channel calibration: widths off the alignment count extra
+            self.ffn_channels = [float(w) for w in range(self.shape.intermediate_size + 1)]
             if self.ffn_alignment > 1:  # widths off the alignment run slower than the line (step 1)
                 self.ffn_ms = [v * (1 + self.ffn_penalty) if w % self.ffn_alignment else v
                                for w, v in enumerate(self.ffn_ms)]
+                self.ffn_channels = [c * (1 + self.ffn_penalty) if w % self.ffn_alignment else c
+                                     for w, c in enumerate(self.ffn_channels)]
             if data.get("version") != VERSION:
                 raise UserError(f"latency table format version {data.get('version')} is not {VERSION} (tables of "
                                 "earlier versions used another protocol and cost model): build it again")
             coef = data["calibration"]["coef"]
-            self.coef = [float(coef[name]) for name in CALIBRATION_FEATURES]
+            self.coef = [float(coef[name] if name in coef or name not in LATER_FEATURES else 0.0)
+                         for name in CALIBRATION_FEATURES]
             curve = data["calibration"].get("log_curve")  # {a, b, c}: replaces the linear coefficients when set
             self.log_curve = None if curve is None else {k: float(curve[k]) for k in "abc"}
             anchor = data.get("anchor") or {"scale": 1.0, "offset_ms": 0.0}
@@ -140,7 +152,8 @@ class LatencyTable:
     def features(self, subnet: SubnetConfig) -> list[float]:
         """The calibration's inputs (`CALIBRATION_FEATURES`)."""
         return [self.raw_ms(subnet), 1.0, float(sum(h > 0 for h in subnet.heads)),
-                float(sum(f > 0 for f in subnet.ffn))]
+                float(sum(f > 0 for f in subnet.ffn)), float(sum(subnet.heads)),
+                sum(self.ffn_channels[f] for f in subnet.ffn)]
 
     def calibrated_ms(self, subnet: SubnetConfig) -> float:
         """The prediction on the machine the table was built on (steps 1-2, no anchor)."""
