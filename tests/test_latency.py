@@ -324,6 +324,23 @@ def test_blocks_that_do_not_add_up_in_context_give_the_structural_calibration(tm
         assert reloaded.predict_ms(subnet) == pytest.approx(row["measured"]["ms"], rel=1e-3)
 
 
+def test_calibration_forms_tool_fits_each_form_and_compares_measurements():
+    """`tools/check_calibration_forms.py`: on a machine where subnets cost exactly the block sum, every form predicts
+    unseen subnets exactly; agreement takes one common scale out and counts what moved beyond 5%."""
+    forms = load_tool("check_calibration_forms")
+    shape = replace(MICRO, num_layers=3, num_heads=4, head_size=8, intermediate_size=128)
+    table = LatencyTable(table_document(shape, PROFILE, 0.5, [0.0, 1.0, 1.5, 2.2, 2.6], [0, 64, 128],
+                                        [0.0, 1.0, 3.0]))
+    fit, use = random_subnets(shape, 12, seed=1), random_subnets(shape, 6, seed=2)
+    y = np.array([table.raw_ms(s) for s in fit])
+    predictions = forms.form_predictions(table, fit, y, use)
+    assert set(predictions) == {*profiler.CALIBRATIONS, profiler.LOG_CURVE}
+    for name in ("block sum x scale", "scaled block sum", profiler.LOG_CURVE):
+        assert predictions[name] == pytest.approx([table.raw_ms(s) for s in use], rel=1e-6)
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    assert forms.agreement(a, 2 * a) == 1.0 and forms.agreement(a, a * [1, 1, 1, 1.2]) == 0.75
+
+
 def _ffn_width(model) -> int:
     """A one-layer block model's FFN width (0 when its FFN is removed)."""
     widths = [m.out_features for name, m in model.named_modules() if name.endswith("intermediate.dense")]
