@@ -234,16 +234,17 @@ def test_a_group_timed_in_a_slow_state_is_measured_again(tmp_path, monkeypatch):
     """The second subnet group's first measurement catches the machine in a slow state that is no common factor (its
     full model 2.2x slower, the others 1.7x, as on session 23's Xeon): measured again, the build keeps the fast
     state's proportions and says so; a group only 1.3x slower (a common slowdown) is left to the drift factor."""
-    def machine(slow_calls: set[int], factor: float):
+    def machine(slow_calls: set[int] | dict[int, float], factor: float = 1.0):
         calls: list[int] = []
+        factors = slow_calls if isinstance(slow_calls, dict) else dict.fromkeys(slow_calls, factor)
 
         def measure(models, profile, rounds=5, desc=None):
             calls.append(len(models))
-            slow = len(calls) in slow_calls
+            f = factors.get(len(calls), 1.0)
             out = []
             for i, m in enumerate(models):
                 ms = 1e-3 * sum(p.numel() for p in m.parameters())
-                ms *= (factor if i == 0 else 1 + (factor - 1) * 0.6) if slow else 1.0
+                ms *= f if i == 0 else 1 + (f - 1) * 0.6
                 out.append(dict(ms=ms, spread=0.1, disagreement=0.0, wall_over_cpu=1.0, unstable=False))
             return out
         return measure, calls
@@ -268,6 +269,17 @@ def test_a_group_timed_in_a_slow_state_is_measured_again(tmp_path, monkeypatch):
     assert calls == [8, 4, 4, 3, 8] and again.validation["stability"]["remeasured_groups"] == 1
     assert again.data["blocks"] == table.data["blocks"]
     assert [r["subnet"] for r in again.validation["subnets"]] == [r["subnet"] for r in table.validation["subnets"]]
+    # Measured again in a slower state still (3x, then 2.5x): the group keeps its first, faster measurement (2.2x),
+    # and so do the blocks (2.2x first, then 3x).
+    for slow, key in (({3: 2.2, 5: 3.0, 6: 2.5}, "subnets/3"), ({1: 2.2, 5: 3.0, 6: 2.5}, "blocks")):
+        measure, calls = machine(slow)
+        fake_machine(monkeypatch, measure)
+        kept = build_table(MICRO, PROFILE, tmp_path / f"{key.replace('/', '-')}.json", settings, progress=False)
+        assert len(calls) == 6 and kept.validation["stability"]["remeasured_groups"] == 2
+        fast_full_ms = kept.data["measurements"]["subnets/0"][0]["ms"]  # measured once, in the fast state
+        assert kept.data["measurements"][key][0]["ms"] == pytest.approx(2.2 * fast_full_ms)
+        if key == "blocks":
+            assert profiler.measured_blocks(kept.data) == kept.data["measurements"]["blocks"][1:]
 
 
 def test_a_machine_whose_latency_curves_gets_the_log_curve_calibration(tmp_path, monkeypatch):
