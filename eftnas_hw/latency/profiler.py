@@ -159,7 +159,9 @@ CALIBRATIONS = {"block sum x scale": ("block_sum_ms",),
 # The structural candidate (no block sum) competes only at sequence lengths up to this. Why: at length 32 the one-layer
 # block models run 0.03-0.3 ms and their sum misleads; on three sets of MiniLM-L6 measurements there (2-vCPU Xeon,
 # session 26: bf16 in 100-round measurements; bf16 and INT8 tables built and checked on 24 unseen subnets) it predicted
-# the unseen subnets best (within 5% at the best scale: 100/100%, 88%, 100% against the log curve's 88/88%, 79%, 83%).
+# the unseen subnets best (within 5% at the best scale: 100/100%, 88%, 100% against the log curve's 88/88%, 79%, 83%);
+# with blocks timed in ~160 rounds (`measure.SECONDS_PER_MODEL`) the two came out level (71-96% both,
+# `tools/check_calibration_forms.py`), so the leave-one-out error decides per build.
 # At length 128 the block sum holds what 32 subnets cannot teach five coefficients: refitting stored Xeon builds
 # (sessions 19-25) with it lowered their leave-one-out error by 3-36%, yet their checks moved as often down as up
 # (within 5% in the same sitting 100 -> 79%, 96 -> 67%, 67 -> 50% against 50 -> 67%, 67 -> 79%, 71 -> 83%).
