@@ -79,18 +79,17 @@ class LatencyTable:
             self.ffn_alignment, self.ffn_penalty = int(granularity["alignment"]), float(granularity["penalty"])
             if self.ffn_alignment < 1 or not 0 <= self.ffn_penalty < 10:
                 raise ValueError("FFN alignment must be a positive width and its penalty a fraction in [0, 10)")
-            # A kept FFN channel's weight in the per-channel calibration: widths off the alignment count extra
-            self.ffn_channels = [float(w) for w in range(self.shape.intermediate_size + 1)]
-            if self.ffn_alignment > 1:  # widths off the alignment run slower than the line (step 1)
-                self.ffn_ms = [v * (1 + self.ffn_penalty) if w % self.ffn_alignment else v
-                               for w, v in enumerate(self.ffn_ms)]
-                self.ffn_channels = [c * (1 + self.ffn_penalty) if w % self.ffn_alignment else c
-                                     for w, c in enumerate(self.ffn_channels)]
+            # Widths off the alignment run slower than the line (step 1): their block and, in the per-channel
+            # calibration, each of their kept channels count (1 + penalty) times.
+            slower = [1.0 + self.ffn_penalty if self.ffn_alignment > 1 and w % self.ffn_alignment else 1.0
+                      for w in range(self.shape.intermediate_size + 1)]
+            self.ffn_ms = [v * f for v, f in zip(self.ffn_ms, slower)]
+            self.ffn_channels = [w * f for w, f in enumerate(slower)]
             if data.get("version") != VERSION:
                 raise UserError(f"latency table format version {data.get('version')} is not {VERSION} (tables of "
                                 "earlier versions used another protocol and cost model): build it again")
             coef = data["calibration"]["coef"]
-            self.coef = [float(coef[name] if name in coef or name not in LATER_FEATURES else 0.0)
+            self.coef = [float(coef.get(name, 0.0) if name in LATER_FEATURES else coef[name])
                          for name in CALIBRATION_FEATURES]
             curve = data["calibration"].get("log_curve")  # {a, b, c}: replaces the linear coefficients when set
             self.log_curve = None if curve is None else {k: float(curve[k]) for k in "abc"}
