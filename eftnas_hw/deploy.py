@@ -28,10 +28,10 @@ from .evaluate import SubnetEvaluator, ir_logits, runtime_config
 from .evolution import select_subnet, spread_along_front
 from .export import export_openvino, export_task
 from .files import check_writable, read_json, write_json_atomic, write_text_atomic
-from .latency import STATISTIC, LatencyTable, Profile, TableDoesNotFit, anchor_line, hardware_fingerprint
+from .latency import LatencyTable, Profile, TableDoesNotFit, anchor_line, hardware_fingerprint
 from .latency.anchor import anchor_models, fit_anchor, timed_out_of_a_slow_state
 from .latency.fingerprint import warn_if_int8_is_slow
-from .latency.measure import ir_path, measure_compiled
+from .latency.measure import STATISTICS, ir_path, measure_compiled
 from .latency.prepare import exported_irs
 from .reports import EXPORT_SUMMARY, write_export_summary
 from .search import load_search
@@ -202,6 +202,7 @@ def measure_exports(out_dirs: Sequence[str | os.PathLike], shape: BertShape, pro
         for folder, measured in zip(pending, stats):
             result = ExportedModel.from_dict(read_json(folder / PENDING_NAME, "pending export record"))
             result = replace(result, measured_ms=measured["ms"], measured=measured, export_anchor=line,
+                             measured_statistic=STATISTICS[measured["statistic"]],
                              reanchored_ms=checked.predict_ms(result.subnet.config) if checked else None)
             write_text_atomic(folder / "README.md", model_card(result, shape))
             write_json_atomic(folder / RECORD_NAME, result.to_dict())  # the marker of a finished model
@@ -239,7 +240,7 @@ def _export_and_evaluate(ctx: RunContext, evaluator: SubnetEvaluator, record: Ev
         name=folder.name, subnet=replace(record, gmacs=cfg.gmacs(supernet.shape, profile.seq_len),
                                          latency_ms=predicted),
         task=task, metric_name=ctx.spec.main_metric, precision=profile.precision,
-        measured_ms=0.0, measured_statistic=STATISTIC, measured={},
+        measured_ms=0.0, measured_statistic="", measured={},
         ir_dev_metric=ir_metrics["metric"], ir_dev_metrics=ir_metrics, torch_dev_metric=torch_metrics["metric"],
         params=cfg.params(supernet.shape), profile=profile.to_dict(), fingerprint=fingerprint,
         table_fingerprint=table.machine if table is not None else None,

@@ -210,7 +210,8 @@ def test_the_table_is_re_anchored_in_the_exports_own_rounds(exported, tiny_shape
     def fake_measure(paths, *args, **kwargs):  # the machine at `factor` x the table's time, as the anchor says
         calls.append(paths)
         anchor = {tmp_path / f"anchor-{i}.xml": factor * table.calibrated_ms(s) for i, s in enumerate(subnets)}
-        return [dict.fromkeys(("ms", "median", "min", "p90"), anchor.get(p, 1.0)) | {"n": 100, "unstable": False}
+        return [dict.fromkeys(("ms", "median", "min", "p90"), anchor.get(p, 1.0))
+                | {"n": 100, "unstable": False, "statistic": "common-mode"}
                 for p in paths]
 
     monkeypatch.setattr(deploy, "exported_irs", fake_irs)

@@ -681,6 +681,22 @@ def test_measure_ir_ms_on_a_file_and_missing_path(tmp_path):
         measure_ir_ms(tmp_path / "missing", PROFILE)
 
 
+def test_short_models_are_measured_by_their_lowest_round_median(tmp_path, monkeypatch):
+    """Where every model runs under LOWEST_ROUND_MAX_MS each one's latency is its lowest round median; above it,
+    the rounds' common slowdown is removed. Which one was used is recorded, and a card can name it."""
+    from eftnas_hw.latency import measure
+
+    xml = _chain_model(tmp_path / "chain.xml", 30)
+    stats = measure.measure_compiled([xml, xml], PROFILE, rounds=4, min_seconds=0)
+    assert [s["statistic"] for s in stats] == ["lowest round median"] * 2
+    assert [s["ms"] for s in stats] == [s["lowest_round_median"] for s in stats]
+    assert all(s["statistic"] in measure.STATISTICS for s in stats)  # what a card names
+    monkeypatch.setattr(measure, "LOWEST_ROUND_MAX_MS", 0.0)
+    stats = measure.measure_compiled([xml, xml], PROFILE, rounds=4, min_seconds=0)
+    assert [s["statistic"] for s in stats] == ["common-mode"] * 2
+    assert [s["ms"] for s in stats] == pytest.approx(measure.common_mode([s["round_medians"] for s in stats]))
+
+
 def _chain_model(path: Path, length: int = 300) -> Path:
     """An IR of `length` dependent small matmuls (300: ~1 ms on the AVX2 EPYC, ~0.3 ms on the Xeon): long enough to
     feel a shared CPU."""

@@ -57,7 +57,8 @@ def main() -> None:
                         help="also fit the anchor on its subnets timed in the same rounds as the checked ones")
     parser.add_argument("--force", action="store_true", help="a table from another kind of machine")
     parser.add_argument("--yardstick", choices=("protocol", "benchmark_app"), default="protocol")
-    parser.add_argument("--details", action="store_true", help="also print each subnet's measured and predicted ms")
+    parser.add_argument("--details", action="store_true",
+                        help="also print each subnet's measured and predicted ms, and every model's round medians")
     args = parser.parse_args()
     table = LatencyTable.load(args.table, force=args.force)
     shape, profile = table.shape, table.profile
@@ -86,7 +87,7 @@ def main() -> None:
               "cpu": table.machine.get("cpu"), "here": platform.processor() or "", "n": len(subnets),
               "yardstick": args.yardstick, "full_model_measured_ms": round(float(measured[0]), 3)}
     if args.yardstick == "protocol":
-        result["timed_again"] = timed_again
+        result["timed_again"], result["statistic"] = timed_again, stats[0]["statistic"]
     for name, t in (("as_is", table), ("anchored", anchored), ("anchored_same_sitting", same_sitting)):
         if t is None:
             continue
@@ -109,6 +110,8 @@ def main() -> None:
         result["subnets"] = [{"subnet": s.to_dict(), "measured_ms": round(float(m), 3),
                               **{f"{k}_ms": round(t.predict_ms(s), 3) for k, t in tables.items() if t is not None}}
                              for s, m in zip(subnets, measured)]
+        if args.yardstick == "protocol":  # every timed model's rounds (the anchor's last), to try other statistics
+            result["round_medians"] = [s["round_medians"] for s in stats]
     print(json.dumps(result))
 
 
