@@ -267,8 +267,10 @@ def test_a_group_timed_in_a_slow_state_is_measured_again(tmp_path, monkeypatch):
     measure, calls = machine({3}, 1.3, "lowest round median")
     fake_machine(monkeypatch, measure)
     lowest = build_table(MICRO, PROFILE, tmp_path / "w.json", settings, progress=False)
-    assert calls == [8, 4, 4, 3, 4] and lowest.validation["stability"]["state_factor"] == 1.15
-    assert "over 1.15x the fastest" in "\n".join(profiler.summary_lines(lowest))
+    assert calls == [8, 4, 4, 3, 4] and lowest.validation["stability"]["state_factor"] == 1.25
+    assert "over 1.25x the fastest" in "\n".join(profiler.summary_lines(lowest))
+    assert "each one's lowest round median" in profiler.summary_lines(lowest)[1]
+    assert "common slowdowns removed" in profiler.summary_lines(table)[1]
     # The block models' group (led by the full model) caught in the slow state: measured again after the subnet
     # groups, the table gets the fast state's blocks; the subnets stay those chosen by the first blocks' sums.
     measure, calls = machine({1}, 2.2)

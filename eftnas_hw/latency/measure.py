@@ -58,14 +58,14 @@ SECONDS_PER_MODEL = 0.5
 MAX_ROUNDS_FACTOR = 5
 # Where every model of a measurement runs under LOWEST_ROUND_MAX_MS (the slowest one's lowest round median), a
 # candidate's latency is its lowest round median instead of the common-mode level. Why (sessions 26-27, 2-vCPU Xeon
-# with AMX, MiniLM-L6 at length 32 in bf16/INT8, 0.05-2.3 ms): the VM's slow state slows large models more than small
-# ones there (the largest fifth of 56 subnets 1.06-1.34x, the smallest 0.99-1.04x), so removing each round's common
-# slowdown bends the proportions. Six measurements of those 56 subnets agreed pairwise within 5% on 43-98% of them
-# (mean 68%) by the common-mode level, 88-100% (mean 95%) by the lowest round median; rebuilt from their stored
-# rounds, 13 Xeon table builds of such models reached leave-one-out 2.1-4.7% (median 2.8%) by the lowest round median,
-# 2.2-14.9% (median 3.7%) by the common-mode level. With slower models (MiniLM-L6 f32 at length 32 and every length-128
-# table, 4-40 ms; the AVX2 EPYC's length-32 tables, 9-10 ms) the slow state is a common factor and the lowest round
-# median did worse in 13 of 17 stored builds (2 threads: leave-one-out 1.8-3.2% -> 6.5-20%).
+# with AMX, MiniLM-L6 and BERT-small at length 32 in bf16/INT8, 0.05-2.3 ms): the VM's slow state slows large models
+# more than small ones there (the largest fifth of 56 subnets 1.06-1.34x, the smallest 0.99-1.04x), so removing each
+# round's common slowdown bends the proportions. Six measurements of those 56 subnets agreed pairwise within 5% on
+# 43-98% of them (mean 68%) by the common-mode level, on 88-100% (mean 95%) by the lowest round median; 14 builds of
+# such tables, recomputed from their stored rounds, reached leave-one-out errors of 2.0-4.7% (median 2.6%) by the
+# lowest round median against 2.2-14.9% (median 3.9%), lower in 12 of 14. With slower models (MiniLM-L6 f32 at length
+# 32 and length-128 tables, 4-40 ms; the AVX2 EPYC's length-32 tables, 9-10 ms) the slow state is a common factor:
+# there the lowest round median did worse in 14 of 21 stored builds (2 threads: 1.8-3.2% -> 6.5-20%).
 LOWEST_ROUND_MAX_MS = 3.0
 # What a measurement's "ms" is (`measure_compiled` records which in each stats dict's "statistic"), for cards.
 STATISTICS = {
