@@ -694,8 +694,8 @@ def test_measure_ir_ms_on_a_file_and_missing_path(tmp_path):
 
 
 def test_short_models_are_measured_by_their_lowest_round_median(tmp_path, monkeypatch):
-    """Where every model runs under LOWEST_ROUND_MAX_MS each one's latency is its lowest round median; above it,
-    the rounds' common slowdown is removed. Which one was used is recorded, and a card can name it."""
+    """Where every model runs under LOWEST_ROUND_MAX_MS on one thread each one's latency is its lowest round median;
+    above it, or with more threads, the rounds' common slowdown is removed. Which one was used is recorded, and a card can name it."""
     from eftnas_hw.latency import measure
 
     xml = _chain_model(tmp_path / "chain.xml", 30)
@@ -703,6 +703,8 @@ def test_short_models_are_measured_by_their_lowest_round_median(tmp_path, monkey
     assert [s["statistic"] for s in stats] == ["lowest round median"] * 2
     assert [s["ms"] for s in stats] == [s["lowest_round_median"] for s in stats]
     assert all(s["statistic"] in measure.STATISTICS for s in stats)  # what a card names
+    two_threads = measure.measure_compiled([xml, xml], replace(PROFILE, threads=2), rounds=4, min_seconds=0)
+    assert [s["statistic"] for s in two_threads] == ["common-mode"] * 2  # one thread only
     monkeypatch.setattr(measure, "LOWEST_ROUND_MAX_MS", 0.0)
     stats = measure.measure_compiled([xml, xml], PROFILE, rounds=4, min_seconds=0)
     assert [s["statistic"] for s in stats] == ["common-mode"] * 2
