@@ -293,7 +293,7 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
     block_stats = measured_blocks(state.data)
     data = dict(state.data, blocks=blocks_from_latencies(shape, grid, [s["ms"] for s in block_stats]))
     data.update(calibrate_groups(uncalibrated(data), subnets, groups, block_stats))
-    data["validation"]["stability"].update(remeasured_groups=remeasured, state_factor=state_factor(groups[0]))
+    data["validation"]["stability"].update(remeasured_groups=remeasured, state_factor=factor)
     data["build_minutes"] = data.get("build_minutes", 0.0) + (time.time() - started) / 60
     data["complete"] = True
     table = LatencyTable(data)
