@@ -70,10 +70,11 @@ MAX_ROUNDS_FACTOR = 5
 # its full model near the bound.
 LOWEST_ROUND_MAX_MS = 3.0
 # What a measurement's "ms" is (`measure_compiled` records which in each stats dict's "statistic"), for cards.
+COMMON_MODE, LOWEST_ROUND = "common-mode", "lowest round median"
 STATISTICS = {
-    "common-mode": "round medians less each round's common slowdown, at the fastest round's level (benchmark_app's "
+    COMMON_MODE: "round medians less each round's common slowdown, at the fastest round's level (benchmark_app's "
                    "median on a quiet machine; interleaved rounds)",
-    "lowest round median": "the lowest of the round medians (benchmark_app's median on a quiet machine, the lowest of "
+    LOWEST_ROUND: "the lowest of the round medians (benchmark_app's median on a quiet machine, the lowest of "
                            "repeated ones on a busy one; interleaved rounds)"}
 # Rounds whose medians differ by more than this (highest vs lowest) flag the measurement as unstable.
 DISAGREEMENT_BOUND = 0.05
@@ -306,7 +307,7 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
     levels = [s["lowest_round_median"] for s in stats] if short else common_mode([s["round_medians"] for s in stats])
     for s, level in zip(stats, levels):
         s["ms"] = float(level)  # the protocol's latency (see the module docstring and LOWEST_ROUND_MAX_MS)
-        s["statistic"] = "lowest round median" if short else "common-mode"
+        s["statistic"] = LOWEST_ROUND if short else COMMON_MODE
         s["cpus"], s["cpu_moves"] = sorted(used), moves
     return stats
 

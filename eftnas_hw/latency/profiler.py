@@ -42,7 +42,7 @@ from ..files import check_writable, read_json, write_json_atomic
 from ..settings import TableBuildSettings
 from ..subnet import BertShape, SubnetConfig
 from .fingerprint import hardware_fingerprint, warn_if_int8_is_slow
-from .measure import BURST, PINNING, measure_compiled
+from .measure import BURST, COMMON_MODE, LOWEST_ROUND, PINNING, measure_compiled
 from .prepare import PreparedIRs, RandomSubnet
 from .profiles import Profile
 from .table import CALIBRATION_FEATURES, FORMAT, VERSION, LatencyTable, log_curve_ms
@@ -301,10 +301,16 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
     return table
 
 
+def statistic(group: list[dict]) -> str:
+    """The statistic a group's measurements used (`measure.STATISTICS`; older stored ones name none: the common-mode
+    level)."""
+    return group[0].get("statistic", COMMON_MODE)
+
+
 def state_factor(group: list[dict]) -> float:
     """Over how many times the fastest group's full model a group is measured again (STATE_FACTOR), by the statistic
-    its measurements used (older stored measurements name none: the common-mode level)."""
-    return LOWEST_ROUND_STATE_FACTOR if group[0].get("statistic") == "lowest round median" else STATE_FACTOR
+    its measurements used."""
+    return LOWEST_ROUND_STATE_FACTOR if statistic(group) == LOWEST_ROUND else STATE_FACTOR
 
 
 def calibrate_groups(table: LatencyTable, subnets: list[SubnetConfig], groups: list[list[dict]],
@@ -473,7 +479,7 @@ def summary_lines(table: LatencyTable) -> list[str]:
     """The validation summary `eftnas-hw profile` prints."""
     v = table.validation
     s = v["stability"]
-    measured = table.data.get("measurements", {}).get("subnets/0", [{}])[0].get("statistic", "common-mode")
+    measured = statistic(table.data.get("measurements", {}).get("subnets/0", [{}]))
     lines = [
         f"table for {table.shape.describe()} under {table.profile.name} "
         f"({table.profile.threads} thread(s), batch {table.profile.batch}, seq {table.profile.seq_len}, "
@@ -481,7 +487,7 @@ def summary_lines(table: LatencyTable) -> list[str]:
         + (", ".join(f"{name} {c:+.4f}" for name, c in table.log_curve.items()) if table.log_curve else
            ", ".join(f"{name} {c:+.4g}" for name, c in zip(CALIBRATION_FEATURES, table.coef) if c)),
         f"validated leave-one-out on {v['n']} random subnets (interleaved rounds, "
-        + ("each one's lowest round median):" if measured == "lowest round median" else
+        + ("each one's lowest round median):" if measured == LOWEST_ROUND else
            "their common slowdowns removed):"),
         f"  table:           MAPE {v['mape_pct']:.2f}%  worst {v['worst_pct']:.2f}%  within 5% "
         f"{100 * v['within_5pct']:.0f}%  within 10% {100 * v['within_10pct']:.0f}%  Spearman {v['spearman']:.4f}",
