@@ -29,10 +29,11 @@ from .evolution import select_subnet, spread_along_front
 from .export import export_openvino, export_task
 from .files import check_writable, read_json, write_json_atomic, write_text_atomic
 from .latency import LatencyTable, Profile, TableDoesNotFit, anchor_line, hardware_fingerprint
-from .latency.anchor import anchor_models, fit_anchor, timed_out_of_a_slow_state
+from .latency.anchor import anchor_models, fit_anchor
 from .latency.fingerprint import warn_if_int8_is_slow
 from .latency.measure import STATISTICS, ir_path, measure_compiled
 from .latency.prepare import exported_irs
+from .latency.slow_state import timed_out_of_a_slow_state
 from .reports import EXPORT_SUMMARY, write_export_summary
 from .search import load_search
 from .settings import AnchorSettings

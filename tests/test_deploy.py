@@ -19,8 +19,8 @@ from eftnas_hw.elastic import ElasticBert
 from eftnas_hw.errors import UserError
 from eftnas_hw.evaluate import Evaluator, ir_logits
 from eftnas_hw.latency import LatencyTable, Profile
-from eftnas_hw.latency.anchor import SLOW_STATE_FACTOR, anchor_models
-from eftnas_hw.latency.profiler import STATE_RETRIES
+from eftnas_hw.latency.anchor import anchor_models
+from eftnas_hw.latency.slow_state import SLOW_STATE_FACTOR, STATE_RETRIES
 from eftnas_hw.models import load_model, load_tokenizer
 from eftnas_hw.settings import AnchorSettings, RunConfig
 from eftnas_hw.subnet import SubnetConfig

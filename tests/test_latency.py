@@ -234,7 +234,7 @@ def test_a_group_timed_in_a_slow_state_is_measured_again(tmp_path, monkeypatch):
     """The second subnet group's first measurement catches the machine in a slow state that is no common factor (its
     full model 2.2x slower, the others 1.7x, as on session 23's Xeon): measured again, the build keeps the fast
     state's proportions and says so; a group only 1.3x slower (a common slowdown) is left to the drift factor, unless
-    measured by the lowest round median (`profiler.LOWEST_ROUND_STATE_FACTOR`)."""
+    measured by the lowest round median (`slow_state.LOWEST_ROUND_STATE_FACTOR`)."""
     def machine(slow_calls: set[int] | dict[int, float], factor: float = 1.0, statistic: str = "common-mode"):
         calls: list[int] = []
         factors = slow_calls if isinstance(slow_calls, dict) else dict.fromkeys(slow_calls, factor)
@@ -290,6 +290,44 @@ def test_a_group_timed_in_a_slow_state_is_measured_again(tmp_path, monkeypatch):
         assert kept.data["measurements"][key][0]["ms"] == pytest.approx(2.2 * fast_full_ms)
         if key == "blocks":
             assert profiler.measured_blocks(kept.data) == kept.data["measurements"]["blocks"][1:]
+
+
+def test_check_statistics_refits_a_build_from_its_rounds_and_scores_its_check(tmp_path, monkeypatch):
+    """`tools/check_statistics.py` on an additive machine whose rounds differ by a common factor (1.3, 1.0, 1.1): both
+    statistics read the fast round, so the build refitted under either is the build itself (the block models line up
+    behind the full model that leads them), and every combination of build and check statistic puts all unseen subnets
+    within 5%."""
+    from eftnas_hw.latency import RandomSubnet
+    from eftnas_hw.latency.anchor import anchor_models
+    from eftnas_hw.latency.measure import LOWEST_ROUND
+
+    tool = load_tool("check_statistics")
+    factors = (1.3, 1.0, 1.1)
+
+    def cost_ms(module) -> float:
+        return 1e-3 * sum(p.numel() for p in module.parameters())
+
+    def measure(models, profile, rounds=5, desc=None):
+        return [dict(ms=cost_ms(m), round_medians=[cost_ms(m) * f for f in factors], spread=0.1, disagreement=0.3,
+                     wall_over_cpu=1.0, unstable=True, statistic=LOWEST_ROUND) for m in models]
+
+    fake_machine(monkeypatch, measure)
+    out = tmp_path / "t.json"
+    table = build_table(MICRO, PROFILE, out, TableBuildSettings(ffn_step=32, subnets=8, group_size=3), progress=False)
+    for statistic in tool.STATISTICS.values():
+        again = tool.rebuilt(table, statistic)
+        assert _same(again.data["blocks"], table.data["blocks"])
+        assert again.validation["mape_pct"] == pytest.approx(table.validation["mape_pct"])
+    checked = [MICRO.full_subnet()] + random_subnets(MICRO, 5, 7)
+    timed = checked + anchor_models(table)[0]
+    ms = [cost_ms(RandomSubnet(MICRO, 7, s).build()) for s in timed]
+    (tmp_path / "t.json.check.json").write_text(json.dumps({
+        "subnets": [{"subnet": s.to_dict(), "measured_ms": m} for s, m in zip(checked, ms)],
+        "round_medians": [[m * f for f in factors] for m in ms]}))
+    lines = tool.scores(out)
+    assert lines[0].startswith("t.json: built with lowest round median") and len(lines) == 2
+    cells = re.findall(r"built ([a-z -]+) / checked ([a-z -]+): (\d+)%", lines[1])
+    assert len(cells) == 4 and all(share == "100" for *_, share in cells)
 
 
 def test_a_machine_whose_latency_curves_gets_the_log_curve_calibration(tmp_path, monkeypatch):
@@ -870,7 +908,7 @@ def test_anchor_timed_in_a_slow_state_is_timed_again(real_table, monkeypatch):
     the faster measurement is kept and the line says so. On a machine really 2x slower every measurement agrees:
     timed at most STATE_RETRIES more times, and the scale stays 2."""
     from eftnas_hw.latency import anchor as anchor_module
-    from eftnas_hw.latency.profiler import STATE_RETRIES
+    from eftnas_hw.latency.slow_state import STATE_RETRIES
     from eftnas_hw.settings import AnchorSettings
 
     table, factors = LatencyTable.load(real_table), []
@@ -941,6 +979,64 @@ def test_every_shipped_table_reads_with_its_validation():
         assert table.predict_ms(table.shape.full_subnet()) > 0
         assert 0 <= table.validation["mape_pct"] < 10 and table.validation["n"] >= 8
         assert tool.row(table).startswith(f"| {path.parent.name}/{path.name} |")
+
+
+def test_remote_measure_times_a_build_s_groups_as_a_build_does(tmp_path, monkeypatch, capsys):
+    """`tools/remote_latency.py measure` on a fake additive machine: every group led by the full model, the block
+    models' too; the second calibration group caught in a slow state (its full model 2.2x, the others 1.7x, as on
+    session 23's Xeon) is measured again and its fast measurement kept; `fit` reads the block models without their
+    leading full model, records the group measured again and fits the additive machine."""
+    from types import SimpleNamespace
+
+    from eftnas_hw.latency import measure, profiles, slow_state
+
+    remote = load_tool("remote_latency")
+    sets = remote.model_sets()
+    manifest = {"block_grid": profiler.ffn_grid(BertShape.named("minilm-l6"), 128), "widths": remote.WIDTHS,
+                "uniform": remote.UNIFORM, "sets": {name: [s for s, _ in items] for name, items in sets.items()}}
+
+    class FakePack:  # the models themselves (RandomSubnet), nothing unpacked
+        def __init__(self, path, core):
+            self.manifest = manifest
+
+        def model(self, name, i, kind):
+            return sets[name][i][1]
+
+        def models(self, name, kind, indices=None):
+            return [self.model(name, i, kind) for i in (range(len(sets[name])) if indices is None else indices)]
+
+    def cost_ms(m) -> float:  # additive: embeddings by vocabulary, per layer a cost per kept block, head and channel
+        return 0.1 + 1e-5 * m.shape.vocab_size + sum(0.05 * (h > 0) + 0.02 * h + (0.04 + 2e-4 * f) * (f > 0)
+                                                     for h, f in zip(m.subnet.heads, m.subnet.ffn))
+
+    calls = []
+
+    def fake_measure(models, profile, rounds=20, **kwargs):
+        calls.append(len(models))
+        slow = len(calls) == 3  # the second calibration group's first measurement
+        return [dict(ms=cost_ms(m) * ((2.2 if i == 0 else 1.7) if slow else 1.0), round_medians=[1.0],
+                     disagreement=0.0, unstable=False, wall_over_cpu=1.0, spread=0.1, statistic=measure.COMMON_MODE)
+                for i, m in enumerate(models)]
+
+    monkeypatch.setattr(remote, "Pack", FakePack)
+    monkeypatch.setattr(remote, "import_measurement", lambda: (
+        SimpleNamespace(measure_compiled=fake_measure, core=measure.core), profiles, slow_state))
+    remote.measure(tmp_path / "pack.tar.xz", tmp_path / "out", ["1t-s128-f32"], ["tables"])
+    blocks, calib = len(sets["blocks"]), len(sets["calib"])
+    groups = [1 + len(range(i, min(i + remote.GROUP, calib))) for i in range(0, calib, remote.GROUP)]
+    assert calls == [1 + blocks, *groups, groups[1], len(sets["anchor"]), len(sets["check"]) + len(sets["anchor"])]
+    t = json.loads((tmp_path / "out" / "results.json").read_text())["tables"]["1t-s128-f32"]
+    full_ms = cost_ms(sets["calib"][0][1])
+    assert t["block_reference"] and t["remeasured_groups"] == 1 and len(t["blocks"]) == 1 + blocks
+    assert [g[0]["ms"] for g in [t["blocks"], *t["calib_groups"]]] == pytest.approx([full_ms] * (1 + len(groups)))
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    remote.fit([tmp_path / "out" / "results.json"], tmp_path / "manifest.json", write=tmp_path)
+    out = capsys.readouterr().out
+    loo = float(re.search(r"\[1t-s128-f32\] \d+ s there; leave-one-out ([\d.]+)%", out).group(1))
+    assert loo < 0.5
+    table = LatencyTable.read(tmp_path / "minilm-l6_cpu-1t-b1-s128-f32.json")
+    assert table.validation["stability"]["remeasured_groups"] == 1
+    assert profiler.measured_blocks(table.data) == t["blocks"][1:]
 
 
 def test_remote_pack_keeps_the_graph_and_refills_only_weights(tmp_path):

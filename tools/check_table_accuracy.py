@@ -7,7 +7,7 @@ Prints one JSON line: the table's prediction error on `--n` random subnets (seed
 calibration/validation subnets and the anchor's; removed attention/FFN blocks included) as the table is, and,
 with --anchor, after re-anchoring it here (`eftnas_hw.latency.anchor_table`, whose own measurements are not among
 the checked subnets), as a user's run does: the anchor first, the checked subnets timed after it (timed again, at
-most twice, the faster kept, where the full model ran over 1.3x the prediction: `anchor.timed_out_of_a_slow_state`,
+most twice, the faster kept, where the full model ran over 1.3x the prediction: `slow_state.timed_out_of_a_slow_state`,
 as `run`'s export stage does).
 With --same-sitting the anchor's subnets are timed in the same interleaved rounds as the checked ones and the
 anchor is fitted on those measurements (`fit_anchor`): the table's own error, with the machine's drift between the
@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from eftnas_hw.latency import LatencyTable, RandomSubnet, anchor_table, random_subnets
-from eftnas_hw.latency.anchor import anchor_models, fit_anchor, timed_out_of_a_slow_state
+from eftnas_hw.latency.anchor import anchor_models, fit_anchor
 from eftnas_hw.latency.measure import measure_compiled
 from eftnas_hw.latency.prepare import export_ir, exported_irs
 from eftnas_hw.latency.profiler import errors
+from eftnas_hw.latency.slow_state import timed_out_of_a_slow_state
 from eftnas_hw.settings import AnchorSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

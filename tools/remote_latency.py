@@ -25,7 +25,10 @@ models with all FFNs at one width of the same precision, it also compares the ta
 those whole models, with and without the measured width penalty, to the measured ones (the penalty comes from
 one-layer probes: does it hold on whole models?). Its benchmark_app step times the project's protocol first and then
 benchmark_app bound to the CPUs the protocol chose (`measure.choose_cpus`), so both time the same cores.
-One difference from `eftnas-hw profile`: the calibration and anchor subnets are spread by MACs (`spread_subnets`
+`measure` times a table's groups as `eftnas-hw profile` does since session 28: each led by the full model, the block
+models' too, and a group that caught the machine's slow state measured again (`slow_state.measure_slow_groups_again`);
+results measured before have block models without it, and `fit` reads both. One difference from `eftnas-hw profile`:
+the calibration and anchor subnets are spread by MACs (`spread_subnets`
 with a MAC cost), since the blocks are not measured yet when they are chosen. The INT8 IRs are static at length 128.
 """
 from __future__ import annotations
@@ -144,7 +147,7 @@ def pack(out: Path, work: Path) -> None:
 
 # ---- there: measure ---------------------------------------------------------------------------------------------
 def import_measurement():
-    """eftnas_hw.latency.measure and .profiles without the package's __init__ (which imports transformers, optimum
+    """eftnas_hw.latency.measure, .profiles and .slow_state without the package's __init__ (which imports transformers, optimum
     and NNCF): the target machine needs OpenVINO, numpy, pyyaml and tqdm only."""
     for name, path in (("eftnas_hw", "eftnas_hw"), ("eftnas_hw.latency", "eftnas_hw/latency")):
         if name not in sys.modules:
@@ -155,8 +158,8 @@ def import_measurement():
         export = types.ModuleType("eftnas_hw.export")
         export.IR_NAME = "openvino_model.xml"
         sys.modules["eftnas_hw.export"] = export
-    from eftnas_hw.latency import measure, profiles
-    return measure, profiles
+    from eftnas_hw.latency import measure, profiles, slow_state
+    return measure, profiles, slow_state
 
 
 def random_pool() -> dict:
@@ -222,7 +225,7 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
             precisions: list[str] | None = None, bapp_rounds: int = 3, repetitions: int = 3) -> None:
     import openvino as ov
 
-    measure_mod, profiles = import_measurement()
+    measure_mod, profiles, slow_state = import_measurement()
     Profile, started = profiles.Profile, time.time()
     pack_ = Pack(pack_path, measure_mod.core())
     precisions = [p for p in ("bf16", "int8", "f32") if p in profiles.supported_precisions()
@@ -242,20 +245,32 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
     def timed(profile, models, rounds, label):
         stats = measure_mod.measure_compiled(models, profile, rounds)
         print(f"[{time.time() - started:6.1f}s] {label} {profile.condition}", flush=True)
-        return [{k: s[k] for k in ("ms", "round_medians", "disagreement", "unstable", "wall_over_cpu", "spread")}
-                for s in stats]
+        return [{k: s[k] for k in ("ms", "round_medians", "disagreement", "unstable", "wall_over_cpu", "spread",
+                                   "statistic")} for s in stats]
 
     def tables():
         for condition in conditions or [f"1t-s128-{p}" for p in precisions]:
             profile = condition_profile(condition, Profile)
             kind = ir_kind(profile.precision)
-            t, r = time.time(), {}
-            r["blocks"] = timed(profile, pack_.models("blocks", kind), 32, "blocks")
+            t, r = time.time(), {"block_reference": True}
             n = len(pack_.manifest["sets"]["calib"])
-            r["calib_groups"] = [  # groups of GROUP + the full model (calib 0) as drift reference, as build_table
-                timed(profile, [pack_.model("calib", 0, kind)]
-                      + pack_.models("calib", kind, range(i, min(i + GROUP, n))), 16,
-                      f"calibration subnets {i}-{min(i + GROUP, n) - 1}") for i in range(0, n, GROUP)]
+            # As `build_table`: every group led by the full model (calib 0), the block models' too, and the groups
+            # that caught the machine's slow state measured again (`slow_state.measure_slow_groups_again`).
+            members = [None, *(range(i, min(i + GROUP, n)) for i in range(0, n, GROUP))]  # 0: the block models
+
+            def group(j: int) -> list[dict]:
+                models = pack_.models("blocks", kind) if j == 0 else pack_.models("calib", kind, members[j])
+                label = "blocks" if j == 0 else f"calibration subnets {members[j][0]}-{members[j][-1]}"
+                return timed(profile, [pack_.model("calib", 0, kind)] + models, 32 if j == 0 else 16, label)
+
+            def again(j: int) -> list[dict]:
+                new = group(j)
+                return new if new[0]["ms"] < groups[j][0]["ms"] else groups[j]
+
+            groups = [group(j) for j in range(len(members))]
+            r["remeasured_groups"] = slow_state.measure_slow_groups_again(groups, again,
+                                                                          slow_state.state_factor(groups[1]))
+            r["blocks"], r["calib_groups"] = groups[0], groups[1:]
             r["anchor_first"] = timed(profile, pack_.models("anchor", kind), 20, "anchor")
             r["check_same_sitting"] = timed(profile, pack_.models("check", kind) + pack_.models("anchor", kind), 20,
                                             "check + anchor")
@@ -317,6 +332,7 @@ def fit(results_paths: list[Path], pack_path: Path, write: Path | None = None) -
     from eftnas_hw.latency.profiler import (SELECTION, blocks_from_latencies, calibrate_groups, errors,
                                             table_header, uncalibrated)
     from eftnas_hw.latency.profiles import Profile
+    from eftnas_hw.latency.slow_state import state_factor
     from eftnas_hw.latency.table import LatencyTable
     from eftnas_hw.settings import AnchorSettings, TableBuildSettings
     from eftnas_hw.subnet import BertShape, SubnetConfig
@@ -352,25 +368,34 @@ def fit(results_paths: list[Path], pack_path: Path, write: Path | None = None) -
         print(f"[granularity probes {p}] " + "; ".join(
             f"alignment {g['alignment']}, penalty {g['penalty']:.1%} ("
             + ", ".join(f"{q['width']} {q['excess']:+.1%}" for q in g["probes"]) + ")" for g in found))
+    def block_group(t: dict) -> list[dict]:
+        """The block models' measurements of a condition (since session 28 `measure` leads them with the full
+        model)."""
+        return t["blocks"][1:] if t.get("block_reference") else t["blocks"]
+
     def fitted(condition: str, blocks: dict, t: dict) -> LatencyTable:
         """The table of `blocks` calibrated on the condition's calibration groups, as `build_table` does."""
         profile = condition_profile(condition, Profile)
         profile = dataclasses.replace(profile, name=profile.condition)
         machine = fingerprint(env["device_name"], flags, env["nproc"], env["openvino"], profile)
         header = table_header(shape, profile, machine, TableBuildSettings(),
-                              SELECTION + ", by MACs (tools/remote_latency.py)", block_reference=False)
+                              SELECTION + ", by MACs (tools/remote_latency.py)",
+                              block_reference=t.get("block_reference", False))
         data = dict(header, blocks=blocks, complete=True,
                     build_minutes=t["seconds"] / 60,  # the timing there; the IRs were prepared by `pack`
                     measurements={"blocks": t["blocks"], **{f"subnets/{GROUP * i}": g
                                                             for i, g in enumerate(t["calib_groups"])}})
         block_stats = [dict(s, lowest_round_median=s["ms"], median=s["ms"], min=s["ms"], p90=s["ms"])
-                       for s in t["blocks"]]
+                       for s in block_group(t)]
         data.update(calibrate_groups(uncalibrated(data), [SubnetConfig.from_dict(d) for d in man["sets"]["calib"]],
                                      t["calib_groups"], block_stats))
+        if t.get("block_reference"):
+            data["validation"]["stability"].update(remeasured_groups=t["remeasured_groups"],
+                                                   state_factor=state_factor(t["calib_groups"][0]))
         return LatencyTable(data)
 
     for condition, t in res.get("tables", {}).items():
-        blocks = blocks_from_latencies(shape, man["block_grid"], [s["ms"] for s in t["blocks"]])
+        blocks = blocks_from_latencies(shape, man["block_grid"], [s["ms"] for s in block_group(t)])
         table = fitted(condition, blocks, t)
         data = table.data
         if write:

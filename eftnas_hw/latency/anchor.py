@@ -16,8 +16,6 @@ instead).
 from __future__ import annotations
 
 import time
-from typing import Callable
-
 import numpy as np
 
 from ..errors import UserError
@@ -26,7 +24,8 @@ from ..subnet import SubnetConfig
 from .fingerprint import hardware_fingerprint
 from .measure import measure_compiled
 from .prepare import RandomSubnet, exported_irs
-from .profiler import STATE_RETRIES, errors, leave_one_out, relative_fit, spread_subnets
+from .profiler import errors, leave_one_out, relative_fit, spread_subnets
+from .slow_state import SLOW_STATE_FACTOR, timed_out_of_a_slow_state
 from .table import LatencyTable
 
 
@@ -68,28 +67,6 @@ def anchor_table(table: LatencyTable, settings: AnchorSettings = AnchorSettings(
     return fit_anchor(table, subnets, measured, settings, measured_twice=remeasured,
                       slow_state_retries=slow_state_retries, unstable_measurements=sum(s["unstable"] for s in stats),
                       cpus=stats[0].get("cpus", []), seconds=round(time.time() - started, 1))
-
-
-# Where an anchor's full model measures over this x the table's prediction, it is timed again (`timed_out_of_a_slow_
-# state`). Lower than the build's `profiler.STATE_FACTOR` (1.4): anchors on the 2-vCPU Xeon came out at scale 1.33
-# (INT8, session 24) and 1.34 (f32, session 23) where the same sitting's check found 0.99 and 0.90.
-SLOW_STATE_FACTOR = 1.3
-
-
-def timed_out_of_a_slow_state(measure: Callable[[bool], list[dict]], full: int,
-                              expected_ms: float) -> tuple[list[dict], int]:
-    """`measure(again)`'s stats and how many more times it ran: where the full model (stats[`full`]) measures over
-    SLOW_STATE_FACTOR x `expected_ms`, the measurement may have fallen wholly in a slow second state of a shared
-    machine, so it is timed again (at most STATE_RETRIES times) and the one with the faster full model kept. Why: on
-    the 2-vCPU Xeon of session 23 an f32 anchor came out at scale 1.34 and a 2-thread bf16 one at 1.87 where the same
-    sitting's check found 0.90 and 0.99, and a default run's whole export at 2.0x its anchoring. On a machine that is
-    really slower the same comes back and only time is lost (~20-40 s for MiniLM-L6)."""
-    stats, retries = measure(False), 0
-    while stats[full]["ms"] > SLOW_STATE_FACTOR * expected_ms and retries < STATE_RETRIES:
-        retries += 1
-        again = measure(True)
-        stats = again if again[full]["ms"] < stats[full]["ms"] else stats
-    return stats, retries
 
 
 def fit_anchor(table: LatencyTable, subnets: list[SubnetConfig], measured: np.ndarray,

@@ -22,7 +22,7 @@ Why blocks are measured this way (decided from measurements on this machine):
 - The machine's speed drifts while a table is built (another tenant of the host, frequency): every group of
   subnets also times the full model, and each group is rescaled to the median of those references. The block models'
   group times it too, not to be rescaled (their sums only need the right proportions) but to be measured again when
-  it caught the machine's slow state (see STATE_FACTOR).
+  it caught the machine's slow state (`slow_state.py`).
 - Progress is written atomically to the output file after every measured group, so a killed run resumes.
 """
 from __future__ import annotations
@@ -42,34 +42,16 @@ from ..files import check_writable, read_json, write_json_atomic
 from ..settings import TableBuildSettings
 from ..subnet import BertShape, SubnetConfig
 from .fingerprint import hardware_fingerprint, warn_if_int8_is_slow
-from .measure import BURST, COMMON_MODE, LOWEST_ROUND, PINNING, measure_compiled
+from .measure import BURST, LOWEST_ROUND, PINNING, measure_compiled
 from .prepare import PreparedIRs, RandomSubnet
 from .profiles import Profile
+from .slow_state import STATE_FACTOR, measure_slow_groups_again, state_factor, statistic
 from .table import CALIBRATION_FEATURES, FORMAT, VERSION, LatencyTable, log_curve_ms
 
 BLOCK_VOCAB = 512
 # How the calibration subnets are chosen (recorded with the build settings: a partial build of another selection is
 # not resumed).
 SELECTION = "spread over the block-sum range (spread_subnets)"
-# A group whose drift reference (the full model) ran more than STATE_FACTOR x the fastest group's is measured again,
-# at most STATE_RETRIES times (`build_table`); the block models' group too, which leads with the full model for this.
-# Why: on the 2-vCPU Xeon with AMX of session 23 the machine ran in two states for seconds at a time (bf16 MiniLM-L6
-# 6.2-7.0 ms or 14-15 ms, INT8 6.4-7 or 11-12 ms), and the slow state is no common factor: a 1.3-ms subnet slowed 1.7x
-# where the full model slowed 2.2x, so 12 subnets relative to the full model read 0.253-0.259 in the fast state and
-# 0.228 in a measurement wholly in the slow one. A drift factor rescales such a group to the others' level but keeps
-# the slow state's proportions. The block models have no drift factor at all: session 24's INT8 MiniLM-L6 table there
-# measured them 1.5-1.7x slower than a quiet minute did (session 25: the empty layer 1.5x, the 128-wide FFN block
-# 1.7x, the 1536-wide one 1.6x), which made narrow FFN blocks 17% dearer relative to wide ones than in a fast state.
-# The AVX2 EPYC's speed levels, 1.2-1.4x apart and common to all candidates, stay below it.
-STATE_FACTOR = 1.4
-# Measured by their lowest round median (`measure.LOWEST_ROUND_MAX_MS`), the groups' full models read the fastest state
-# each group saw, so groups that all saw the fast state agree within a few percent and a lower factor tells one that
-# never did. Why (session 27, 2-vCPU Xeon, MiniLM-L6 bf16 at length 32): one group's full model read 2.42 ms against
-# the others' 1.76-2.00 ms (1.37x, under 1.4x) after 98% of its rounds in the slow state; rescaled to the others'
-# level, its small subnets made the build's worst leave-one-out error 37% (MAPE 5.84%). Not 1.15: the machine's fast
-# level itself drifts by 10% within minutes, and at 1.15 an INT8 build measured 7 groups again (4.5 min in all).
-LOWEST_ROUND_STATE_FACTOR = 1.25
-STATE_RETRIES = 2
 
 
 def random_subnets(shape: BertShape, n: int, seed: int, width_step: int = 64,
@@ -280,37 +262,26 @@ def build_table(shape: BertShape, profile: Profile, out: str | os.PathLike,
             irs.forget([m for m in group if m != full])
             return stats
 
-        groups, remeasured = [measure(start) for start in starts], 0
+        groups = [measure(start) for start in starts]
         factor = state_factor(groups[0])
-        for _ in range(STATE_RETRIES):  # groups timed in a slow second state of the machine (see STATE_FACTOR)
-            block_group = _fastest_block_group(state.data["measurements"])
-            fastest = min(g[0]["ms"] for g in [block_group, *groups])
-            for i in [i for i, g in enumerate(groups) if g[0]["ms"] > factor * fastest]:
-                groups[i], remeasured = measure(starts[i], again=True), remeasured + 1
-            if block_group[0]["ms"] > factor * fastest:
+
+        def again(i: int) -> list[dict]:  # group 0: the block models
+            if i == 0:
                 measure_blocks("blocks/again", again=True)
-                remeasured += 1
-    block_stats = measured_blocks(state.data)
-    data = dict(state.data, blocks=blocks_from_latencies(shape, grid, [s["ms"] for s in block_stats]))
-    data.update(calibrate_groups(uncalibrated(data), subnets, groups, block_stats))
+                return _fastest_block_group(state.data["measurements"])
+            return measure(starts[i - 1], again=True)
+
+        # Groups timed in a slow second state of the machine are timed again (see slow_state.STATE_FACTOR).
+        everything = [_fastest_block_group(state.data["measurements"]), *groups]
+        remeasured = measure_slow_groups_again(everything, again, factor)
+        groups = everything[1:]
+    data = calibrated_document(state.data, subnets, groups, measured_blocks(state.data))
     data["validation"]["stability"].update(remeasured_groups=remeasured, state_factor=factor)
     data["build_minutes"] = data.get("build_minutes", 0.0) + (time.time() - started) / 60
     data["complete"] = True
     table = LatencyTable(data)
     table.save(out)
     return table
-
-
-def statistic(group: list[dict]) -> str:
-    """The statistic a group's measurements used (`measure.STATISTICS`; older stored ones name none: the common-mode
-    level)."""
-    return group[0].get("statistic", COMMON_MODE)
-
-
-def state_factor(group: list[dict]) -> float:
-    """Over how many times the fastest group's full model a group is measured again (STATE_FACTOR), by the statistic
-    its measurements used."""
-    return LOWEST_ROUND_STATE_FACTOR if statistic(group) == LOWEST_ROUND else STATE_FACTOR
 
 
 def calibrate_groups(table: LatencyTable, subnets: list[SubnetConfig], groups: list[list[dict]],
@@ -409,14 +380,34 @@ def uncalibrated(data: dict) -> LatencyTable:
     return LatencyTable(dict(data, complete=True, calibration={"coef": identity}))
 
 
-def measured_blocks(data: dict) -> list[dict]:
-    """A table document's block-model measurements, in `block_models`' order: of those taken (`build_table` measures
-    the group again when it caught a slow state) the one with the faster full model, which leads the group and is left
-    out here."""
+def calibrated_document(data: dict, subnets: list[SubnetConfig], groups: list[list[dict]],
+                        block_stats: list[dict]) -> dict:
+    """A table document (`data`: header and measurements) completed from its measurements: the blocks from
+    `block_stats` (in `block_models`' order), the calibration fitted on the subnets' `groups` (`calibrate_groups`) and
+    its validation. Apart from `build_table` so that a build can be refitted from its stored rounds under another
+    statistic (`tools/check_statistics.py`)."""
+    shape = BertShape.from_dict(data["shape"])
+    grid = ffn_grid(shape, data["settings"]["ffn_step"])
+    out = dict(data, blocks=blocks_from_latencies(shape, grid, [s["ms"] for s in block_stats]))
+    out.update(calibrate_groups(uncalibrated(out), subnets, groups, block_stats))
+    return out
+
+
+def kept_block_group(data: dict) -> list[dict]:
+    """Of a table document's block-model measurements (`build_table` measures the group again when it caught a slow
+    state) the one the build kept: the one with the faster full model, which leads the group where the settings say
+    `block_reference`."""
     stored = data["measurements"]
     if not data["settings"].get("block_reference"):
         return stored.get("blocks/again") or stored["blocks"]
-    return _fastest_block_group(stored)[1:]
+    return _fastest_block_group(stored)
+
+
+def measured_blocks(data: dict) -> list[dict]:
+    """The block models' measurements the build kept (`kept_block_group`), in `block_models`' order, without the full
+    model leading them."""
+    group = kept_block_group(data)
+    return group[1:] if data["settings"].get("block_reference") else group
 
 
 def _fastest_block_group(stored: dict) -> list[dict]:
