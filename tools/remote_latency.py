@@ -147,8 +147,8 @@ def pack(out: Path, work: Path) -> None:
 
 # ---- there: measure ---------------------------------------------------------------------------------------------
 def import_measurement():
-    """eftnas_hw.latency.measure, .profiles and .slow_state without the package's __init__ (which imports transformers, optimum
-    and NNCF): the target machine needs OpenVINO, numpy, pyyaml and tqdm only."""
+    """eftnas_hw.latency.measure, .profiles and .slow_state without the package's __init__ (which imports
+    transformers, optimum and NNCF): the target machine needs OpenVINO, numpy, pyyaml and tqdm only."""
     for name, path in (("eftnas_hw", "eftnas_hw"), ("eftnas_hw.latency", "eftnas_hw/latency")):
         if name not in sys.modules:
             module = types.ModuleType(name)

@@ -1,6 +1,6 @@
 """The shared machine's slow second state, and how measurements get out of it.
 
-A shared VM (the 2-vCPU Xeons with AMX of sessions 23-27 most of all) runs for seconds at a time in a second state up
+A shared VM (the 2-vCPU Xeons with AMX of sessions 23-28 most of all) runs for seconds at a time in a second state up
 to 2x slower, and that state is no common factor of the models timed in it (see STATE_FACTOR). Rescaling cannot repair
 a measurement taken there; timing it again can. Every measurement that matters carries the full model as its
 reference, so a slow state shows as that reference running over a factor x its level elsewhere: a table build's groups
@@ -15,7 +15,8 @@ from typing import Callable
 from .measure import COMMON_MODE, LOWEST_ROUND
 
 # A group whose drift reference (the full model) ran more than STATE_FACTOR x the fastest group's is measured again,
-# at most STATE_RETRIES times (`measure_slow_groups_again`); the block models' group too, which leads with the full model for this.
+# at most STATE_RETRIES times (`measure_slow_groups_again`); the block models' group too, which leads with the full
+# model for this.
 # Why: on the 2-vCPU Xeon with AMX of session 23 the machine ran in two states for seconds at a time (bf16 MiniLM-L6
 # 6.2-7.0 ms or 14-15 ms, INT8 6.4-7 or 11-12 ms), and the slow state is no common factor: a 1.3-ms subnet slowed 1.7x
 # where the full model slowed 2.2x, so 12 subnets relative to the full model read 0.253-0.259 in the fast state and
