@@ -733,7 +733,8 @@ def test_measure_ir_ms_on_a_file_and_missing_path(tmp_path):
 
 def test_short_models_are_measured_by_their_lowest_round_median(tmp_path, monkeypatch):
     """Where every model runs under LOWEST_ROUND_MAX_MS on one thread each one's latency is its lowest round median;
-    above it, or with more threads, the rounds' common slowdown is removed. Which one was used is recorded, and a card can name it."""
+    above it, or with more threads, the rounds' common slowdown is removed. Which one was used is recorded, and a card
+    can name it."""
     from eftnas_hw.latency import measure
 
     xml = _chain_model(tmp_path / "chain.xml", 30)

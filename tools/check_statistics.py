@@ -27,29 +27,29 @@ from eftnas_hw.latency import LatencyTable
 from eftnas_hw.latency.anchor import anchor_models, fit_anchor
 from eftnas_hw.latency.measure import COMMON_MODE, LOWEST_ROUND, common_mode
 from eftnas_hw.latency.profiler import calibrated_document, errors, kept_block_group
+from eftnas_hw.latency.slow_state import faster, statistic
 from eftnas_hw.settings import AnchorSettings
 from eftnas_hw.subnet import SubnetConfig
 
 STATISTICS = {COMMON_MODE: common_mode, LOWEST_ROUND: lambda rounds: np.asarray(rounds).min(axis=1)}
 
 
-def _with(group: list[dict], statistic) -> list[dict]:
-    """A measured group's stats with "ms" recomputed by `statistic` from its round medians."""
-    values = statistic(np.array([s["round_medians"] for s in group]))
+def _with(group: list[dict], by) -> list[dict]:
+    """A measured group's stats with "ms" recomputed from its round medians `by` a statistic (STATISTICS)."""
+    values = by(np.array([s["round_medians"] for s in group]))
     return [dict(s, ms=float(v)) for s, v in zip(group, values)]
 
 
-def rebuilt(table: LatencyTable, statistic) -> LatencyTable:
-    """The table as its build would have fitted it had every measurement taken `statistic` (the group measured again,
+def rebuilt(table: LatencyTable, by) -> LatencyTable:
+    """The table as its build would have fitted it had every measurement taken the statistic `by` (the group measured again,
     where it was, chosen by its full model under that statistic, as the build chooses)."""
     data, stored = table.data, table.data["measurements"]
-    kept = _with(kept_block_group(data), statistic)  # the common mode is the whole measurement's, full model and all
+    kept = _with(kept_block_group(data), by)  # the common mode is the whole measurement's, full model and all
     blocks = kept[1:] if data["settings"].get("block_reference") else kept
     groups = []
     for key in sorted((k for k in stored if k.startswith("subnets/") and not k.endswith("/again")),
                       key=lambda k: int(k.split("/")[1])):
-        taken = [_with(stored[k], statistic) for k in (key, key + "/again") if k in stored]
-        groups.append(min(taken, key=lambda g: g[0]["ms"]))
+        groups.append(faster(*(_with(stored[k], by) for k in (key, key + "/again") if k in stored)))
     subnets = [SubnetConfig.from_dict(s["subnet"]) for s in data["validation"]["subnets"]]
     return LatencyTable(calibrated_document(data, subnets, groups, blocks))
 
@@ -57,12 +57,13 @@ def rebuilt(table: LatencyTable, statistic) -> LatencyTable:
 def scores(path: Path) -> list[str]:
     """One line per check of the table at `path`."""
     table = LatencyTable.read(path)
-    if "round_medians" not in table.data.get("measurements", {}).get("subnets/0", [{}])[0]:
+    first_group = table.data.get("measurements", {}).get("subnets/0", [{}])
+    if "round_medians" not in first_group[0]:
         raise UserError(f"{path} keeps no round medians (built before they were stored): nothing to refit")
     settings = AnchorSettings()
     anchor_subnets, _ = anchor_models(table, settings)
-    tables = {name: rebuilt(table, statistic) for name, statistic in STATISTICS.items()}
-    lines = [f"{path.name}: built with {table.data['measurements']['subnets/0'][0].get('statistic', COMMON_MODE)}; "
+    tables = {name: rebuilt(table, by) for name, by in STATISTICS.items()}
+    lines = [f"{path.name}: built with {statistic(first_group)}; "
              "leave-one-out " + ", ".join(f"{name} {t.validation['mape_pct']:.2f}% / {t.validation['within_5pct']:.0%}"
                                           for name, t in tables.items())]
     for check_path in sorted(path.parent.glob(path.name + ".check*.json")):
@@ -72,10 +73,10 @@ def scores(path: Path) -> list[str]:
             continue
         subnets = [SubnetConfig.from_dict(s["subnet"]) for s in check["subnets"]]
         rounds, n = np.array(check["round_medians"]), len(subnets)
+        measured = {name: by(rounds) for name, by in STATISTICS.items()}  # each statistic of the check's rounds
         cells = []
         for build, built in tables.items():
-            for measured_by, statistic in STATISTICS.items():
-                ms = statistic(rounds)
+            for measured_by, ms in measured.items():
                 anchored = fit_anchor(built, anchor_subnets, ms[n:], settings, refuse=False)
                 e = errors(np.array([anchored.predict_ms(s) for s in subnets]), ms[:n])
                 cells.append(f"built {build} / checked {measured_by}: {e['within_5pct']:.0%} ({e['spearman']:.3f})")

@@ -264,8 +264,7 @@ def measure(pack_path: Path, out: Path, conditions: list[str] | None, only: list
                 return timed(profile, [pack_.model("calib", 0, kind)] + models, 32 if j == 0 else 16, label)
 
             def again(j: int) -> list[dict]:
-                new = group(j)
-                return new if new[0]["ms"] < groups[j][0]["ms"] else groups[j]
+                return slow_state.faster(groups[j], group(j))
 
             groups = [group(j) for j in range(len(members))]
             r["remeasured_groups"] = slow_state.measure_slow_groups_again(groups, again,

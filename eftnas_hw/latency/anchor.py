@@ -16,6 +16,7 @@ instead).
 from __future__ import annotations
 
 import time
+
 import numpy as np
 
 from ..errors import UserError

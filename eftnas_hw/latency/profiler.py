@@ -45,7 +45,7 @@ from .fingerprint import hardware_fingerprint, warn_if_int8_is_slow
 from .measure import BURST, LOWEST_ROUND, PINNING, measure_compiled
 from .prepare import PreparedIRs, RandomSubnet
 from .profiles import Profile
-from .slow_state import STATE_FACTOR, measure_slow_groups_again, state_factor, statistic
+from .slow_state import STATE_FACTOR, faster, measure_slow_groups_again, state_factor, statistic
 from .table import CALIBRATION_FEATURES, FORMAT, VERSION, LatencyTable, log_curve_ms
 
 BLOCK_VOCAB = 512
@@ -134,7 +134,7 @@ def _measure_group(progress: _Progress, key: str, models: Sequence[RandomSubnet]
     stats = progress.get(key)
     if stats is None or again:
         new = measure_compiled(irs.paths(models), irs.profile, rounds, desc=label)
-        stats = new if stats is None or new[0]["ms"] < stats[0]["ms"] else stats
+        stats = new if stats is None else faster(stats, new)
         progress.put(key, stats)
     return stats
 
@@ -413,7 +413,7 @@ def measured_blocks(data: dict) -> list[dict]:
 def _fastest_block_group(stored: dict) -> list[dict]:
     """Of the block group's first measurement and the one again (`_measure_group` keeps the faster of those again),
     the one whose leading full model ran faster."""
-    return min((stored[k] for k in ("blocks", "blocks/again") if k in stored), key=lambda g: g[0]["ms"])
+    return faster(*(stored[k] for k in ("blocks", "blocks/again") if k in stored))
 
 
 def drift_factors(references: Sequence[float]) -> list[float]:
