@@ -425,7 +425,8 @@ def _add_table_commands(sub) -> None:
     p.add_argument("--measure", action="store_true", help="also export the subnet and measure it")
     _common(p, "model")
     p.add_argument("--rounds", type=_positive_int, default=None,
-                   help="measurement rounds with --measure (each a warm burst of 5 back-to-back calls; default 20)")
+                   help="measurement rounds with --measure (each a warm burst of 5 back-to-back calls; the same "
+                        "calls in shorter bursts for models over 40 ms; default 20)")
     p.add_argument("--force", action="store_true", help="use a table measured on another machine (warns)")
     p.set_defaults(func=_latency)
 

@@ -710,11 +710,11 @@ def test_timed_random_models_keep_every_bias_add_of_a_trained_one(precision, tmp
     assert producers.count("MatMul") == linears and producers.count("Multiply") >= norms
 
 
-def test_measure_ir_ms_on_a_file_and_missing_path(tmp_path):
+def test_measure_ir_ms_on_a_file_and_missing_path(tmp_path, monkeypatch):
     import openvino as ov
     import openvino.opset13 as ops
 
-    from eftnas_hw.latency import measure_ir_ms
+    from eftnas_hw.latency import measure, measure_ir_ms
     from eftnas_hw.latency.measure import BURST, MAX_ROUNDS_FACTOR, measure_compiled
 
     ids = ops.parameter([1, 16], ov.Type.i64, name="input_ids")
@@ -727,6 +727,13 @@ def test_measure_ir_ms_on_a_file_and_missing_path(tmp_path):
     assert stats["ms"] == pytest.approx(min(stats["round_medians"]), abs=1e-4) and stats["wall_over_cpu"] > 0
     assert measure_compiled([tmp_path / "m.xml"], PROFILE, rounds=3, min_seconds=60)[0]["n"] == 15 * BURST
     assert measure_compiled([tmp_path / "m.xml"], PROFILE, rounds=3, min_seconds=0)[0]["n"] == 3 * BURST
+    assert (stats["burst"], stats["rewarm"]) == (BURST, 1)
+    # a model whose calls outlast TURN_MS / BURST: the same timed calls in shorter turns, without the re-warming call
+    monkeypatch.setattr(measure, "TURN_MS", 0.0)
+    slow = measure_compiled([tmp_path / "m.xml"], PROFILE, rounds=3, min_seconds=0)[0]
+    assert (slow["burst"], slow["rewarm"], slow["n"], len(slow["round_medians"])) == (1, 0, 3 * BURST, 3 * BURST)
+    given = measure_compiled([tmp_path / "m.xml"], PROFILE, rounds=3, burst=2, min_seconds=0)[0]  # as asked
+    assert (given["burst"], given["rewarm"], given["n"]) == (2, 1, 6)
     with pytest.raises(UserError, match="not found"):
         measure_ir_ms(tmp_path / "missing", PROFILE)
 

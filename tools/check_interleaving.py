@@ -1,14 +1,16 @@
 """How repeatable are relative latencies for a given interleaving (calls per burst x rounds)? Prints it per variant.
 
-    python tools/check_interleaving.py [--precision f32] [--repeats 4] [--calls 100] [--bursts 20 5 2] [--rewarm 1]
+    python tools/check_interleaving.py [--shape minilm-l6] [--precision f32] [--repeats 4] [--calls 100]
+                                       [--bursts 20 5 2] [--rewarm 1]
 
-The full MiniLM-L6 (random weights) and 11 random subnets are exported once and timed `--repeats` times with
-`measure_compiled` for each burst size (rounds = calls / burst, so every variant times the same number of calls),
-the variants taking turns. Printed per variant: the coefficient of variation over the repeats of each subnet's
+The full model of a named shape (random weights) and 11 random subnets are exported once and timed `--repeats`
+times with `measure_compiled` for each burst size (rounds = calls / burst, so every variant times the same number of
+calls), the variants taking turns. Printed per variant: the coefficient of variation over the repeats of each subnet's
 latency relative to the full model measured in the same call (median and worst over the subnets), the full model's
 own range, and the seconds per measurement. `--rewarm 0 1` compares bursts with and without an untimed call before
 each (variants are every burst x rewarm pair). Relative latencies are what a table's proportions and an anchor's
-fit rest on; the bursts that give the smallest variation at equal calls are the protocol's `BURST`.
+fit rest on; the bursts that give the smallest variation at equal calls are the protocol's `BURST` (and,
+for slow models, its `TURN_MS`: `--shape bert-base`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from eftnas_hw.subnet import NAMED_SHAPES
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="minilm-l6", choices=sorted(NAMED_SHAPES))
     parser.add_argument("--precision", default="f32")
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--calls", type=int, default=100, help="timed calls per candidate per measurement")
@@ -34,7 +37,7 @@ def main() -> None:
     parser.add_argument("--rewarm", type=int, nargs="+", default=[1], help="untimed calls before each burst")
     args = parser.parse_args()
     variants = [(b, w) for b in args.bursts for w in args.rewarm]
-    shape, profile = NAMED_SHAPES["minilm-l6"], Profile(precision=args.precision)
+    shape, profile = NAMED_SHAPES[args.shape], Profile(precision=args.precision)
     subnets = [shape.full_subnet()] + random_subnets(shape, 11, 3)
     relative = {v: [] for v in variants}
     full = {v: [] for v in variants}
@@ -51,7 +54,7 @@ def main() -> None:
     for burst, rewarm in variants:
         r = np.array(relative[burst, rewarm])
         cv = 100 * r.std(axis=0, ddof=1) / r.mean(axis=0)
-        print(json.dumps({"precision": profile.precision, "burst": burst, "rewarm": rewarm,
+        print(json.dumps({"shape": args.shape, "precision": profile.precision, "burst": burst, "rewarm": rewarm,
                           "rounds": args.calls // burst,
                           "relative_cv_pct_median": round(float(np.median(cv)), 2),
                           "relative_cv_pct_worst": round(float(cv.max()), 2),

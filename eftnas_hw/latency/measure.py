@@ -48,6 +48,17 @@ from .profiles import Profile
 # against 1.0% (2.2%) with it, but 12 INT8 ones (`--rewarm 0 1`), whose weights fit the cache, by 3.7% (5.3%) against
 # 2.0% (2.7%): kept, for its 17-20% of the timing time.
 BURST = 5
+# A candidate's turn in a round (its burst) lasts at most about TURN_MS: where the slowest candidate's call takes
+# longer than TURN_MS / BURST, the burst shrinks to TURN_MS // that call (at least one call), the rounds grow to keep
+# the timed calls, and the re-warming call is dropped. Why (session 29, 2-vCPU Xeon with AMX, BERT-base f32 at one
+# thread: the full model and 11 random subnets, 20-200 ms a call; 3 repetitions of 40 timed calls each,
+# `tools/check_interleaving.py --shape bert-base`): bursts of 5 in 8 rounds varied by 3.98% (median CV of latency
+# relative to the full model, worst 7.34%) with the re-warming call and 2.17% (4.41%) without; bursts of 1 in 40
+# rounds by 0.88% (1.30%) with it and 0.98% (1.38%) without, in 121 and 69 s. A turn of 5 such calls lasts 0.5-1 s,
+# a round of 32 of them (a table check) ~29 s, longer than the VM's states; the re-warming call only lengthens the
+# turn of models whose weights do not stay in cache anyway. Session 17's MiniLM-L6 f32 (~37 ms a call, turns of
+# ~0.2 s at a burst of 5) varied by 1.4%, so models up to TURN_MS / BURST keep the burst and the re-warming call.
+TURN_MS = 200.0
 ROUNDS = 20
 # A measurement keeps adding rounds (up to MAX_ROUNDS_FACTOR x the rounds asked for) until it has lasted
 # SECONDS_PER_MODEL x its number of models: short models (length 32: 0.03-2 ms) get more calls, long ones as many as
@@ -253,17 +264,19 @@ def _request(model: ov.Model | str | os.PathLike, profile: Profile, bind: bool) 
 
 
 def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Profile, rounds: int = ROUNDS,
-                     burst: int = BURST, warmup: int = 3, desc: str | None = None, rewarm: int = 1,
+                     burst: int | None = None, warmup: int = 3, desc: str | None = None, rewarm: int | None = None,
                      min_seconds: float | None = None) -> list[dict]:
     """Compile each IR under the profile and time them in interleaved rounds; one stats dict (ms) per model.
 
-    `rewarm` untimed calls precede each candidate's burst in every round (see BURST); rounds are added beyond
-    `rounds` until the timing has lasted `min_seconds` (default: SECONDS_PER_MODEL per model). Timed on the CPUs of
+    Each round gives every candidate `rewarm` untimed calls and then a burst of `burst` timed ones (see BURST). By
+    default the burst is BURST calls, fewer for slow models (TURN_MS: `rounds` then counts rounds of BURST calls,
+    and the re-warming call is dropped), and each stats dict records the "burst" and "rewarm" used. Rounds are added
+    until the timing has lasted `min_seconds` (default: SECONDS_PER_MODEL per model). Timed on the CPUs of
     `choose_cpus` where the machine offers more than the profile's threads, moved when they turn slow (see
     MOVE_FACTOR): each stats dict's "cpus" lists every CPU used ([] when not bound), "cpu_moves" how often they were
     chosen again.
     """
-    if rounds < 1 or burst < 1:
+    if rounds < 1 or (burst is not None and burst < 1):
         raise UserError(f"measurement needs at least one round and one call per round (got {rounds}, {burst})")
     # Compilation is native and mostly serial: compiling on every core at once took 8 MiniLM-L6 subnets from 3.8-4.0
     # to 2.5-2.8 s (INT8) and 1.9-2.4 to 1.5-1.6 s (f32) on the 2-core AVX2 EPYC. Nothing is timed meanwhile.
@@ -279,6 +292,14 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
         for request in requests:
             for _ in range(warmup):
                 request.infer()
+        if burst is None:
+            slowest_ms = max(request.latency for request in requests)  # each one's last warm-up call (0 without)
+            burst = BURST if slowest_ms * BURST <= TURN_MS else max(1, int(TURN_MS // slowest_ms))
+            rounds = -(-rounds * BURST // burst)  # the same timed calls in shorter turns
+            if rewarm is None and burst < BURST:
+                rewarm = 0
+            bar.reset(total=rounds)
+        rewarm = 1 if rewarm is None else rewarm
         started, done = time.perf_counter(), 0
         while done < rounds or (done < MAX_ROUNDS_FACTOR * rounds and time.perf_counter() - started < min_seconds):
             done += 1
@@ -308,7 +329,7 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
     for s, level in zip(stats, levels):
         s["ms"] = float(level)  # the protocol's latency (see the module docstring and LOWEST_ROUND_MAX_MS)
         s["statistic"] = LOWEST_ROUND if short else COMMON_MODE
-        s["cpus"], s["cpu_moves"] = sorted(used), moves
+        s["cpus"], s["cpu_moves"], s["burst"], s["rewarm"] = sorted(used), moves, burst, rewarm
     return stats
 
 
