@@ -26,7 +26,7 @@ from eftnas_hw.errors import UserError
 from eftnas_hw.latency import LatencyTable
 from eftnas_hw.latency.anchor import anchor_models, fit_anchor
 from eftnas_hw.latency.measure import COMMON_MODE, LOWEST_ROUND, common_mode
-from eftnas_hw.latency.profiler import calibrated_document, errors, kept_block_group
+from eftnas_hw.latency.profiler import calibrated_document, errors, kept_block_group, without_reference
 from eftnas_hw.latency.slow_state import faster, statistic
 from eftnas_hw.settings import AnchorSettings
 from eftnas_hw.subnet import SubnetConfig
@@ -41,11 +41,11 @@ def _with(group: list[dict], by) -> list[dict]:
 
 
 def rebuilt(table: LatencyTable, by) -> LatencyTable:
-    """The table as its build would have fitted it had every measurement taken the statistic `by` (the group measured again,
-    where it was, chosen by its full model under that statistic, as the build chooses)."""
+    """The table as its build would have fitted it had every measurement taken the statistic `by` (the group measured
+    again, where it was, chosen by its full model under that statistic, as the build chooses)."""
     data, stored = table.data, table.data["measurements"]
-    kept = _with(kept_block_group(data), by)  # the common mode is the whole measurement's, full model and all
-    blocks = kept[1:] if data["settings"].get("block_reference") else kept
+    # the common mode is the whole measurement's, full model and all
+    blocks = without_reference(_with(kept_block_group(data), by), data["settings"].get("block_reference", False))
     groups = []
     for key in sorted((k for k in stored if k.startswith("subnets/") and not k.endswith("/again")),
                       key=lambda k: int(k.split("/")[1])):

@@ -329,7 +329,7 @@ def fit(results_paths: list[Path], pack_path: Path, write: Path | None = None) -
     from eftnas_hw.latency.anchor import fit_anchor
     from eftnas_hw.latency.fingerprint import fingerprint
     from eftnas_hw.latency.profiler import (SELECTION, blocks_from_latencies, calibrate_groups, errors,
-                                            table_header, uncalibrated)
+                                            table_header, uncalibrated, without_reference)
     from eftnas_hw.latency.profiles import Profile
     from eftnas_hw.latency.slow_state import state_factor
     from eftnas_hw.latency.table import LatencyTable
@@ -370,7 +370,7 @@ def fit(results_paths: list[Path], pack_path: Path, write: Path | None = None) -
     def block_group(t: dict) -> list[dict]:
         """The block models' measurements of a condition (since session 28 `measure` leads them with the full
         model)."""
-        return t["blocks"][1:] if t.get("block_reference") else t["blocks"]
+        return without_reference(t["blocks"], t.get("block_reference", False))
 
     def fitted(condition: str, blocks: dict, t: dict) -> LatencyTable:
         """The table of `blocks` calibrated on the condition's calibration groups, as `build_table` does."""

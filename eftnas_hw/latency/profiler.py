@@ -403,11 +403,15 @@ def kept_block_group(data: dict) -> list[dict]:
     return _fastest_block_group(stored)
 
 
+def without_reference(group: list[dict], block_reference: bool) -> list[dict]:
+    """A block-model group's measurements in `block_models`' order: without the full model that leads the group where
+    it was measured with `block_reference` (builds since session 25, `tools/remote_latency.py measure` since 28)."""
+    return group[1:] if block_reference else group
+
+
 def measured_blocks(data: dict) -> list[dict]:
-    """The block models' measurements the build kept (`kept_block_group`), in `block_models`' order, without the full
-    model leading them."""
-    group = kept_block_group(data)
-    return group[1:] if data["settings"].get("block_reference") else group
+    """The block models' measurements the build kept (`kept_block_group`), without the full model leading them."""
+    return without_reference(kept_block_group(data), data["settings"].get("block_reference", False))
 
 
 def _fastest_block_group(stored: dict) -> list[dict]:
