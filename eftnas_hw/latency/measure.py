@@ -58,9 +58,10 @@ BURST = 5
 # a round of 32 of them (a table check) ~29 s, longer than the VM's states; the re-warming call only lengthens the
 # turn of models whose weights do not stay in cache anyway. Session 17's MiniLM-L6 f32 (~37 ms a call, turns of
 # ~0.2 s at a burst of 5) varied by 1.4%, so models up to TURN_MS / BURST keep the burst and the re-warming call.
-# Not 100 ms: BERT-base bf16 (full model 40-50 ms) varied by 4.1-5.0% at bursts of 5 and 1.5-2.7% at bursts of 2 in
-# the same test, but a table built at 100 ms checked 88 / 88 / 92% (as built / anchored first / in the same sitting),
-# no better than session 23's at bursts of 5 (92 / 92 / 83%), and it would change MiniLM-L6 f32, not checked with it.
+# A lower bound is untried on tables: BERT-base bf16 (full model 37-50 ms, at this bound) varied by 4.1-5.0% at bursts
+# of 5 and 1.5-2.7% at bursts of 2 in the same test; a table of it built with this code (bursts of 2-5, as each
+# group's warm-up call read) checked 88 / 88 / 92% (as built / anchored first / in the same sitting), session 23's at
+# bursts of 5 92 / 92 / 83%. A lower bound would also change MiniLM-L6 f32 (25-40 ms), not checked with it.
 TURN_MS = 200.0
 ROUNDS = 20
 # A measurement keeps adding rounds (up to MAX_ROUNDS_FACTOR x the rounds asked for) until it has lasted
