@@ -1,20 +1,30 @@
 """How right is a latency table on this machine? Random subnets it never saw, exported and timed end to end.
 
     python tools/check_table_accuracy.py TABLE [--n 24] [--anchor] [--same-sitting] [--force]
-                                         [--yardstick protocol|benchmark_app] [--details]
+                                         [--yardstick protocol|benchmark_app] [--details] [--twice]
 
 Prints one JSON line: the table's prediction error on `--n` random subnets (seed 7, other than the build's
-calibration/validation subnets and the anchor's; removed attention/FFN blocks included) as the table is, and,
-with --anchor, after re-anchoring it here (`eftnas_hw.latency.anchor_table`, whose own measurements are not among
-the checked subnets), as a user's run does: the anchor first, the checked subnets timed after it (timed again, at
-most twice, the faster kept, where the full model ran over 1.3x the prediction: `slow_state.timed_out_of_a_slow_state`,
-as `run`'s export stage does).
-With --same-sitting the anchor's subnets are timed in the same interleaved rounds as the checked ones and the
-anchor is fitted on those measurements (`fit_anchor`): the table's own error, with the machine's drift between the
-anchor's minute and the check's taken out. A VM whose speed moves by 10-20% within minutes (the AVX2 EPYC of
-sessions 13-17) misses an absolute bar through the drift alone; this tells the table's share from the machine's.
+calibration/validation subnets and the anchor's; removed attention/FFN blocks included) as the table is, and, with
+--anchor, after re-anchoring it here (`eftnas_hw.latency.anchor_table`, whose own measurements are not among the
+checked subnets), as a user's run does: the anchor first, the checked subnets timed after it (timed again, at most
+twice, the faster kept, where the full model ran over 1.3x the prediction: `slow_state.timed_out_of_a_slow_state`, as
+`run`'s export stage does).
+
+With --same-sitting the anchor's subnets are timed in the same interleaved rounds as the checked ones and the anchor
+is fitted on those measurements (`fit_anchor`): the table's own error, with the machine's drift between the anchor's
+minute and the check's taken out. A VM whose speed moves by 10-20% within minutes (the AVX2 EPYC of sessions 13-17)
+misses an absolute bar through the drift alone; this tells the table's share from the machine's.
+
 The yardstick is the project's protocol (which `tools/check_benchmark_app.py` compares with benchmark_app) or
 benchmark_app itself (-niter 100, lowest of 3 interleaved round medians; slower).
+
+With --twice the same subnets are measured a second time right after the first, scored the same way ("again"), and the
+two measurements compared with each other ("repeatability": the share of checked subnets within 5% of the other
+measurement fitted by scale and offset, as an anchor fits a table; the mean of both directions). That share is what a
+table that predicted one measurement exactly would read against the other: the machine's ceiling for the check that
+hour, printed beside the verdict it bounds. Each measurement also gets "best_affine_within_5pct": the table's
+predictions mapped by the scale and offset fitted on the checked subnets themselves, the most an anchor could reach;
+the gap down to the same-sitting reading is the anchor's (8 subnets), the gap up to the bar the table's proportions'.
 """
 from __future__ import annotations
 
@@ -24,6 +34,7 @@ import platform
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +43,13 @@ from eftnas_hw.latency import LatencyTable, RandomSubnet, anchor_table, random_s
 from eftnas_hw.latency.anchor import anchor_models, fit_anchor
 from eftnas_hw.latency.measure import measure_compiled
 from eftnas_hw.latency.prepare import export_ir, exported_irs
-from eftnas_hw.latency.profiler import errors
+from eftnas_hw.latency.profiler import errors, relative_fit
 from eftnas_hw.latency.slow_state import timed_out_of_a_slow_state
 from eftnas_hw.settings import AnchorSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from check_benchmark_app import benchmark_app_interleaved  # noqa: E402
+from check_interleaving import pairwise_within  # noqa: E402
 
 CHECK_SEED = 7
 
@@ -60,6 +72,8 @@ def main() -> None:
     parser.add_argument("--yardstick", choices=("protocol", "benchmark_app"), default="protocol")
     parser.add_argument("--details", action="store_true",
                         help="also print each subnet's measured and predicted ms, and every model's round medians")
+    parser.add_argument("--twice", action="store_true",
+                        help="measure the subnets again right after, and print how well the two measurements agree")
     args = parser.parse_args()
     table = LatencyTable.load(args.table, force=args.force)
     shape, profile = table.shape, table.profile
@@ -73,30 +87,54 @@ def main() -> None:
     if args.same_sitting:
         extra, anchor_nets = anchor_models(table, settings)  # the very models `anchor_table` times
         models += anchor_nets
-    if args.yardstick == "benchmark_app":
-        measured = np.array(measure_benchmark_app(models, table))
-    else:  # timed again where the full model ran in a slow state, as `run`'s anchor and export stage do
+
+    def measure(paths: list | None) -> tuple[np.ndarray, list[dict] | None, int]:
+        """The models' latencies, their stats (protocol only) and how often they were timed again."""
+        if paths is None:
+            return np.array(measure_benchmark_app(models, table)), None, 0
+        # timed again where the full model ran in a slow state, as `run`'s anchor and export stage do
         expected = (anchored or table).predict_ms(shape.full_subnet())
-        with exported_irs(models, profile) as paths:
-            stats, timed_again = timed_out_of_a_slow_state(lambda again: measure_compiled(paths, profile), 0, expected)
-        measured = np.array([s["ms"] for s in stats])
-    same_sitting = None
-    if args.same_sitting:
-        measured, anchor_measured = measured[:len(subnets)], measured[len(subnets):]
-        same_sitting = fit_anchor(table, extra, anchor_measured, settings, seconds=0.0)
+        stats, again = timed_out_of_a_slow_state(lambda again: measure_compiled(paths, profile), 0, expected)
+        return np.array([s["ms"] for s in stats]), stats, again
+
+    def scores(measured: np.ndarray) -> dict:
+        """The three readings (as the table is, anchored first, anchored in the same sitting) of one measurement."""
+        out, same_sitting = {}, None
+        if args.same_sitting:
+            same_sitting = fit_anchor(table, extra, measured[len(subnets):], settings, seconds=0.0)
+            out["anchor_same_sitting"] = same_sitting
+        for name, t in (("as_is", table), ("anchored", anchored), ("anchored_same_sitting", same_sitting)):
+            if t is not None:
+                predicted = np.array([t.predict_ms(s) for s in subnets])
+                e = errors(predicted, measured[:len(subnets)])
+                out[name] = {"mape_pct": round(e["mape_pct"], 2), "worst_pct": round(e["worst_pct"], 2),
+                             "within_5pct": round(e["within_5pct"], 3), "spearman": round(e["spearman"], 4),
+                             "full_model_predicted_ms": round(float(predicted[0]), 3)}
+        # what no anchor can beat: the table's predictions mapped by the scale and offset that fit these very subnets
+        x = np.stack([[table.calibrated_ms(s) for s in subnets], np.ones(len(subnets))], axis=1)
+        out["best_affine_within_5pct"] = round(errors(x @ relative_fit(x, measured[:len(subnets)]),
+                                                      measured[:len(subnets)])["within_5pct"], 3)
+        return out
+
+    protocol = args.yardstick == "protocol"
+    with exported_irs(models, profile) if protocol else nullcontext() as paths:
+        measured, stats, timed_again = measure(paths)
+        second, second_stats, second_timed_again = measure(paths) if args.twice else (None, None, 0)
+    first = scores(measured)
+    same_sitting = first.pop("anchor_same_sitting", None)
     result = {"table": str(args.table), "shape": shape.describe(), "profile": profile.condition,
               "cpu": table.machine.get("cpu"), "here": platform.processor() or "", "n": len(subnets),
               "yardstick": args.yardstick, "full_model_measured_ms": round(float(measured[0]), 3)}
-    if args.yardstick == "protocol":
+    if protocol:
         result["timed_again"], result["statistic"] = timed_again, stats[0]["statistic"]
-    for name, t in (("as_is", table), ("anchored", anchored), ("anchored_same_sitting", same_sitting)):
-        if t is None:
-            continue
-        predicted = np.array([t.predict_ms(s) for s in subnets])
-        e = errors(predicted, measured)
-        result[name] = {"mape_pct": round(e["mape_pct"], 2), "worst_pct": round(e["worst_pct"], 2),
-                        "within_5pct": round(e["within_5pct"], 3), "spearman": round(e["spearman"], 4),
-                        "full_model_predicted_ms": round(float(predicted[0]), 3)}
+    result.update(first)
+    if args.twice:
+        again = scores(second)
+        again.pop("anchor_same_sitting", None)
+        result["again"] = dict(again, full_model_measured_ms=round(float(second[0]), 3),
+                               timed_again=second_timed_again)
+        result["repeatability"] = {"within_5pct": round(float(np.mean(pairwise_within(
+            [measured[:len(subnets)], second[:len(subnets)]]))), 3)}
     for name, t in (("anchor", anchored), ("anchor_same_sitting", same_sitting)):
         if t is None:
             continue
@@ -111,8 +149,13 @@ def main() -> None:
         result["subnets"] = [{"subnet": s.to_dict(), "measured_ms": round(float(m), 3),
                               **{f"{k}_ms": round(t.predict_ms(s), 3) for k, t in tables.items() if t is not None}}
                              for s, m in zip(subnets, measured)]
-        if args.yardstick == "protocol":  # every timed model's rounds (the anchor's last), to try other statistics
+        if protocol:  # every timed model's rounds (the anchor's last), to try other statistics
             result["round_medians"] = [s["round_medians"] for s in stats]
+        if args.twice:
+            for entry, m in zip(result["subnets"], second):
+                entry["again_measured_ms"] = round(float(m), 3)
+            if protocol:
+                result["again"]["round_medians"] = [s["round_medians"] for s in second_stats]
     print(json.dumps(result))
 
 

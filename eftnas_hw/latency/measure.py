@@ -60,8 +60,9 @@ BURST = 5
 # ~0.2 s at a burst of 5) varied by 1.4%, so models up to TURN_MS / BURST keep the burst and the re-warming call.
 # A lower bound is untried on tables: BERT-base bf16 (full model 37-50 ms, at this bound) varied by 4.1-5.0% at bursts
 # of 5 and 1.5-2.7% at bursts of 2 in the same test; a table of it built with this code (bursts of 2-5, as each
-# group's warm-up call read) checked 88 / 88 / 92% (as built / anchored first / in the same sitting), session 23's at
-# bursts of 5 92 / 92 / 83%. A lower bound would also change MiniLM-L6 f32 (25-40 ms), not checked with it.
+# group's last warm-up call read; the fastest of the warm-up calls decides since session 30) checked 88 / 88 / 92% (as
+# built / anchored first / in the same sitting), session 23's at bursts of 5 92 / 92 / 83%. A lower bound would also
+# change MiniLM-L6 f32 (25-40 ms), not checked with it.
 TURN_MS = 200.0
 ROUNDS = 20
 # A measurement keeps adding rounds (up to MAX_ROUNDS_FACTOR x the rounds asked for) until it has lasted
@@ -293,11 +294,14 @@ def measure_compiled(models: Sequence[ov.Model | str | os.PathLike], profile: Pr
     samples = [([], [], []) for _ in requests]
     min_seconds = SECONDS_PER_MODEL * len(models) if min_seconds is None else min_seconds
     with bound(cpus), tqdm(total=rounds, desc=desc, leave=False, disable=desc is None) as bar:
-        for request in requests:
+        warm_ms = [float("inf") if warmup else 0.0 for _ in requests]
+        for i, request in enumerate(requests):
             for _ in range(warmup):
                 request.infer()
+                warm_ms[i] = min(warm_ms[i], request.latency)
         if burst is None:
-            slowest_ms = max(request.latency for request in requests)  # each one's last warm-up call (0 without)
+            # each one's fastest warm-up call: one call in the VM's slow state must not shorten every turn
+            slowest_ms = max(warm_ms)
             burst = BURST if slowest_ms * BURST <= TURN_MS else max(1, int(TURN_MS // slowest_ms))
             rounds = -(-rounds * BURST // burst)  # the same timed calls in shorter turns
             if rewarm is None and burst < BURST:
