@@ -36,17 +36,17 @@ from eftnas_hw.latency.slow_state import SLOW_STATE_FACTOR
 from eftnas_hw.subnet import NAMED_SHAPES
 
 
+def affine_within(a: np.ndarray, b: np.ndarray, pct: float = 5.0) -> float:
+    """The share of models where b lies within `pct` of a fitted to b by scale and offset (least squares of relative
+    errors, `relative_fit`, as an anchor fits a table)."""
+    x = np.stack([a, np.ones_like(a)], axis=1)
+    return float(np.mean(np.abs(x @ relative_fit(x, b) / b - 1) <= pct / 100))
+
+
 def pairwise_within(measurements: list[np.ndarray], pct: float = 5.0) -> list[float]:
-    """For each ordered pair of measurements (a, b) of the same models, the share of models where b lies within `pct`
-    of a fitted to b by scale and offset (least squares of relative errors, `relative_fit`)."""
-    shares = []
-    for i, a in enumerate(measurements):
-        for j, b in enumerate(measurements):
-            if i != j:
-                x = np.stack([a, np.ones_like(a)], axis=1)
-                fitted = x @ relative_fit(x, b)
-                shares.append(float(np.mean(np.abs(fitted / b - 1) <= pct / 100)))
-    return shares
+    """`affine_within` for each ordered pair of measurements of the same models."""
+    return [affine_within(a, b, pct)
+            for i, a in enumerate(measurements) for j, b in enumerate(measurements) if i != j]
 
 
 def main() -> None:
@@ -66,9 +66,7 @@ def main() -> None:
     shape = NAMED_SHAPES[args.shape]
     profile = Profile(precision=args.precision, threads=args.threads, seq_len=args.seq_len)
     subnets = [shape.full_subnet()] + random_subnets(shape, args.subnets, 3)
-    relative = {v: [] for v in variants}
-    full = {v: [] for v in variants}
-    absolute = {v: [] for v in variants}
+    measured = {v: [] for v in variants}  # per variant, each repetition's latencies (the full model first)
     seconds = {v: [] for v in variants}
     with exported_irs([RandomSubnet(shape, 0, s) for s in subnets], profile) as irs:
         for _ in range(args.repeats):
@@ -77,27 +75,26 @@ def main() -> None:
                 ms = np.array([s["ms"] for s in measure_compiled(irs, profile, rounds=args.calls // burst,
                                                                  burst=burst, rewarm=rewarm)])
                 seconds[burst, rewarm].append(time.time() - started)
-                relative[burst, rewarm].append(ms[1:] / ms[0])
-                absolute[burst, rewarm].append(ms)
-                full[burst, rewarm].append(ms[0])
+                measured[burst, rewarm].append(ms)
     for burst, rewarm in variants:
-        r = np.array(relative[burst, rewarm])
+        m = np.array(measured[burst, rewarm])
+        r = m[:, 1:] / m[:, :1]  # each subnet relative to the full model of the same measurement
         cv = 100 * r.std(axis=0, ddof=1) / r.mean(axis=0)
-        fastest = min(full[burst, rewarm])
-        kept = [ms for ms in absolute[burst, rewarm] if ms[0] <= SLOW_STATE_FACTOR * fastest]
-        pairs = pairwise_within(kept) if len(kept) > 1 else [float("nan")]
+        kept = [ms for ms in m if ms[0] <= SLOW_STATE_FACTOR * m[:, 0].min()]
+        pairs = pairwise_within(kept)  # none where fewer than two repetitions are kept: printed as null
         print(json.dumps({"shape": args.shape, "precision": profile.precision, "threads": profile.threads,
                           "seq_len": profile.seq_len, "burst": burst, "rewarm": rewarm, "rounds": args.calls // burst,
                           "relative_cv_pct_median": round(float(np.median(cv)), 2),
                           "relative_cv_pct_worst": round(float(cv.max()), 2),
-                          "pairwise_within_5pct": {"mean": round(float(np.mean(pairs)), 3),
-                                                   "min": round(float(np.min(pairs)), 3),
+                          "pairwise_within_5pct": {"mean": round(float(np.mean(pairs)), 3) if pairs else None,
+                                                   "min": round(float(np.min(pairs)), 3) if pairs else None,
                                                    "repetitions": len(kept)},
-                          "full_model_ms": [round(float(f), 2) for f in full[burst, rewarm]],
+                          "full_model_ms": [round(float(f), 2) for f in m[:, 0]],
                           "seconds": round(float(np.mean(seconds[burst, rewarm])), 1)}))
     if args.dump:
         with open(args.dump, "w") as f:
-            json.dump([{"burst": b, "rewarm": w, "ms": [m.tolist() for m in absolute[b, w]]} for b, w in variants], f)
+            json.dump([{"burst": b, "rewarm": w, "ms": [ms.tolist() for ms in measured[b, w]]}
+                       for b, w in variants], f)
 
 
 if __name__ == "__main__":

@@ -44,13 +44,13 @@ from eftnas_hw.latency import LatencyTable, RandomSubnet, anchor_table, random_s
 from eftnas_hw.latency.anchor import anchor_models, fit_anchor
 from eftnas_hw.latency.measure import measure_compiled
 from eftnas_hw.latency.prepare import export_ir, exported_irs
-from eftnas_hw.latency.profiler import errors, relative_fit
+from eftnas_hw.latency.profiler import errors
 from eftnas_hw.latency.slow_state import timed_out_of_a_slow_state
 from eftnas_hw.settings import AnchorSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from check_benchmark_app import benchmark_app_interleaved  # noqa: E402
-from check_interleaving import pairwise_within  # noqa: E402
+from check_interleaving import affine_within, pairwise_within  # noqa: E402
 
 CHECK_SEED = 7
 
@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--details", action="store_true",
                         help="also print each subnet's measured and predicted ms, and every model's round medians")
     parser.add_argument("--group", type=int, default=0,
-                        help="models timed together at most (0: as many as half the available memory holds)")
+                        help="models timed together at most (0: as many as 3/4 of the available memory holds)")
     parser.add_argument("--twice", action="store_true",
                         help="measure the subnets again right after, and print how well the two measurements agree")
     args = parser.parse_args()
@@ -124,13 +124,13 @@ def main() -> None:
             return np.array(measure_benchmark_app(models, table)), None, 0
         # timed again where the full model ran in a slow state, as `run`'s anchor and export stage do
         expected = (anchored or table).predict_ms(shape.full_subnet())
-        ms, stats, again, reference = np.empty(len(paths)), [{}] * len(paths), 0, None
+        ms, stats, again, reference = np.empty(len(paths)), [None] * len(paths), 0, None
         for group in model_groups(paths, args.group):
             timed, retries = timed_out_of_a_slow_state(
                 lambda _: measure_compiled([paths[i] for i in group], profile), 0, expected)
             reference, again = reference or timed[0]["ms"], again + retries
             for i, s in zip(group, timed):  # each group rescaled by its full model to the first group's
-                if not stats[i]:
+                if stats[i] is None:  # the full model: kept from the first group
                     ms[i], stats[i] = s["ms"] * reference / timed[0]["ms"], s
         return ms, stats, again
 
@@ -148,9 +148,8 @@ def main() -> None:
                              "within_5pct": round(e["within_5pct"], 3), "spearman": round(e["spearman"], 4),
                              "full_model_predicted_ms": round(float(predicted[0]), 3)}
         # what no anchor can beat: the table's predictions mapped by the scale and offset that fit these very subnets
-        x = np.stack([[table.calibrated_ms(s) for s in subnets], np.ones(len(subnets))], axis=1)
-        out["best_affine_within_5pct"] = round(errors(x @ relative_fit(x, measured[:len(subnets)]),
-                                                      measured[:len(subnets)])["within_5pct"], 3)
+        out["best_affine_within_5pct"] = round(affine_within(np.array([table.calibrated_ms(s) for s in subnets]),
+                                                             measured[:len(subnets)]), 3)
         return out
 
     protocol = args.yardstick == "protocol"
